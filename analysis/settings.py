@@ -1,0 +1,137 @@
+"""Typed settings shared by the library, the CLI and the dashboard.
+
+Every field is documented; the UI and the CLI build the same objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Granularity = Literal["layer", "attn"]
+Estimator = Literal["bucket", "knn", "renyi"]
+Criterion = Literal["bucket", "knn", "renyi", "cosine"]
+StagePolicy = Literal["auto", "reference", "manual"]
+
+ESTIMATORS: tuple[Estimator, ...] = ("bucket", "knn", "renyi")
+CRITERIA: tuple[Criterion, ...] = ("bucket", "knn", "renyi", "cosine")
+GRANULARITIES: tuple[Granularity, ...] = ("layer", "attn")
+
+
+class SettingsError(ValueError):
+    """A setting is out of range; the message names the field and the allowed range."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    spec: str = "demo:smollm2-135m"
+    """`demo:<name>`, a local HF folder, a local `.gguf` file, or a hub id."""
+    device: Device = "auto"
+    """`auto` picks cuda, then mps, then cpu."""
+    dtype: DType = "auto"
+    """`auto`: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    trust_remote_code: bool = False
+    """Run a model's own Python code. Off unless the user asks for it, per model."""
+    device_map_auto: bool = False
+    """Spread a model larger than one GPU with accelerate's `device_map="auto"`."""
+
+    def validate(self) -> ModelSettings:
+        if not self.spec or not self.spec.strip():
+            raise SettingsError("model spec is empty")
+        _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
+        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        return self
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    spec: str = "builtin:licenses"
+    """`builtin:<name>`, `preset:<c4|wikitext2|law|medicine>`, or a file path
+    (.txt, .jsonl, .csv, .parquet, .npy)."""
+    samples: int | None = None
+    """N, the number of windows. None: 32 on CPU, 128 on GPU."""
+    seqlen: int | None = None
+    """T, tokens per window. None: 128 on CPU, 256 on GPU."""
+    seed: int = 2024
+    """Seed of the window sampler (the research code uses 2024)."""
+    text_column: str | None = None
+    """Column holding the text in .jsonl/.csv/.parquet files. None: guess (`text`, ...)."""
+
+    def resolved(self, on_gpu: bool) -> CalibrationSettings:
+        """Fill N and T with the device defaults."""
+        n = self.samples if self.samples is not None else (128 if on_gpu else 32)
+        t = self.seqlen if self.seqlen is not None else (256 if on_gpu else 128)
+        return CalibrationSettings(self.spec, n, t, self.seed, self.text_column).validate()
+
+    def validate(self) -> CalibrationSettings:
+        if not self.spec or not self.spec.strip():
+            raise SettingsError("calibration spec is empty")
+        if self.samples is not None:
+            _int_range("samples (N)", self.samples, 1, 100_000)
+        if self.seqlen is not None:
+            _int_range("seqlen (T)", self.seqlen, 2, 131_072)
+        return self
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    bins: int = 20
+    """B, histogram bins per dimension for `bucket` (research code: 20 Llama, 80 Mistral)."""
+    knn_k: int = 25
+    """k, the neighbour used by the `knn` estimator."""
+    renyi_alpha: float = 4.0
+    """alpha of the Renyi entropy (must not be 1)."""
+    skip_first: int = 1
+    """Positions left out of every statistic (attention sink). 0 reproduces the research code."""
+    batch_size: int = 4
+    """Calibration windows per forward pass."""
+
+    def validate(self, seqlen: int | None = None) -> EstimatorSettings:
+        _int_range("bins", self.bins, 2, 10_000)
+        _int_range("knn_k", self.knn_k, 1, 10_000)
+        if not (0.0 < float(self.renyi_alpha) < 1000.0) or float(self.renyi_alpha) == 1.0:
+            raise SettingsError(
+                f"renyi_alpha must be > 0, < 1000 and not 1; got {self.renyi_alpha}"
+            )
+        _int_range("skip_first", self.skip_first, 0, 100_000)
+        _int_range("batch_size", self.batch_size, 1, 4096)
+        if seqlen is not None:
+            used = seqlen - self.skip_first
+            if used < 2:
+                raise SettingsError(
+                    f"skip_first={self.skip_first} leaves {used} tokens of T={seqlen}; need >= 2"
+                )
+            if self.knn_k >= used:
+                raise SettingsError(
+                    f"knn_k={self.knn_k} must be smaller than the tokens used per sample "
+                    f"(T - skip_first = {used})"
+                )
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Everything that defines one analysis; its fields make up the results-cache key."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    calibrations: tuple[CalibrationSettings, ...] = (CalibrationSettings(),)
+    estimators: EstimatorSettings = field(default_factory=EstimatorSettings)
+    use_cache: bool = True
+    """Read and write `cache/profiles/`."""
+
+
+def _choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _int_range(name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{name} must be an integer; got {value!r}")
+    if not lo <= value <= hi:
+        raise SettingsError(f"{name} must be between {lo} and {hi}; got {value}")

@@ -1,0 +1,52 @@
+"""Tiny random models, one per supported family, built with `from_config` (no download)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+VOCAB = 128
+HIDDEN = 32
+LAYERS = 4
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+               num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+               max_position_embeddings=256, head_dim=8,
+               bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+_OVERRIDES = {
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {},
+    "gemma2": {"sliding_window": 16, "query_pre_attn_scalar": 8},
+    "gemma3_text": {"sliding_window": 16, "query_pre_attn_scalar": 8},
+    "phi3": {},
+    "gpt2": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_inner=64,
+                 n_positions=256, bos_token_id=1, eos_token_id=2),
+    "opt": dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                num_attention_heads=4, ffn_dim=64, max_position_embeddings=256,
+                word_embed_proj_dim=HIDDEN, pad_token_id=1, bos_token_id=2,
+                eos_token_id=2),
+}
+
+MODEL_TYPES = tuple(_OVERRIDES)
+
+
+def tiny_config(model_type: str):
+    kwargs = _OVERRIDES[model_type]
+    if model_type not in ("gpt2", "opt"):
+        kwargs = {**_COMMON, **kwargs}
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32):
+    """A randomly initialised causal LM of the given family, in eval mode."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type), dtype=dtype)
+    return model.eval()
+
+
+def tiny_ids(batch: int = 2, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, seqlen), generator=g)
