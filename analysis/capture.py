@@ -1,0 +1,245 @@
+"""One forward pass, every block: streaming entropy statistics from scoped hooks.
+
+Points on the residual stream, for a model with L decoder layers:
+- Z_j, j = 0..L: Z_0 enters layer 0, Z_{j+1} leaves layer j (no final norm).
+- A_i, i = 0..L-1: the residual right after layer i's attention sub-block is added back.
+
+Block i at granularity `layer` maps X = Z_i to Y = Z_{i+1}; at `attn` it maps Z_i to A_i.
+Each point's entropy is computed once, on the model's device, as the batch passes; only
+sums and counts are kept, so memory does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from analysis import estimators
+from analysis.architectures import get_architecture
+from analysis.settings import ESTIMATORS, EstimatorSettings
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Accumulator:
+    """Mergeable sums over samples. Index 0 of `e` is the estimator (bucket, knn, renyi)."""
+
+    z_entropy: torch.Tensor  # [E, L+1] sum over samples of H(Z_j)
+    attn_entropy: torch.Tensor  # [E, L] sum over samples of H(A_i)
+    layer_cosine: torch.Tensor  # [L] sum over samples of 1 - mean_t cos(Z_i, Z_{i+1})
+    attn_cosine: torch.Tensor  # [L] sum over samples of 1 - mean_t cos(Z_i, A_i)
+    z_nonfinite: torch.Tensor  # [L+1] count of non-finite entries
+    attn_nonfinite: torch.Tensor  # [L]
+    sink_max_norm: torch.Tensor  # [L+1, T] max over samples of ||Z_j[t]|| (all positions)
+    samples: torch.Tensor  # [] number of samples
+
+    @classmethod
+    def zeros(cls, num_layers: int, seqlen: int, device: torch.device | str = "cpu") -> Accumulator:
+        e, L = len(ESTIMATORS), num_layers
+        f = dict(dtype=torch.float64, device=device)
+        return cls(
+            torch.zeros(e, L + 1, **f), torch.zeros(e, L, **f), torch.zeros(L, **f),
+            torch.zeros(L, **f), torch.zeros(L + 1, **f), torch.zeros(L, **f),
+            torch.zeros(L + 1, seqlen, **f), torch.zeros((), **f),
+        )
+
+    def _sum_fields(self) -> tuple[str, ...]:
+        return ("z_entropy", "attn_entropy", "layer_cosine", "attn_cosine",
+                "z_nonfinite", "attn_nonfinite", "samples")
+
+    def merge(self, other: Accumulator) -> Accumulator:
+        """Combine two shards' statistics (sums add, maxima take the max)."""
+        out = {name: getattr(self, name) + getattr(other, name).to(getattr(self, name).device)
+               for name in self._sum_fields()}
+        out["sink_max_norm"] = torch.maximum(self.sink_max_norm, other.sink_max_norm.to(self.sink_max_norm.device))
+        return Accumulator(**out)
+
+    def all_reduce(self) -> None:
+        """Sum (and max) the statistics across torch.distributed ranks, in place."""
+        import torch.distributed as dist
+
+        for name in self._sum_fields():
+            dist.all_reduce(getattr(self, name), op=dist.ReduceOp.SUM)
+        dist.all_reduce(self.sink_max_norm, op=dist.ReduceOp.MAX)
+
+    def to(self, device) -> Accumulator:
+        return Accumulator(**{k: v.to(device) for k, v in vars(self).items()})
+
+
+class _BlockStats:
+    """Hook callbacks that turn hidden states into accumulator updates."""
+
+    def __init__(self, acc: Accumulator, opts: EstimatorSettings):
+        self.acc = acc
+        self.opts = opts
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.batch_shape: tuple[int, int, int] | None = None
+
+    def _used(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, self.opts.skip_first:, :]
+
+    def _entropies(self, h: torch.Tensor) -> torch.Tensor:
+        """[E] sums over the batch of each estimator's entropy."""
+        x = self._used(h)
+        o = self.opts
+        vals = (
+            estimators.bucket_entropy(x, o.bins),
+            estimators.knn_entropy(x, o.knn_k),
+            estimators.renyi_entropy(x, o.renyi_alpha),
+        )
+        return torch.stack([v.double().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).sum() for v in vals])
+
+    def z_point(self, j: int, h: torch.Tensor) -> None:
+        acc = self.acc
+        acc.z_entropy[:, j] += self._entropies(h).to(acc.z_entropy.device)
+        acc.z_nonfinite[j] += estimators.nonfinite_count(self._used(h)).sum().to(acc.z_nonfinite.device)
+        norms = h.detach().float().norm(dim=-1).amax(dim=0).nan_to_num(nan=float("inf"))
+        t = norms.shape[0]
+        acc.sink_max_norm[j, :t] = torch.maximum(acc.sink_max_norm[j, :t], norms.double().to(acc.sink_max_norm.device))
+
+    def layer_input(self, i: int, h: torch.Tensor) -> None:
+        self.inputs[i] = h
+        if i == 0:
+            self.z_point(0, h)
+
+    def attn_output(self, i: int, h: torch.Tensor) -> None:
+        x = self.inputs[i]
+        h = h.reshape(x.shape)  # OPT flattens tokens before its MLP norm
+        acc = self.acc
+        acc.attn_entropy[:, i] += self._entropies(h).to(acc.attn_entropy.device)
+        acc.attn_nonfinite[i] += estimators.nonfinite_count(self._used(h)).sum().to(acc.attn_nonfinite.device)
+        cos = estimators.cosine_importance(self._used(x), self._used(h.to(x.device)))
+        acc.attn_cosine[i] += cos.double().nan_to_num(nan=0.0).sum().to(acc.attn_cosine.device)
+
+    def layer_output(self, i: int, h: torch.Tensor) -> None:
+        x = self.inputs.pop(i)
+        self.z_point(i + 1, h)
+        cos = estimators.cosine_importance(self._used(x), self._used(h.to(x.device)))
+        self.acc.layer_cosine[i] += cos.double().nan_to_num(nan=0.0).sum().to(self.acc.layer_cosine.device)
+
+
+class _Recorder(_BlockStats):
+    """Keeps the raw hidden states instead of statistics (tests and diagnostics only)."""
+
+    def __init__(self, num_layers: int):
+        self.inputs = {}
+        self.z: list[torch.Tensor | None] = [None] * (num_layers + 1)
+        self.attn: list[torch.Tensor | None] = [None] * num_layers
+
+    def layer_input(self, i: int, h: torch.Tensor) -> None:
+        self.inputs[i] = h
+        if i == 0:
+            self.z[0] = h.detach().clone()
+
+    def attn_output(self, i: int, h: torch.Tensor) -> None:
+        self.attn[i] = h.reshape(self.inputs[i].shape).detach().clone()
+
+    def layer_output(self, i: int, h: torch.Tensor) -> None:
+        self.inputs.pop(i)
+        self.z[i + 1] = h.detach().clone()
+
+
+@torch.inference_mode()
+def record_points(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """The raw points for a small batch: {"z": [L+1 x [B,T,D]], "attn": [L x [B,T,D]]}.
+
+    Uses the same hooks as `capture`; memory grows with the batch, so keep it small.
+    """
+    rec = _Recorder(len(get_architecture(model).layers(model)))
+    with block_hooks(model, rec):
+        _body(model)(input_ids=input_ids.to(input_device(model)), use_cache=False)
+    return {"z": rec.z, "attn": rec.attn}
+
+
+def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args:
+        return args[0]
+    return kwargs["hidden_states"]
+
+
+def _output(out) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@contextmanager
+def block_hooks(model: nn.Module, stats: _BlockStats) -> Iterator[None]:
+    """Register the capture hooks on every decoder layer; always removed on exit."""
+    arch = get_architecture(model)
+    handles = []
+    try:
+        for i, layer in enumerate(arch.layers(model)):
+            handles.append(layer.register_forward_pre_hook(
+                lambda _m, a, kw, i=i: stats.layer_input(i, _hidden(a, kw)), with_kwargs=True))
+            module, side = arch.attn_residual_module(layer)
+            if side == "input":
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, a, kw, i=i: stats.attn_output(i, _hidden(a, kw)), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda _m, _a, out, i=i: stats.attn_output(i, _output(out))))
+            handles.append(layer.register_forward_hook(
+                lambda _m, _a, out, i=i: stats.layer_output(i, _output(out))))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        stats.inputs.clear()
+
+
+def _body(model: nn.Module) -> nn.Module:
+    """The decoder stack without the LM head: the head is never needed for entropy."""
+    return model.base_model
+
+
+def input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@torch.inference_mode()
+def capture(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    opts: EstimatorSettings,
+    *,
+    progress: Progress | None = None,
+    distributed: bool | None = None,
+) -> Accumulator:
+    """Run the calibration windows [N, T] through the model once and return the statistics.
+
+    Under torch.distributed (initialised by the caller, e.g. torchrun), each rank takes the
+    windows rank, rank+W, ... and the statistics are all-reduced, so every rank returns the
+    same totals as a single process would.
+    """
+    import torch.distributed as dist
+
+    n, t = input_ids.shape
+    opts.validate(seqlen=t)
+    arch = get_architecture(model)
+    num_layers = len(arch.layers(model))
+    device = input_device(model)
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    ids = input_ids
+    if distributed:
+        ids = input_ids[dist.get_rank()::dist.get_world_size()]
+    acc_device = device if not distributed or dist.get_backend() == "nccl" else torch.device("cpu")
+    acc = Accumulator.zeros(num_layers, t, acc_device)
+    stats = _BlockStats(acc, opts)
+    body = _body(model)
+    bs = opts.batch_size
+    with block_hooks(model, stats):
+        for start in range(0, ids.shape[0], bs):
+            batch = ids[start:start + bs].to(device)
+            body(input_ids=batch, use_cache=False)
+            acc.samples += batch.shape[0]
+            if progress is not None:
+                done = min(start + bs, ids.shape[0])
+                progress(done / max(ids.shape[0], 1), f"{done}/{ids.shape[0]} windows")
+    if distributed:
+        acc.all_reduce()
+    return acc.to("cpu")

