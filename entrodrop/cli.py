@@ -139,13 +139,37 @@ def _write_json(path: str, data: dict) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def _init_distributed(device: str) -> int:
+    """Under torchrun, join the process group; returns this process's rank (0 otherwise)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    use_nccl = device != "cpu" and torch.cuda.is_available()
+    if use_nccl:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return dist.get_rank()
+
+
 def cmd_analyze(a) -> int:
+    from dataclasses import replace
+
     from entrodrop.service import analyze
 
     specs = a.calibration or ["builtin:licenses"]
-    progress = _Progress(a.quiet)
-    result = analyze(_request(a, specs), progress=progress)
+    rank = _init_distributed(a.device)
+    request = _request(a, specs)
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        # Every rank must take part in every forward pass, so no rank may skip on a cache hit.
+        request = replace(request, use_cache=False)
+    progress = _Progress(a.quiet or rank != 0)
+    result = analyze(request, progress=progress)
     progress.done()
+    if rank != 0:
+        return 0
     for msg in result.messages:
         print(msg, file=sys.stderr)
     if a.out:

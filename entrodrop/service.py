@@ -145,3 +145,132 @@ def profile_model(
     )
     profile["seconds"] = time.perf_counter() - t0
     return profile
+
+
+# --------------------------------------------------------------------------- decisions
+
+DEFAULT_STAGE_ESTIMATOR = "bucket"
+"""Whose entropy curve sets the automatic S_start. The knn curve starts very low at Z_0
+(repeated tokens have identical embeddings, so log r hits its floor), which puts j* at 0."""
+
+
+def stage_plan(profile: dict, *, policy: str = "auto", s_start: int | None = None,
+               allow_last: bool = False, stage_estimator: str = DEFAULT_STAGE_ESTIMATOR):
+    from pruning.stages import plan_stages
+
+    return plan_stages(
+        profile["model"]["num_layers"], policy=policy,
+        curve=profile["entropy_curve"][stage_estimator],
+        s_start=s_start if policy == "manual" else None, allow_last=allow_last,
+    )
+
+
+def decide(profile: dict, granularity: str, criterion: str, k: int, plan) -> dict:
+    """The full prune order of one criterion, and the first k blocks of it."""
+    from pruning.ranking import prune_order, prune_set, scores_for
+
+    order = prune_order(scores_for(profile, granularity, criterion), plan)
+    return {"granularity": granularity, "criterion": criterion, "k": k, "order": order,
+            "blocks": prune_set(order, k), "s_start": plan.s_start, "policy": plan.policy}
+
+
+def heldout_windows(cal: CalibrationSettings, loaded: LoadedModel, n: int):
+    """n held-out windows of the calibration source, disjoint from the ranking windows."""
+    from analysis.calibration import load_heldout
+
+    cal = cal.resolved(loaded.on_gpu)
+    with MODEL_LOCK:
+        return load_heldout(cal, loaded.tokenizer, n, model=loaded.model, on_gpu=loaded.on_gpu).input_ids
+
+
+def budget_curves(loaded: LoadedModel, heldout_ids, profile: dict, granularity: str,
+                  criteria: tuple[str, ...], ks, plan, *, batch_size: int = 4) -> list[dict]:
+    """Quality (perplexity, KL, top-1) over K for each criterion's order, side by side."""
+    from pruning.evaluate import quality_curves
+
+    orders = {c: decide(profile, granularity, c, 0, plan)["order"] for c in criteria}
+    limit = min(len(o) for o in orders.values())
+    ks = [k for k in ks if k <= limit]
+    with MODEL_LOCK:
+        return quality_curves(loaded.model, heldout_ids, granularity, orders, ks,
+                              batch_size=batch_size)
+
+
+def manifest_for(profile: dict, decision: dict, extra: dict | None = None) -> dict:
+    block = profile["blocks"][decision["granularity"]]
+    scores = block["cosine"] if decision["criterion"] == "cosine" else block["delta_h"][decision["criterion"]]
+    return {
+        "source_model": profile["model"]["spec"],
+        "source_identity": profile["model"].get("identity"),
+        "calibration": profile["calibration"],
+        "estimator_settings": profile["settings"],
+        "granularity": decision["granularity"],
+        "criterion": decision["criterion"],
+        "s_start": decision["s_start"],
+        "stage_policy": decision["policy"],
+        "k": decision["k"],
+        "pruned_blocks": decision["blocks"],
+        "prune_order": decision["order"],
+        "scores": scores,
+        **(extra or {}),
+    }
+
+
+def export_decision(loaded: LoadedModel, profile: dict, decision: dict, out_dir, *,
+                    overwrite: bool = False, extra_manifest: dict | None = None,
+                    progress: Progress | None = None):
+    from pruning.export import export_pruned
+
+    with MODEL_LOCK:
+        return export_pruned(
+            loaded.model, loaded.tokenizer, out_dir, granularity=decision["granularity"],
+            blocks=decision["blocks"], manifest=manifest_for(profile, decision, extra_manifest),
+            overwrite=overwrite, progress=progress,
+        )
+
+
+# --------------------------------------------------------------------------- width pruning
+
+
+def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criterion: str, *,
+                 batch_size: int = 4, progress: Progress | None = None):
+    """Neuron importance of every MLP neuron (one forward + backward per batch)."""
+    from analysis.taylor import neuron_scores
+
+    cal = cal.resolved(loaded.on_gpu)
+    with MODEL_LOCK:
+        ids = None
+        if criterion != "magnitude":
+            ids = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=loaded.on_gpu).input_ids
+        report = (lambda done, total: progress(done / total, f"{done}/{total} windows")) if progress else None
+        return neuron_scores(loaded.model, ids, criterion, batch_size=batch_size, progress=report)
+
+
+def width_keep(loaded: LoadedModel, scores, ratio: float, mode: str = "uniform"):
+    from pruning.width import keep_indices
+
+    hidden = loaded.model.config.get_text_config().hidden_size
+    return keep_indices(scores, ratio, hidden_size=hidden, mode=mode)
+
+
+def width_export(loaded: LoadedModel, cal: CalibrationSettings, criterion: str, ratio: float,
+                 out_dir, *, mode: str = "uniform", batch_size: int = 4, overwrite: bool = False,
+                 progress: Progress | None = None, extra_manifest: dict | None = None):
+    from pruning.width import export_width_pruned
+
+    scores = width_scores(loaded, cal, criterion, batch_size=batch_size, progress=progress)
+    keep = width_keep(loaded, scores, ratio, mode)
+    manifest = {
+        "method": "width",
+        "source_model": loaded.spec,
+        "source_identity": loaded.identity,
+        "calibration": asdict(cal),
+        "criterion": criterion,
+        "ratio": ratio,
+        "mode": mode,
+        "layer_importance": scores.layer_totals(),
+        **(extra_manifest or {}),
+    }
+    with MODEL_LOCK:
+        return export_width_pruned(loaded.model, loaded.tokenizer, keep, out_dir,
+                                   manifest=manifest, overwrite=overwrite)

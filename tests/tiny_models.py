@@ -50,3 +50,38 @@ def tiny_model(model_type: str, seed: int = 0, dtype=torch.float32):
 def tiny_ids(batch: int = 2, seqlen: int = 24, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, seqlen), generator=g)
+
+
+_WORDS = ("the of and to in is was for on that with as by at from it an be this which or are "
+          "law court shall state any person right may under act license software work copy "
+          "model layer block entropy token data code file text use other").split()
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer whose ids fit the tiny models' vocabulary (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {w: i for i, w in enumerate(specials + _WORDS)}
+    # Fill the rest of the vocabulary with letter pairs so arbitrary text maps to real ids.
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for a in letters:
+        for b in letters:
+            if len(vocab) >= VOCAB:
+                break
+            vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def save_tiny(model_type: str, folder, seed: int = 0):
+    """Save a tiny model + tokenizer as a normal local model folder; returns the folder."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    tiny_model(model_type, seed=seed).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

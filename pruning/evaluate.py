@@ -1,0 +1,514 @@
+"""What pruning costs in quality and what it saves in speed.
+
+A *variant* is any zero-argument factory of a context manager that changes the model in
+place while it is entered and restores it on exit, for example
+`lambda: pruned(model, "attn", [5, 7])` or `lambda: width_pruned(model, keep)`. Every
+function here takes variants in that form, so block and width pruning share them.
+
+Quality is measured against the unpruned model on held-out windows: perplexity of the true
+next token, KL(P_unpruned || P_variant) and top-1 agreement with the unpruned argmax.
+Speed is measured with the base and the pruned model side by side, in interleaved repeats.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Variant = Callable[[], AbstractContextManager]
+"""A zero-argument factory of a context manager that modifies the model while entered."""
+
+UNPRUNED = "unpruned"
+
+
+class EvaluationError(ValueError):
+    """Bad input to an evaluation; the message says what was wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------- quality
+
+
+@dataclass(frozen=True)
+class Quality:
+    perplexity: float
+    """exp(mean NLL of the true next token)."""
+    kl: float
+    """Mean over tokens of KL(P_unpruned || P_variant), in nats."""
+    top1: float
+    """Fraction of tokens where the variant's argmax equals the unpruned argmax."""
+    tokens: int
+    """Predicted positions counted: N * (T - 1)."""
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+@dataclass
+class _Sums:
+    """Running sums over predicted tokens, so memory does not depend on N."""
+
+    nll: float = 0.0
+    kl: float = 0.0
+    agree: int = 0
+    tokens: int = 0
+
+    def add(self, nll: torch.Tensor, kl: torch.Tensor, agree: torch.Tensor) -> None:
+        self.nll += float(nll.double().sum())
+        self.kl += float(kl.double().sum())
+        self.agree += int(agree.sum())
+        self.tokens += nll.numel()
+
+    def result(self) -> Quality:
+        mean_nll = self.nll / self.tokens
+        ppl = math.exp(mean_nll) if mean_nll < 709.0 else math.inf
+        return Quality(ppl, self.kl / self.tokens, self.agree / self.tokens, self.tokens)
+
+
+def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log softmax of the logits that predict positions 1..T-1, in float32.
+
+    logits: [B, T, V] -> [B, T-1, V]; row t is log P(x_{t+1} | x_0..x_t).
+    """
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+def token_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) per token: sum_v P_v (log P_v - log Q_v).
+
+    log_p, log_q: [..., V] log-probabilities -> [...]. Terms with P_v = 0 count as 0
+    (also where log P_v = -inf, which the plain formula would turn into NaN).
+    """
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(dim=-1)
+
+
+def evaluate_quality(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    variants: Mapping[str, Variant],
+    *,
+    batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Quality]:
+    """Perplexity, KL to the unpruned model and top-1 agreement of every variant.
+
+    input_ids: [N, T] held-out windows (no padding). For each batch the unpruned model runs
+    once; its next-token log-probabilities are the reference for every variant, which is
+    entered, run and exited in turn. Only running sums cross batches, so memory holds at
+    most one batch of reference log-probs and one of variant logits ([B, T, V] each),
+    whatever N is. The result has the key "unpruned" (KL 0, top-1 1) plus one per variant.
+    `progress(done, total)` is called after each batch.
+    """
+    ids = _check_ids(model, input_ids)
+    _positive_int("batch_size", batch_size)
+    for name, factory in variants.items():
+        if name == UNPRUNED:
+            raise EvaluationError(
+                f"variant name {UNPRUNED!r} is reserved for the reference model; rename it"
+            )
+        if not callable(factory):
+            raise EvaluationError(
+                f"variant {name!r} must be a zero-argument callable returning a context "
+                f"manager (e.g. lambda: pruned(model, 'attn', [3])); got {type(factory).__name__}"
+            )
+
+    device = model_device(model)
+    sums = {name: _Sums() for name in (UNPRUNED, *variants)}
+    total = math.ceil(ids.shape[0] / batch_size)
+    with torch.inference_mode(), _eval_mode(model):
+        for done, start in enumerate(range(0, ids.shape[0], batch_size), start=1):
+            batch = ids[start:start + batch_size].to(device)
+            targets = batch[:, 1:].unsqueeze(-1)
+            ref = next_token_log_probs(_logits(model, batch))
+            ref_top = ref.argmax(dim=-1)
+            ref_nll = -ref.gather(-1, targets).squeeze(-1)
+            sums[UNPRUNED].add(ref_nll, torch.zeros_like(ref_nll), torch.ones_like(ref_top))
+            for name, factory in variants.items():
+                with factory():
+                    logits = _logits(model, batch)
+                out = next_token_log_probs(logits)
+                del logits
+                sums[name].add(
+                    -out.gather(-1, targets).squeeze(-1),
+                    token_kl(ref, out),
+                    out.argmax(dim=-1) == ref_top,
+                )
+                del out
+            del ref
+            if progress is not None:
+                progress(done, total)
+    return {name: s.result() for name, s in sums.items()}
+
+
+def quality_curves(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    granularity: Literal["layer", "attn"],
+    orders: Mapping[str, Sequence[int]],
+    ks: Sequence[int],
+    **kw,
+) -> list[dict]:
+    """Quality after pruning the first K blocks of each criterion's order, for every K.
+
+    Returns rows {criterion, k, perplexity, kl, top1}, grouped by criterion in the order
+    given, K ascending; every criterion gets a K = 0 row (the unpruned figures). All
+    variants go through one `evaluate_quality` call (extra keywords go to it), so the
+    reference runs once per batch; criteria that prune the same set at some K share it.
+    """
+    from pruning.apply import pruned  # written alongside; imported late to keep this light
+
+    if granularity not in ("layer", "attn"):
+        raise EvaluationError(f"granularity must be 'layer' or 'attn'; got {granularity!r}")
+    if not orders:
+        raise EvaluationError("orders is empty: give at least one criterion's pruning order")
+    k_values = sorted({0, *(_check_k(k) for k in ks)})
+
+    variants: dict[str, Variant] = {}
+    plan: list[tuple[str, int, str]] = []
+    for criterion, order in orders.items():
+        order = [operator.index(b) for b in order]
+        for k in k_values:
+            if k > len(order):
+                raise EvaluationError(
+                    f"K={k} is larger than the {len(order)} blocks in the order of "
+                    f"{criterion!r}; lower K or rank more blocks"
+                )
+            if k == 0:
+                plan.append((criterion, 0, UNPRUNED))
+                continue
+            blocks = order[:k]
+            name = f"{granularity}:{','.join(map(str, sorted(blocks)))}"
+            variants.setdefault(name, _pruned_variant(pruned, model, granularity, blocks))
+            plan.append((criterion, k, name))
+
+    results = evaluate_quality(model, input_ids, variants, **kw)
+    rows = []
+    for criterion, k, name in plan:
+        q = results[name]
+        rows.append({"criterion": criterion, "k": k, "perplexity": q.perplexity,
+                     "kl": q.kl, "top1": q.top1})
+    return [_json_safe(r) for r in rows]
+
+
+def _pruned_variant(pruned, model, granularity, blocks) -> Variant:
+    # A function (not a lambda in the loop) so each variant keeps its own blocks.
+    return lambda: pruned(model, granularity, blocks)
+
+
+# ---------------------------------------------------------------------------- speed
+
+
+@dataclass(frozen=True)
+class Speed:
+    prefill_tokens_per_s_base: float
+    prefill_tokens_per_s_pruned: float
+    prefill_ratio: float
+    """pruned / base prefill throughput; > 1 means the pruned model is faster."""
+    decode_ms_per_token_base: float
+    decode_ms_per_token_pruned: float
+    decode_ratio: float
+    """base / pruned decode latency, i.e. a speed ratio; > 1 means faster."""
+    params_base: int
+    params_pruned: int
+    weight_bytes_base: int
+    weight_bytes_pruned: int
+    device: str
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return _json_safe(asdict(self))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements the model holds, counting shared storage once."""
+    return sum(p.numel() for p in _unique_parameters(model))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameter storage, counting shared (tied) weights once."""
+    return sum(p.numel() * p.element_size() for p in _unique_parameters(model))
+
+
+def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    # Tied weights may be distinct Parameter objects over one storage, so identity is not
+    # enough; meta tensors all have data_ptr 0 and are told apart by identity instead.
+    seen: set = set()
+    unique = []
+    for p in model.parameters():
+        ptr = p.data_ptr()
+        key = (p.device, ptr, p.dtype, tuple(p.shape)) if ptr else id(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def measure_speed(
+    model: nn.Module,
+    variant: Variant,
+    *,
+    batch: int = 1,
+    prompt_len: int = 128,
+    new_tokens: int = 32,
+    warmup: int = 1,
+    repeats: int = 3,
+    vocab_size: int | None = None,
+) -> Speed:
+    """Prefill throughput and decode latency of the base and the pruned model.
+
+    Prefill: tokens/s of one forward over [batch, prompt_len] random ids. Decode: ms per
+    step of a plain greedy loop over the KV cache (one token per sequence per step), timed
+    after its own prefill. Base and pruned runs alternate (warm-up rounds discarded), so
+    drift of clocks and caches hits both alike; each figure is the median over `repeats`.
+    Parameter counts and weight bytes are taken inside and outside the variant's context.
+    """
+    for name, value in (("batch", batch), ("prompt_len", prompt_len),
+                        ("new_tokens", new_tokens), ("repeats", repeats)):
+        _positive_int(name, value)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise EvaluationError(f"warmup must be an integer >= 0; got {warmup!r}")
+    if not callable(variant):
+        raise EvaluationError("variant must be a zero-argument callable returning a context manager")
+    vocab = vocab_size if vocab_size is not None else _vocab_size(model)
+    _positive_int("vocab_size", vocab)
+    limit = _max_positions(model)
+    if limit is not None and prompt_len + new_tokens > limit:
+        raise EvaluationError(
+            f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's "
+            f"{limit} positions; shorten the prompt or generate fewer tokens"
+        )
+
+    device = model_device(model)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
+
+    params_base, bytes_base = count_parameters(model), weight_bytes(model)
+    with variant():
+        params_pruned, bytes_pruned = count_parameters(model), weight_bytes(model)
+
+    timings: dict[str, list[tuple[float, float]]] = {"base": [], "pruned": []}
+    with torch.inference_mode(), _eval_mode(model):
+        for round_idx in range(warmup + repeats):
+            base = _time_once(model, ids, new_tokens, device)
+            with variant():
+                pruned = _time_once(model, ids, new_tokens, device)
+            if round_idx >= warmup:
+                timings["base"].append(base)
+                timings["pruned"].append(pruned)
+
+    prefill_s = {k: statistics.median(t[0] for t in v) for k, v in timings.items()}
+    decode_s = {k: statistics.median(t[1] for t in v) for k, v in timings.items()}
+    n_prefill = batch * prompt_len
+    tps_base, tps_pruned = n_prefill / prefill_s["base"], n_prefill / prefill_s["pruned"]
+    ms_base, ms_pruned = 1000.0 * decode_s["base"], 1000.0 * decode_s["pruned"]
+    return Speed(
+        prefill_tokens_per_s_base=tps_base,
+        prefill_tokens_per_s_pruned=tps_pruned,
+        prefill_ratio=tps_pruned / tps_base,
+        decode_ms_per_token_base=ms_base,
+        decode_ms_per_token_pruned=ms_pruned,
+        decode_ratio=ms_base / ms_pruned,
+        params_base=params_base,
+        params_pruned=params_pruned,
+        weight_bytes_base=bytes_base,
+        weight_bytes_pruned=bytes_pruned,
+        device=_describe(device),
+        repeats=repeats,
+    )
+
+
+def _time_once(model, ids, new_tokens, device) -> tuple[float, float]:
+    """(seconds of one prefill forward, seconds per greedy decode step)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    model(input_ids=ids, use_cache=False)
+    _sync(device)
+    prefill = time.perf_counter() - t0
+
+    out = model(input_ids=ids, use_cache=True)
+    past, token = out.past_key_values, out.logits[:, -1:].argmax(dim=-1)
+    del out
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(input_ids=token, past_key_values=past, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(dim=-1)
+    _sync(device)
+    return prefill, (time.perf_counter() - t0) / new_tokens
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+def generate_side_by_side(
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    variant: Variant,
+    *,
+    max_new_tokens: int = 40,
+    chat: bool = False,
+) -> dict[str, str]:
+    """Greedy continuations of one prompt by the unpruned and the pruned model.
+
+    Plain text by default; `chat=True` wraps the prompt as a user turn with the tokenizer's
+    chat template. Returns {"unpruned": text, "pruned": text}, new tokens only.
+    """
+    _positive_int("max_new_tokens", max_new_tokens)
+    if not isinstance(prompt, str):
+        raise EvaluationError(f"prompt must be a string; got {type(prompt).__name__}")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise EvaluationError(
+                "chat=True but the tokenizer has no chat template; use chat=False for plain text"
+            )
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if ids.shape[-1] == 0:
+        raise EvaluationError("the prompt tokenizes to no tokens; give some text")
+
+    ids = ids.to(model_device(model))
+    stop = _eos_ids(model, tokenizer)
+    with torch.inference_mode(), _eval_mode(model):
+        base = _greedy(model, ids, max_new_tokens, stop)
+        with variant():
+            pruned = _greedy(model, ids, max_new_tokens, stop)
+    return {
+        UNPRUNED: tokenizer.decode(base, skip_special_tokens=True),
+        "pruned": tokenizer.decode(pruned, skip_special_tokens=True),
+    }
+
+
+def _greedy(model, ids: torch.Tensor, max_new_tokens: int, stop: set[int]) -> list[int]:
+    """Greedy continuation of one sequence ([1, T]) over the KV cache; new token ids."""
+    out = model(input_ids=ids, use_cache=True)
+    new: list[int] = []
+    while True:
+        token = out.logits[:, -1:].argmax(dim=-1)
+        new.append(int(token))
+        if new[-1] in stop or len(new) >= max_new_tokens:
+            return new
+        out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(tokenizer, "eos_token_id", None),
+                   getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return ids
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the device of its input embeddings."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Dropout would make the unpruned model disagree with itself.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, use_cache=False).logits
+
+
+def _check_ids(model: nn.Module, input_ids) -> torch.Tensor:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise EvaluationError(f"input_ids must be a [N, T] tensor of token ids; got {shape}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise EvaluationError(f"input_ids must hold integer token ids; got dtype {input_ids.dtype}")
+    n, t = input_ids.shape
+    if n < 1 or t < 2:
+        raise EvaluationError(
+            f"input_ids has shape {(n, t)}; need N >= 1 windows of T >= 2 tokens"
+        )
+    vocab = _vocab_size(model)
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or (vocab is not None and hi >= vocab):
+        raise EvaluationError(
+            f"input_ids range from {lo} to {hi} but the model's vocabulary has {vocab} ids; "
+            "tokenize with this model's tokenizer"
+        )
+    return input_ids.long()
+
+
+def _check_k(k) -> int:
+    try:
+        value = operator.index(k)  # accepts numpy integers, rejects floats and strings
+    except TypeError:
+        value = -1
+    if isinstance(k, bool) or value < 0:
+        raise EvaluationError(f"every K must be an integer >= 0; got {k!r}")
+    return value
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise EvaluationError(f"{name} must be an integer >= 1; got {value!r}")
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError):
+        return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _json_safe(d: dict) -> dict:
+    """Non-finite floats become None: JSON has no inf or NaN."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in d.items()}
