@@ -1,0 +1,1045 @@
+"""Calibration data: N token windows of T tokens each, from a named source.
+
+Spec strings (`CalibrationSettings.spec`):
+
+- `builtin:licenses`, `builtin:pydocs`: offline prose read from this machine
+  (see `analysis.textsources`).
+- `builtin:selfgen`: text that the model itself generates from fixed prompts (data-free).
+- `builtin:random`: uniformly random token ids, special tokens excluded (a control).
+- `preset:c4|wikitext2|law|medicine`: the research code's corpora, through `datasets`
+  (hub or local cache). Offline without a cache they fail fast with `CalibrationError`.
+- a file: `.txt`, `.jsonl`, `.csv`, `.parquet` (text), or `.npy` / `.jsonl` with an
+  `input_ids` list per line (pre-tokenized, used as-is).
+
+Window sampling follows the research code, so a preset with the same tokenizer and seed
+gives the same windows: `rng = random.Random(seed)`; for each of the N windows, draw
+document indices with `rng.randint` until one has more than T tokens, then a start with
+`rng.randint(0, len - T - 1)`. Documents are tokenized with the tokenizer's default special
+tokens (a BOS where the tokenizer adds one), as the research code does. When no document
+is longer than T, all documents are joined into one stream with EOS between them, and the
+windows are cut from that stream.
+
+`.txt` files: a document ends at a form feed or at two or more consecutive blank lines;
+a file without either is one document (single blank lines separate paragraphs, which
+are usually shorter than a window).
+
+Held-out windows (`load_heldout`, `load_calibration(heldout=n)`) come from the same
+source, drawn with a second seed derived from `seed`, and never overlap a ranking window:
+in documents, no held-out token position lies inside a ranking window of the same
+document. `builtin:selfgen` and `builtin:random` draw fresh sequences instead. The
+ranking windows are the same whether or not held-out windows are requested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from analysis.settings import CalibrationSettings
+from analysis.textsources import Document, cached_pydocs, collect_licenses, text_digest
+
+DEFAULT_MAX_BYTES = 200_000_000
+"""Largest calibration file read (200 MB); `max_bytes` overrides it."""
+
+READER_VERSION = 1
+"""Bump when the way files or builtins are turned into documents changes (cache keys)."""
+
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".csv", ".parquet")
+FILE_EXTENSIONS = TEXT_EXTENSIONS + (".npy",)
+TEXT_COLUMN_GUESSES = ("text", "content", "document", "body")
+
+SELFGEN_PROMPTS: tuple[str, ...] = (
+    "The history of the city begins",
+    "In mathematics, a function is",
+    "Once upon a time, in a small village,",
+    "The following report describes",
+    "To install the software, first",
+    "Scientists have recently discovered that",
+    "Dear members of the committee,",
+    "The recipe calls for",
+)
+SELFGEN_TOP_K = 50
+"""Sampling from the top 50 tokens at temperature 1 keeps text fluent but varied."""
+SELFGEN_BATCH = 32
+
+_HUB_PROBE_TIMEOUT_S = 3.0
+_REJECTS_BEFORE_SCAN = 64
+
+
+class CalibrationError(ValueError):
+    """Calibration data cannot be built; the message says what, why and what to do."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    repo_ids: tuple[str, ...]
+    """Dataset ids tried in order (the first is canonical; later ones are old names)."""
+    config: str | None
+    split: str
+    column: str
+    description: str
+    data_files: dict[str, str] | None = None
+    research_pool: bool = False
+    """Keep the research code's document pool: shuffle(seed=42), first 2N rows, drop
+    empty ones, keep N."""
+
+
+PRESETS: dict[str, Preset] = {
+    "c4": Preset(("allenai/c4",), None, "train", "text",
+                 "C4 English web text, training shard 00000",
+                 data_files={"train": "en/c4-train.00000-of-01024.json.gz"}),
+    "wikitext2": Preset(("Salesforce/wikitext", "wikitext"), "wikitext-2-raw-v1", "train",
+                        "text", "WikiText-2 (raw), training split"),
+    "law": Preset(("AdaptLLM/law_knowledge_prob",), None, "test", "text",
+                  "Legal text (AdaptLLM law_knowledge_prob, test split)", research_pool=True),
+    "medicine": Preset(("AdaptLLM/med_knowledge_prob",), "Medicine", "test", "exp",
+                       "Medical explanations (AdaptLLM med_knowledge_prob, test split)",
+                       research_pool=True),
+}
+
+BUILTINS: dict[str, str] = {
+    "licenses": "Legal prose: system licenses and installed Python packages' license files.",
+    "pydocs": "Technical prose rendered from Python standard-library docstrings.",
+    "selfgen": "Text generated by the model itself from fixed prompts (data-free; needs the model).",
+    "random": "Uniformly random token ids, special tokens excluded (a control, not language).",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """N windows of T token ids. Compare two with `fingerprint()`, not `==`."""
+
+    spec: str
+    input_ids: torch.Tensor
+    """[N, T] int64 on the CPU."""
+    recipe: dict = field(default_factory=dict)
+    """JSON-safe description of how the windows were made."""
+
+    def __post_init__(self) -> None:
+        if self.input_ids.dim() != 2 or self.input_ids.dtype != torch.long:
+            raise CalibrationError(
+                f"calibration input_ids must be a 2-D int64 tensor [N, T]; got "
+                f"{self.input_ids.dtype} of shape {tuple(self.input_ids.shape)}"
+            )
+
+    @property
+    def samples(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seqlen(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def fingerprint(self) -> str:
+        """sha256 hex of the shape and the int64 little-endian token bytes."""
+        ids = self.input_ids.detach().to("cpu", torch.long).contiguous()
+        h = hashlib.sha256(f"{tuple(ids.shape)}".encode())
+        h.update(ids.numpy().astype("<i8", copy=False).tobytes())
+        return h.hexdigest()
+
+    def split(self, n_heldout: int) -> tuple[Calibration, Calibration]:
+        """(first N - n rows, last n rows). For pre-tokenized files, which have no further
+        text to draw held-out windows from."""
+        n = self.samples
+        if isinstance(n_heldout, bool) or not isinstance(n_heldout, int) or not 0 < n_heldout < n:
+            raise CalibrationError(
+                f"split needs 0 < n_heldout < N = {n}; got {n_heldout!r}. Keep at least one "
+                "window on each side."
+            )
+        cut = n - n_heldout
+        windows = self.recipe.get("windows")
+        parts = []
+        for role, rows in (("ranking", slice(0, cut)), ("heldout", slice(cut, n))):
+            recipe = {**self.recipe, "role": role, "samples": rows.stop - rows.start,
+                      "split_rows": [rows.start, rows.stop]}
+            if isinstance(windows, list):
+                recipe["windows"] = windows[rows]
+            parts.append(Calibration(self.spec, self.input_ids[rows].clone(), recipe))
+        return parts[0], parts[1]
+
+
+# ---------------------------------------------------------------------------- public API
+
+
+def list_sources() -> list[dict]:
+    """Every selectable source, for the UI: name (the spec), kind, description, flags."""
+    rows = [
+        {"name": f"builtin:{name}", "kind": "builtin", "description": text,
+         "needs_model": name == "selfgen", "needs_network": False}
+        for name, text in BUILTINS.items()
+    ]
+    rows += [
+        {"name": f"preset:{name}", "kind": "preset",
+         "description": f"{p.description}. Needs the Hugging Face hub or a local cache.",
+         "needs_model": False, "needs_network": True}
+        for name, p in PRESETS.items()
+    ]
+    rows.append({
+        "name": "<path>", "kind": "file", "needs_model": False, "needs_network": False,
+        "description": "A local file: .txt, .jsonl/.csv/.parquet with a text column, or "
+                       "pre-tokenized .npy [N, T] / .jsonl with input_ids (used as-is).",
+        "extensions": list(FILE_EXTENSIONS),
+    })
+    return rows
+
+
+def source_fingerprint(settings: CalibrationSettings, *, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """A sha256 hex that changes when the source's text would change; no tokenizer needed.
+
+    Files: their bytes. `builtin:licenses|pydocs`: the collected text. Presets: the dataset
+    id, config, split and column (hub datasets are not versioned here). `builtin:selfgen`
+    and `builtin:random`: the spec (the model and seed are part of the caller's key).
+    """
+    kind, name = _parse_spec(settings.spec)
+    if kind == "file":
+        path = _check_file(name, max_bytes)
+        return _source_identity_hash(kind, name, settings, file_sha256=_file_sha256(path))
+    documents = _builtin_documents(name) if name in ("licenses", "pydocs") else None
+    return _source_identity_hash(kind, name, settings, documents=documents)
+
+
+def _source_identity_hash(kind: str, name: str, settings: CalibrationSettings, *,
+                          file_sha256: str | None = None,
+                          documents: list[Document] | None = None) -> str:
+    if kind == "file":
+        suffix = Path(name).suffix.lower()
+        identity = f"file:{suffix}:{file_sha256}:{settings.text_column}"
+    elif kind == "builtin" and documents is not None:
+        identity = f"builtin:{name}:{text_digest(documents)}"
+    elif kind == "preset":
+        p = PRESETS[name]
+        identity = f"preset:{name}:{p.repo_ids[0]}:{p.config}:{p.data_files}:{p.split}:{p.column}"
+    else:
+        identity = f"builtin:{name}"
+    return hashlib.sha256(f"v{READER_VERSION}|{identity}".encode()).hexdigest()
+
+
+def load_calibration(
+    settings: CalibrationSettings,
+    tokenizer,
+    *,
+    model=None,
+    on_gpu: bool = False,
+    heldout: int = 0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Calibration | tuple[Calibration, Calibration]:
+    """The N x T ranking windows; with `heldout=n`, also n disjoint held-out windows.
+
+    Raises `CalibrationError` for bad sources and `analysis.settings.SettingsError` for N
+    or T out of range. Returns `(ranking, heldout)` when `heldout > 0`.
+    """
+    if isinstance(heldout, bool) or not isinstance(heldout, int) or heldout < 0:
+        raise CalibrationError(f"heldout must be a non-negative integer; got {heldout!r}")
+    ranking, held = _load(settings, tokenizer, model, on_gpu, heldout, max_bytes)
+    return (ranking, held) if heldout else ranking
+
+
+def load_heldout(
+    settings: CalibrationSettings,
+    tokenizer,
+    n: int,
+    *,
+    model=None,
+    on_gpu: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Calibration:
+    """n further windows of T tokens, disjoint from `load_calibration`'s windows."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CalibrationError(f"the number of held-out windows must be >= 1; got {n!r}")
+    return _load(settings, tokenizer, model, on_gpu, n, max_bytes)[1]
+
+
+def preview(cal: Calibration, tokenizer, n: int = 3, chars: int = 400) -> list[str]:
+    """The first n windows decoded (special tokens shown), each cut to `chars` characters."""
+    out = []
+    for row in cal.input_ids[: max(0, n)]:
+        text = tokenizer.decode(row.tolist(), skip_special_tokens=False)
+        out.append(text if len(text) <= chars else text[:chars] + "…")
+    return out
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    kind: str
+    name: str
+    info: dict
+    """Recipe entries of the source (file hash, format, column, document count...)."""
+    documents: Sequence[str | None] | None = None
+    doc_names: Sequence[str] | None = None
+    input_ids: torch.Tensor | None = None
+    """Pre-tokenized [N, T] ids, used as-is."""
+
+
+def _load(settings, tokenizer, model, on_gpu, heldout, max_bytes):
+    if tokenizer is None:
+        raise CalibrationError("a tokenizer is needed to build calibration windows; load the "
+                               "model's tokenizer first")
+    resolved = settings.resolved(on_gpu)  # SettingsError for N or T out of range
+    n, t, seed = resolved.samples, resolved.seqlen, resolved.seed
+    kind, name = _parse_spec(resolved.spec)
+    base = {"spec": resolved.spec, "kind": kind, "source": name, "samples": n, "seqlen": t,
+            "seed": seed, "text_column": resolved.text_column,
+            "tokenizer": str(getattr(tokenizer, "name_or_path", "") or ""),
+            "vocab_size": _vocab_size(tokenizer, None),
+            "reader_version": READER_VERSION}
+
+    if kind == "builtin" and name == "random":
+        return _random_windows(resolved, tokenizer, model, heldout, base)
+    if kind == "builtin" and name == "selfgen":
+        return _selfgen_windows(resolved, tokenizer, model, heldout, base)
+
+    source = _open_source(kind, name, resolved, max_bytes)
+    base.update(source.info)
+    base["source_fingerprint"] = _fingerprint_of(source, resolved)
+    if source.input_ids is not None:
+        return _pretokenized(source, tokenizer, model, heldout, base)
+
+    docs = _TokenizedDocs(source.documents, tokenizer)
+    rng = random.Random(seed)
+    occupied: dict[int, list[int]] = {}
+    try:
+        windows = _draw(docs, t, n, rng, occupied)
+        mode = "documents"
+    except _NoLongDocument:
+        tokenized = docs.tokenized_count()
+        docs = _TokenizedDocs.stream_of(docs, tokenizer, t, n, source)
+        rng = random.Random(seed)
+        occupied = {}
+        windows = _draw(docs, t, n, rng, occupied)
+        mode = "stream"
+    else:
+        tokenized = docs.tokenized_count()
+    base.update(mode=mode, documents_tokenized=tokenized)
+    ranking = _windows_to_calibration(resolved.spec, docs, windows, t, source, mode,
+                                      {**base, "role": "ranking"})
+    if not heldout:
+        return ranking, None
+
+    held_rng = random.Random(f"entrodrop-heldout:{seed}")
+    try:
+        held = _draw(docs, t, heldout, held_rng, occupied, max_attempts=200 * heldout + 2000)
+    except _NoRoom as err:
+        raise CalibrationError(
+            f"{resolved.spec}: found only {err.found} of {heldout} held-out windows of T={t} "
+            f"tokens that do not overlap the N={n} ranking windows. Use a larger source, "
+            "fewer samples, fewer held-out windows or a smaller seqlen."
+        ) from None
+    held_recipe = {**base, "role": "heldout", "samples": heldout,
+                   "heldout_seed": f"entrodrop-heldout:{seed}",
+                   "ranking_fingerprint": ranking.fingerprint()}
+    return ranking, _windows_to_calibration(resolved.spec, docs, held, t, source, mode,
+                                            held_recipe)
+
+
+def _parse_spec(spec: str) -> tuple[str, str]:
+    spec = (spec or "").strip()
+    if not spec:
+        raise CalibrationError("the calibration spec is empty; use builtin:licenses, "
+                               "builtin:pydocs, a preset:<name> or a file path")
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1].strip()
+        if name not in BUILTINS:
+            raise CalibrationError(
+                f"unknown builtin source {spec!r}; available: "
+                + ", ".join(f"builtin:{b}" for b in BUILTINS)
+            )
+        return "builtin", name
+    if spec.startswith("preset:"):
+        name = spec.split(":", 1)[1].strip()
+        if name not in PRESETS:
+            raise CalibrationError(
+                f"unknown preset {spec!r}; available: "
+                + ", ".join(f"preset:{p}" for p in PRESETS)
+            )
+        return "preset", name
+    return "file", spec
+
+
+def _open_source(kind: str, name: str, settings: CalibrationSettings, max_bytes: int) -> _Source:
+    if kind == "builtin":
+        docs = _builtin_documents(name)
+        if not docs:
+            raise CalibrationError(
+                f"builtin:{name} found no text on this machine; use "
+                f"builtin:{'pydocs' if name == 'licenses' else 'licenses'} or a file"
+            )
+        return _Source("builtin", name, {"documents": len(docs)},
+                       documents=[d.text for d in docs], doc_names=[d.name for d in docs])
+    if kind == "preset":
+        return _open_preset(name, settings.samples or 0)
+    return _open_file(name, settings.text_column, max_bytes)
+
+
+def _builtin_documents(name: str) -> list[Document]:
+    return collect_licenses() if name == "licenses" else list(_pydocs_cached())
+
+
+@lru_cache(maxsize=1)
+def _pydocs_cached() -> tuple[Document, ...]:
+    # The rendering is fixed for a given Python, so one per process is enough.
+    return tuple(cached_pydocs())
+
+
+def _fingerprint_of(source: _Source, settings: CalibrationSettings) -> str:
+    documents = None
+    if source.kind == "builtin":  # reuse the collected text instead of collecting it again
+        documents = [Document(n, t or "")
+                     for n, t in zip(source.doc_names, source.documents, strict=True)]
+    return _source_identity_hash(source.kind, settings.spec.strip() if source.kind == "file"
+                                 else source.name, settings,
+                                 file_sha256=source.info.get("file_sha256"), documents=documents)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _check_file(spec: str, max_bytes: int) -> Path:
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CalibrationError(
+            f"calibration file not found: {path} (resolved to {path.resolve()}). A "
+            "calibration spec is builtin:<name>, preset:<name> or the path of an existing "
+            f"{'/'.join(FILE_EXTENSIONS)} file."
+        )
+    if path.is_dir():
+        raise CalibrationError(f"{path} is a folder; give one calibration file "
+                               f"({'/'.join(FILE_EXTENSIONS)})")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_EXTENSIONS:
+        raise CalibrationError(
+            f"unsupported calibration file type {suffix or '(no extension)'!r} for {path}; "
+            f"supported: {', '.join(FILE_EXTENSIONS)}. Convert the text to .txt or .jsonl."
+        )
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise CalibrationError(
+            f"{path} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.1f} MB limit for "
+            "calibration files. Calibration needs only N x T tokens: cut the file down, or "
+            "raise max_bytes."
+        )
+    if size == 0:
+        raise CalibrationError(f"calibration file {path} is empty (0 bytes); give a file "
+                               "with text in it")
+    return path
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _open_file(spec: str, text_column: str | None, max_bytes: int) -> _Source:
+    path = _check_file(spec, max_bytes)
+    suffix = path.suffix.lower()
+    info: dict[str, Any] = {"file": str(path.resolve()), "format": suffix.lstrip("."),
+                            "file_sha256": _file_sha256(path), "file_bytes": path.stat().st_size}
+    if suffix == ".npy":
+        return _Source("file", path.name, info, input_ids=_read_npy(path))
+    column = None
+    if suffix == ".parquet":
+        column, names, texts = _read_parquet(path, text_column)
+    else:
+        text = _decode_text(path)
+        if suffix == ".txt":
+            names, texts = _split_txt(path, text)
+        elif suffix == ".csv":
+            column, names, texts = _read_csv(path, text, text_column)
+        else:
+            rows = _parse_jsonl(path, text)
+            if _is_pretokenized_jsonl(rows, text_column):
+                info["text_column"] = "input_ids"
+                return _Source("file", path.name, info, input_ids=_jsonl_ids(path, rows))
+            column, names, texts = _jsonl_texts(path, rows, text_column)
+    info["text_column"] = column
+    if not texts:
+        raise CalibrationError(f"{path} holds no non-empty text documents; add text to it")
+    info["documents"] = len(texts)
+    return _Source("file", path.name, info, documents=texts, doc_names=names)
+
+
+def _decode_text(path: Path) -> str:
+    data = path.read_bytes()
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise CalibrationError(f"{path} is UTF-16 encoded; calibration files must be UTF-8. "
+                               "Re-save it as UTF-8.")
+    if b"\x00" in data[:8192]:
+        raise CalibrationError(
+            f"{path} looks like a binary file (it contains NUL bytes), not text. Give a "
+            "UTF-8 text file, or a .npy array of token ids."
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CalibrationError(
+            f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
+            "is not valid UTF-8. Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise CalibrationError(f"calibration file {path} contains only whitespace; give a "
+                               "file with text in it")
+    return text
+
+
+_TXT_BREAK = re.compile(r"\f|\n(?:[ \t]*\n){2,}")
+
+
+def _split_txt(path: Path, text: str) -> tuple[list[str], list[str]]:
+    parts = [p.strip("\n") for p in _TXT_BREAK.split(text)]
+    parts = [p for p in parts if p.strip()]
+    return [f"{path.name}#{i}" for i in range(len(parts))], parts
+
+
+def _pick_column(path: Path, columns: list[str], text_column: str | None) -> str:
+    if text_column is not None:
+        if text_column not in columns:
+            raise CalibrationError(
+                f"{path} has no column {text_column!r}; its columns are: "
+                f"{', '.join(map(repr, columns)) or '(none)'}. Set text_column to one of them."
+            )
+        return text_column
+    for guess in TEXT_COLUMN_GUESSES:
+        if guess in columns:
+            return guess
+    raise CalibrationError(
+        f"{path}: no text column found among {', '.join(map(repr, columns)) or '(none)'}; "
+        f"looked for {', '.join(TEXT_COLUMN_GUESSES)}. Set text_column to the column that "
+        "holds the text."
+    )
+
+
+def _collect_texts(path: Path, column: str, values: list) -> tuple[str, list[str], list[str]]:
+    names, texts = [], []
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise CalibrationError(
+                f"{path}: row {i + 1} of column {column!r} is {type(value).__name__}, not "
+                "text. Point text_column at a column of strings."
+            )
+        if value.strip():
+            names.append(f"{column}#{i}")
+            texts.append(value.replace("\r\n", "\n"))
+    return column, names, texts
+
+
+def _read_csv(path: Path, text: str, text_column: str | None) -> tuple[str, list[str], list[str]]:
+    csv.field_size_limit(2**31 - 1)  # documents are longer than csv's 128 KB default
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = list(reader.fieldnames or [])
+        column = _pick_column(path, columns, text_column)
+        values = [row.get(column) for row in reader]
+    except csv.Error as err:
+        raise CalibrationError(f"{path} is not a valid CSV file: {err}. Check the quoting, "
+                               "or save the text as .txt or .jsonl.") from None
+    return _collect_texts(path, column, values)
+
+
+def _read_parquet(path: Path, text_column: str | None) -> tuple[str, list[str], list[str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pfile = pq.ParquetFile(path)
+        columns = list(pfile.schema_arrow.names)
+    except Exception as err:
+        raise CalibrationError(f"{path} is not a readable Parquet file ({err}); re-export it, "
+                               "or give .jsonl or .csv") from None
+    column = _pick_column(path, columns, text_column)
+    values = pfile.read(columns=[column]).column(column).to_pylist()
+    return _collect_texts(path, column, values)
+
+
+def _parse_jsonl(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CalibrationError(f"{path}, line {lineno}: not valid JSON ({err.msg}). "
+                                   "Each line of a .jsonl file must be one JSON object.") from None
+        if not isinstance(obj, dict):
+            raise CalibrationError(f"{path}, line {lineno}: expected a JSON object such as "
+                                   f'{{"text": "..."}}; got {type(obj).__name__}')
+        rows.append((lineno, obj))
+    if not rows:
+        raise CalibrationError(f"{path} has no JSON lines; add one object per line")
+    return rows
+
+
+def _is_pretokenized_jsonl(rows: list[tuple[int, dict]], text_column: str | None) -> bool:
+    return "input_ids" in rows[0][1] and text_column in (None, "input_ids")
+
+
+def _jsonl_texts(path: Path, rows, text_column: str | None) -> tuple[str, list[str], list[str]]:
+    columns = list(dict.fromkeys(k for _, obj in rows[:100] for k in obj))
+    column = _pick_column(path, columns, text_column)
+    names, texts = [], []
+    for lineno, obj in rows:
+        value = obj.get(column)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise CalibrationError(f"{path}, line {lineno}: {column!r} is "
+                                   f"{type(value).__name__}, not text")
+        if value.strip():
+            names.append(f"{column}#line{lineno}")
+            texts.append(value.replace("\r\n", "\n"))
+    return column, names, texts
+
+
+def _jsonl_ids(path: Path, rows) -> torch.Tensor:
+    ids: list[list[int]] = []
+    for lineno, obj in rows:
+        value = obj.get("input_ids")
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise CalibrationError(f"{path}, line {lineno}: input_ids must be a list of "
+                                   "integers")
+        if ids and len(value) != len(ids[0]):
+            raise CalibrationError(
+                f"{path}: pre-tokenized rows are ragged (line {rows[0][0]} has "
+                f"{len(ids[0])} ids, line {lineno} has {len(value)}). Every row must have "
+                "the same length T; cut or pad them before saving."
+            )
+        ids.append(value)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _read_npy(path: Path) -> torch.Tensor:
+    import numpy as np
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise CalibrationError(f"{path} is not a readable .npy array ({err}); save token ids "
+                               "with numpy.save(path, ids) as an integer [N, T] array") from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise CalibrationError(
+            f"{path} holds a {array.dtype} array of shape {array.shape}; expected integer "
+            "token ids of shape [N, T] (pre-tokenized windows)."
+        )
+    return torch.from_numpy(array.astype(np.int64))
+
+
+def _pretokenized(source: _Source, tokenizer, model, heldout: int, base: dict):
+    ids = source.input_ids
+    n, t = ids.shape
+    if n < 1 or t < 2:
+        raise CalibrationError(f"{source.info.get('file')}: pre-tokenized ids have shape "
+                               f"[{n}, {t}]; need at least 1 row of at least 2 tokens")
+    vocab = _vocab_size(tokenizer, model)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab:
+        raise CalibrationError(
+            f"{source.info.get('file')}: token ids range from {lo} to {hi}, outside this "
+            f"tokenizer's vocabulary [0, {vocab}). The file was tokenized for another model; "
+            "re-tokenize it, or give the text instead."
+        )
+    if heldout:
+        raise CalibrationError(
+            "a pre-tokenized file has no text beyond its rows, so no held-out windows can be "
+            "drawn from it. Use Calibration.split(n) to hold out some of its rows, or give "
+            "the held-out windows as a second file."
+        )
+    recipe = {**base, "mode": "pretokenized", "samples": int(n), "seqlen": int(t),
+              "role": "ranking", "documents": int(n)}
+    return Calibration(base["spec"], ids.clone(), recipe), None
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def _open_preset(name: str, samples: int) -> _Source:
+    preset = PRESETS[name]
+    dataset = _load_preset_dataset(name, preset)
+    info = {"dataset": preset.repo_ids[0], "dataset_config": preset.config,
+            "dataset_split": preset.split, "text_column": preset.column,
+            "dataset_fingerprint": str(getattr(dataset, "_fingerprint", "") or "")}
+    if preset.column not in dataset.column_names:
+        raise CalibrationError(f"preset:{name}: the dataset has no column {preset.column!r} "
+                               f"(columns: {', '.join(dataset.column_names)})")
+    if preset.research_pool:
+        # The research code calibrates on the first N rows of the test split shuffled with
+        # seed 42 (from the first 2N, with empty rows dropped).
+        pool = dataset.shuffle(seed=42).select(range(min(2 * samples, len(dataset))))
+        texts = [x for x in pool[preset.column] if x is not None][:samples]
+        info["documents"] = len(texts)
+        return _Source("preset", name, info, documents=texts,
+                       doc_names=[f"{name}#{i}" for i in range(len(texts))])
+    info["documents"] = len(dataset)
+    return _Source("preset", name, info, documents=_DatasetColumn(dataset, preset.column),
+                   doc_names=_IndexNames(name, len(dataset)))
+
+
+class _DatasetColumn(Sequence):
+    """Lazy access to one column, so a 350k-row shard is not copied into Python strings."""
+
+    def __init__(self, dataset, column: str) -> None:
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[int(i)][self.column]
+
+
+class _IndexNames(Sequence):
+    def __init__(self, prefix: str, n: int) -> None:
+        self.prefix, self.n = prefix, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        return f"{self.prefix}#{int(i)}"
+
+
+def _load_preset_dataset(name: str, preset: Preset):
+    try:
+        import datasets
+        import datasets.config
+    except ImportError:
+        raise CalibrationError(
+            f"preset:{name} needs the `datasets` package, which is not installed; use "
+            "builtin:licenses, builtin:pydocs or a file"
+        ) from None
+    offline = _offline_requested() or bool(datasets.config.HF_HUB_OFFLINE)
+    if not offline and not _hub_reachable():
+        offline = True
+    errors = []
+    with _forced_offline(offline):
+        for repo_id in preset.repo_ids:
+            try:
+                return datasets.load_dataset(repo_id, preset.config, split=preset.split,
+                                             data_files=preset.data_files)
+            except Exception as err:  # the library raises many types for "not there"
+                errors.append(f"{repo_id}: {type(err).__name__}: {str(err)[:200]}")
+    if offline:
+        raise CalibrationError(
+            f"preset:{name} ({preset.repo_ids[0]}) is not available offline: it is not in "
+            "the local Hugging Face cache and the hub is not reachable (or offline mode is "
+            "set). Use builtin:licenses or builtin:pydocs, or give a local file "
+            f"(.txt, .jsonl, .csv, .parquet). Details: {'; '.join(errors)}"
+        )
+    raise CalibrationError(
+        f"preset:{name} ({preset.repo_ids[0]}) could not be loaded: {'; '.join(errors)}. "
+        "Use builtin:licenses, builtin:pydocs or a local file instead."
+    )
+
+
+def _offline_requested() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable() -> bool:
+    """A TCP connect to the hub within a few seconds; DNS included, so it runs in a thread
+    (name resolution ignores socket timeouts)."""
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:
+        host = "huggingface.co"
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_HUB_PROBE_TIMEOUT_S + 0.5)
+    return bool(result and result[0])
+
+
+@contextlib.contextmanager
+def _forced_offline(offline: bool) -> Iterator[None]:
+    """Make `datasets` and `huggingface_hub` use the local cache only (no retries)."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE,
+             constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        (datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE,
+         constants.HF_HUB_OFFLINE) = saved
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+class _NoLongDocument(Exception):
+    pass
+
+
+class _NoRoom(Exception):
+    def __init__(self, found: int) -> None:
+        self.found = found
+
+
+class _TokenizedDocs:
+    """Documents tokenized on first use (a preset shard is never tokenized in full)."""
+
+    def __init__(self, texts: Sequence[str | None], tokenizer, names: Sequence[str] | None = None,
+                 token_lists: list[list[int]] | None = None) -> None:
+        self.texts, self.tokenizer = texts, tokenizer
+        self.names = names
+        self.cache: dict[int, list[int]] = dict(enumerate(token_lists or []))
+        self.has_long: dict[int, bool] = {}
+
+    def __len__(self) -> int:
+        return len(self.texts) if self.texts is not None else len(self.cache)
+
+    def tokens(self, i: int) -> list[int]:
+        if i not in self.cache:
+            self.cache[i] = _encode(self.tokenizer, self.texts[i])
+        return self.cache[i]
+
+    def tokenized_count(self) -> int:
+        return len(self.cache)
+
+    def any_longer_than(self, t: int) -> bool:
+        if t not in self.has_long:
+            self.has_long[t] = any(len(self.tokens(i)) > t for i in range(len(self)))
+        return self.has_long[t]
+
+    @classmethod
+    def stream_of(cls, docs: _TokenizedDocs, tokenizer, t: int, n: int,
+                  source: _Source) -> _TokenizedDocs:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        stream: list[int] = []
+        for i in range(len(docs)):
+            if stream and eos is not None:
+                stream.append(int(eos))
+            stream.extend(docs.tokens(i))
+        if len(stream) < t + 1:
+            raise CalibrationError(
+                f"{source.kind}:{source.name} has too little text: {len(stream)} tokens in "
+                f"all ({len(docs)} documents joined), but a window of T={t} needs at least "
+                f"{t + 1} and N x T = {n} x {t} = {n * t} tokens are requested. Give more "
+                "text or use a smaller seqlen."
+            )
+        return cls(None, tokenizer, names=["stream"], token_lists=[stream])
+
+
+def _encode(tokenizer, text: str | None) -> list[int]:
+    if not text:
+        return []
+    # Default special tokens, as the research code; verbose=False silences the "longer
+    # than the model's maximum length" warning, which does not apply to windows.
+    return list(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
+
+
+def _draw(docs: _TokenizedDocs, t: int, count: int, rng: random.Random,
+          occupied: dict[int, list[int]], max_attempts: int | None = None) -> list[tuple[int, int]]:
+    """`count` (document, start) pairs; records them in `occupied`.
+
+    With `max_attempts`, a window that overlaps one in `occupied` is redrawn; after that
+    many placements `_NoRoom` is raised. Without it, windows may repeat (research code).
+    """
+    out: list[tuple[int, int]] = []
+    rejects = attempts = 0
+    while len(out) < count:
+        i = rng.randint(0, len(docs) - 1)
+        ids = docs.tokens(i)
+        if len(ids) <= t:
+            rejects += 1
+            # Rejection sampling never ends if no document is long enough: check once.
+            if rejects == _REJECTS_BEFORE_SCAN and not docs.any_longer_than(t):
+                raise _NoLongDocument
+            continue
+        start = rng.randint(0, len(ids) - t - 1)
+        if max_attempts is not None:
+            attempts += 1
+            if attempts > max_attempts:
+                raise _NoRoom(len(out))
+            if any(start < s + t and s < start + t for s in occupied.get(i, ())):
+                continue
+        occupied.setdefault(i, []).append(start)
+        out.append((i, start))
+    return out
+
+
+def _windows_to_calibration(spec: str, docs: _TokenizedDocs, windows, t: int, source: _Source,
+                            mode: str, recipe: dict) -> Calibration:
+    rows = [docs.tokens(i)[s:s + t] for i, s in windows]
+    names = docs.names if mode == "stream" else source.doc_names
+    recipe = {**recipe, "samples": len(rows),
+              "documents_used": len({i for i, _ in windows}),
+              "windows": [[str(names[i]), int(i), int(s)] for i, s in windows]}
+    return Calibration(spec, torch.tensor(rows, dtype=torch.long), recipe)
+
+
+def _vocab_size(tokenizer, model) -> int:
+    size = len(tokenizer)
+    if model is not None:
+        emb = model.get_input_embeddings()
+        size = min(size, int(emb.weight.shape[0]))
+    return size
+
+
+def _derived_seed(seed: int, role: str) -> int:
+    digest = hashlib.sha256(f"entrodrop-{role}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+# ---------------------------------------------------------------------------- random
+
+
+def _random_windows(settings: CalibrationSettings, tokenizer, model, heldout: int, base: dict):
+    vocab = _vocab_size(tokenizer, model)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    allowed = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
+    if allowed.numel() == 0:
+        raise CalibrationError("builtin:random: the tokenizer has no non-special tokens")
+    n, t = settings.samples, settings.seqlen
+
+    def draw(count: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return allowed[torch.randint(allowed.numel(), (count, t), generator=g)]
+
+    recipe = {**base, "mode": "random", "role": "ranking", "allowed_tokens": int(allowed.numel()),
+              "source_fingerprint": source_fingerprint(settings)}
+    ranking = Calibration(settings.spec, draw(n, settings.seed), recipe)
+    if not heldout:
+        return ranking, None
+    held_seed = _derived_seed(settings.seed, "heldout")
+    held = Calibration(settings.spec, draw(heldout, held_seed),
+                       {**recipe, "role": "heldout", "samples": heldout, "heldout_seed": held_seed})
+    return ranking, held
+
+
+# ---------------------------------------------------------------------------- selfgen
+
+
+def _selfgen_windows(settings: CalibrationSettings, tokenizer, model, heldout: int, base: dict):
+    if model is None:
+        raise CalibrationError(
+            "builtin:selfgen generates its text with the model being analysed, but no model "
+            "was given. Pass model=..., or pick builtin:licenses / builtin:pydocs."
+        )
+    n, t = settings.samples, settings.seqlen
+    recipe = {**base, "mode": "generated", "role": "ranking", "prompts": list(SELFGEN_PROMPTS),
+              "top_k": SELFGEN_TOP_K, "temperature": 1.0,
+              "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
+              "source_fingerprint": source_fingerprint(settings)}
+    ranking = Calibration(settings.spec, _generate(model, tokenizer, n, t, settings.seed), recipe)
+    if not heldout:
+        return ranking, None
+    held_seed = _derived_seed(settings.seed, "heldout")
+    held = Calibration(settings.spec, _generate(model, tokenizer, heldout, t, held_seed),
+                       {**recipe, "role": "heldout", "samples": heldout, "heldout_seed": held_seed})
+    return ranking, held
+
+
+def _generate(model, tokenizer, n: int, t: int, seed: int) -> torch.Tensor:
+    """[n, t] continuations (prompt excluded), row r from prompt r mod len(prompts).
+
+    Sampling draws from a CPU generator seeded with `seed`, so the text does not depend
+    on the device's random state; special tokens are never sampled.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    vocab = _vocab_size(tokenizer, None)
+    banned = [i for i in (getattr(tokenizer, "all_special_ids", []) or []) if i < vocab]
+    prompts = [_encode(tokenizer, p) or _fallback_prompt(tokenizer) for p in SELFGEN_PROMPTS]
+    row_prompts = [prompts[r % len(prompts)] for r in range(n)]
+    pad_id = next((int(v) for v in (getattr(tokenizer, "pad_token_id", None),
+                                    getattr(tokenizer, "eos_token_id", None)) if v is not None), 0)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            parts = [
+                _sample_continuations(model, row_prompts[b:b + SELFGEN_BATCH], t, generator,
+                                      banned, vocab, device, pad_id)
+                for b in range(0, n, SELFGEN_BATCH)
+            ]
+    finally:
+        model.train(was_training)
+    return torch.cat(parts).to(torch.long)
+
+
+def _fallback_prompt(tokenizer) -> list[int]:
+    for attr in ("bos_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return [int(value)]
+    raise CalibrationError("builtin:selfgen: the tokenizer encodes the prompts to nothing and "
+                           "has no BOS/EOS token to start from")
+
+
+def _sample_continuations(model, prompts: list[list[int]], length: int,
+                          generator: torch.Generator, banned: list[int], vocab: int,
+                          device, pad_id: int) -> torch.Tensor:
+    """Prompts of different lengths share a batch: left padding, masked out, with explicit
+    position ids so that each row starts at position 0 (as `generate` does)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[r, width - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                position_ids=positions.to(device), use_cache=True)
+    new: list[torch.Tensor] = []
+    for step in range(length):
+        logits = out.logits[:, -1, :vocab].float().cpu()  # ids past the tokenizer can't decode
+        if banned:
+            logits[:, banned] = float("-inf")
+        top, top_idx = logits.topk(min(SELFGEN_TOP_K, logits.shape[-1]), dim=-1)
+        choice = torch.multinomial(torch.softmax(top, dim=-1), 1, generator=generator)
+        token = top_idx.gather(1, choice)  # [B, 1]
+        new.append(token)
+        if step + 1 < length:
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            out = model(input_ids=token.to(device), attention_mask=mask.to(device),
+                        position_ids=(mask.sum(-1, keepdim=True) - 1).to(device),
+                        past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(new, dim=1)
+
+
+__all__ = [
+    "BUILTINS", "Calibration", "CalibrationError", "DEFAULT_MAX_BYTES", "PRESETS",
+    "list_sources", "load_calibration", "load_heldout", "preview", "source_fingerprint",
+]
