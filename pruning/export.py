@@ -1,0 +1,444 @@
+"""Export block-pruned checkpoints.
+
+`layer`: a standard checkpoint with L-K layers that stock transformers loads.
+`attn`: the checkpoint without the dropped attention weights, plus `modeling_entrodrop.py`
+(registered through `config.auto_map`), which needs `trust_remote_code=True`.
+
+The source model is never saved directly (a GGUF-loaded model refuses `save_pretrained`)
+and never modified: a fresh model is built from a copy of its config and given the pruned
+state dict. Everything is written to a temporary folder beside the target and renamed into
+place once complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from analysis.architectures import Architecture, get_architecture
+from analysis.settings import Granularity
+from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
+from pruning.modeling_template import replace_attention
+
+MANIFEST_NAME = "entrodrop.json"
+MODELING_NAME = "modeling_entrodrop.py"
+DROPPED_ATTN_KEY = "entrodrop_dropped_attn"
+# Room for config, tokenizer and safetensors headers on top of the weights.
+_DISK_MARGIN = 64 * 2**20
+
+Progress = Callable[[float, str], None]
+
+
+class ExportError(ValueError):
+    """An export cannot be written; the message says why and what to do."""
+
+
+class TargetExistsError(ExportError):
+    """The target folder exists and is not empty, and overwrite was not asked for."""
+
+
+class TargetIsFileError(ExportError):
+    """The target path is a file, not a folder."""
+
+
+class TargetNotWritableError(ExportError):
+    """The target's parent folder cannot be created or written to."""
+
+
+class InsufficientDiskSpaceError(ExportError):
+    """The disk holding the target has less free space than the export needs."""
+
+
+class UnsupportedExportError(ExportError):
+    """This model cannot be exported in the requested form."""
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters, counting tied (shared) parameters once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def export_size_estimate(model: nn.Module, granularity: Granularity,
+                         blocks: Sequence[int]) -> int:
+    """Bytes of weights the export writes: the kept tensors, tied ones counted once."""
+    arch, drop = _checked(model, granularity, blocks)
+    state = pruned_state_dict(model, arch, granularity, drop)
+    return _tensor_bytes(state.values())
+
+
+def pruned_state_dict(model: nn.Module, arch: Architecture, granularity: Granularity,
+                      drop: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The source state dict as the pruned model names it, without copying any tensor:
+    `layer` leaves out the dropped layers and renumbers the rest; `attn` leaves out the
+    dropped layers' attention weights."""
+    layers = arch.layers(model)
+    names = {id(m): name for name, m in model.named_modules()}
+    prefix = names[id(layers)] + "."
+    kept = [i for i in range(len(layers)) if i not in set(drop)]
+    new_index = {old: new for new, old in enumerate(kept)}
+    attn_prefix = arch.attn_name + "."
+    state = {}
+    for key, tensor in model.state_dict().items():
+        if key.startswith(prefix):
+            index, _, rest = key[len(prefix):].partition(".")
+            old = int(index)
+            if granularity == "layer":
+                if old not in new_index:
+                    continue
+                key = f"{prefix}{new_index[old]}.{rest}"
+            elif old in drop and rest.startswith(attn_prefix):
+                continue
+        state[key] = tensor
+    return state
+
+
+def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
+                  granularity: Granularity, blocks: Sequence[int], manifest: Mapping[str, Any],
+                  overwrite: bool = False, progress: Progress | None = None) -> Path:
+    """Write `model` with `blocks` pruned to `out_dir`, with tokenizer, `entrodrop.json`
+    (the manifest plus what was done) and a README model card. Returns the folder.
+
+    `model` must be the unpruned source model; it is left unchanged.
+    """
+    report = progress or (lambda frac, msg: None)
+    arch, drop = _checked(model, granularity, blocks)
+    base = _stock_class(model, granularity)
+    record = _json_ready(dict(manifest), "manifest")
+    num_layers = len(arch.layers(model))
+    out_dir = Path(out_dir)
+
+    report(0.0, "checking the target folder")
+    state = pruned_state_dict(model, arch, granularity, drop)
+    with staged_output_dir(out_dir, overwrite=overwrite,
+                           needed_bytes=_tensor_bytes(state.values())) as tmp:
+        report(0.1, "building the pruned model")
+        config = copy.deepcopy(model.config)
+        prepare = None
+        if granularity == "layer":
+            text_config = config.get_text_config(decoder=True)
+            kept = [i for i in range(num_layers) if i not in drop]
+            for name, value in layer_config_changes(text_config, kept, num_layers, arch).items():
+                setattr(text_config, name, value)
+        else:
+            cls_name = f"EntroDrop{base.__name__}"
+            config.auto_map = {"AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{cls_name}"}
+            setattr(config, DROPPED_ATTN_KEY, list(drop))
+
+            def prepare(fresh: nn.Module) -> None:
+                replace_attention(fresh, arch.layers_path, arch.attn_name, drop)
+
+        report(0.2, "writing the weights")
+        fresh = save_clean_checkpoint(model, tmp, config=config, state_dict=state,
+                                      model_class=base, prepare=prepare)
+        if granularity == "attn":
+            (tmp / MODELING_NAME).write_text(
+                render_modeling_file(base.__name__, arch), encoding="utf-8")
+            _set_architectures(tmp / "config.json", cls_name)
+
+        report(0.7, "writing the tokenizer")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+        report(0.85, "writing the manifest and model card")
+        record.update({
+            "granularity": granularity,
+            "blocks": list(drop),
+            "num_layers_before": num_layers,
+            "num_layers_after": num_layers - len(drop) if granularity == "layer" else num_layers,
+            "parameters_before": count_parameters(model),
+            "parameters_after": count_parameters(fresh),
+            "model_type": model.config.model_type,
+            "transformers_version": transformers.__version__,
+            "torch_version": torch.__version__,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        del fresh
+        (tmp / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(_model_card(out_dir.name, record), encoding="utf-8")
+        report(0.95, "moving the export into place")
+    report(1.0, f"exported to {out_dir}")
+    return out_dir
+
+
+def save_clean_checkpoint(model: nn.Module, folder: Path, *, config=None,
+                          state_dict: Mapping[str, torch.Tensor] | None = None,
+                          model_class: type | None = None,
+                          prepare: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Save `state_dict` (default: the model's) under `config` (default: a copy of the
+    model's) as a safetensors checkpoint, through a fresh model of `model_class`.
+
+    The fresh model is built on the meta device and takes the given tensors without a copy;
+    `quantization_config` is dropped, so a GGUF-loaded source gives a plain checkpoint.
+    `prepare(fresh)` runs before the weights are loaded (e.g. to swap modules out).
+    Returns the fresh model (its tensors are the source's; do not run it).
+    """
+    config = copy.deepcopy(model.config) if config is None else config
+    for name in ("quantization_config", "_pre_quantization_dtype"):
+        if name in config.__dict__:
+            delattr(config, name)
+    dtype = _weights_dtype(model)
+    config.dtype = dtype
+    with torch.device("meta"):
+        fresh = (model_class or type(model))(config)
+    if prepare is not None:
+        prepare(fresh)
+    state = model.state_dict() if state_dict is None else state_dict
+    result = fresh.load_state_dict(dict(state), strict=False, assign=True)
+    fresh.tie_weights()
+    # Non-persistent buffers stay on meta: they are not saved.
+    missing = [k for k, v in fresh.state_dict().items() if v.is_meta]
+    if missing or result.unexpected_keys:
+        raise ExportError(
+            f"the pruned weights do not fit the rebuilt model (missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}); this family may need a table update"
+        )
+    if getattr(model, "generation_config", None) is not None:
+        fresh.generation_config = copy.deepcopy(model.generation_config)
+    fresh.save_pretrained(folder, safe_serialization=True)
+    return fresh
+
+
+@contextmanager
+def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
+                      needed_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`, on
+    error it is deleted and `out_dir` is left as it was.
+
+    Refuses a target that is a file, a non-empty folder (unless `overwrite`), an unwritable
+    parent, or a disk with less than `needed_bytes` (plus a margin) free.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_file():
+        raise TargetIsFileError(f"{out_dir} is a file; choose a folder path for the export")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise TargetExistsError(
+            f"{out_dir} already exists and is not empty; choose another folder or allow overwrite"
+        )
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TargetNotWritableError(f"cannot create {parent}: {err.strerror or err}") from err
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TargetNotWritableError(f"{parent} is not writable; choose another folder")
+    if needed_bytes is not None:
+        free = shutil.disk_usage(parent).free
+        if free < needed_bytes + _DISK_MARGIN:
+            raise InsufficientDiskSpaceError(
+                f"the export needs about {_mib(needed_bytes + _DISK_MARGIN)} MiB but only "
+                f"{_mib(free)} MiB are free on the disk holding {parent}; free some space "
+                f"or choose another disk"
+            )
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+    except OSError as err:
+        raise TargetNotWritableError(f"cannot write in {parent}: {err.strerror or err}") from err
+    try:
+        yield tmp
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def render_modeling_file(base_class: str, arch: Architecture) -> str:
+    """Source of `modeling_entrodrop.py`: the stand-in module, then a subclass of the stock
+    class that swaps out the attention sub-blocks listed in the config."""
+    template = (Path(__file__).with_name("modeling_template.py")).read_text(encoding="utf-8")
+    cls_name = f"EntroDrop{base_class}"
+    return template.rstrip("\n") + f'''
+
+
+from transformers import {base_class}  # noqa: E402
+
+
+class {cls_name}({base_class}):
+    """{base_class} whose attention sub-blocks listed in `config.{DROPPED_ATTN_KEY}` are
+    the identity (no weights); the MLPs of those layers stay."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        replace_attention(self, {arch.layers_path!r}, {arch.attn_name!r},
+                          getattr(config, {DROPPED_ATTN_KEY!r}, []))
+
+
+__all__ = ["{cls_name}", "IdentityAttention"]
+'''
+
+
+def _checked(model: nn.Module, granularity: str,
+             blocks: Sequence[int]) -> tuple[Architecture, tuple[int, ...]]:
+    granularity = check_granularity(granularity)
+    arch = get_architecture(model)
+    if active_pruning(model) is not None:
+        raise ExportError(
+            f"the model has {active_pruning(model)} pruned in memory; export from the unpruned "
+            "model and pass the blocks instead"
+        )
+    return arch, check_blocks(blocks, len(arch.layers(model)))
+
+
+def _stock_class(model: nn.Module, granularity: str) -> type:
+    cls = type(model)
+    if getattr(transformers, cls.__name__, None) is not cls:
+        raise UnsupportedExportError(
+            f"{cls.__name__} is not a stock transformers class; only models of the built-in "
+            "families can be exported"
+        )
+    config = model.config.get_text_config(decoder=True)
+    if granularity == "layer" and getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        # The reloaded layers would rescale attention by their new index.
+        raise UnsupportedExportError(
+            "this GPT-2 model scales attention by layer index, so a layer-pruned checkpoint "
+            "would not reproduce it; export attention pruning instead"
+        )
+    return cls
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    os.replace(out_dir, aside / "previous")
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(aside / "previous", out_dir)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _set_architectures(config_path: Path, cls_name: str) -> None:
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    data["architectures"] = [cls_name]
+    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _weights_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if not t.is_meta:
+            ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if ident in seen:
+                continue
+            seen.add(ident)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _mib(n: int) -> int:
+    return math.ceil(n / 2**20)
+
+
+def _json_ready(value: Any, where: str) -> Any:
+    """A JSON-safe copy: numpy/torch scalars and arrays become numbers and lists, paths
+    strings; anything else unknown is an error naming where it was found."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value) if isinstance(value, (set, frozenset)) else value
+        return [_json_ready(v, f"{where}[{i}]") for i, v in enumerate(items)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):
+        return _json_ready(value.tolist(), where)
+    raise ExportError(
+        f"{where} holds a {type(value).__name__}, which cannot be written to {MANIFEST_NAME}; "
+        "pass numbers, strings, lists or dicts"
+    )
+
+
+def _model_card(name: str, record: Mapping[str, Any]) -> str:
+    granularity = record["granularity"]
+    blocks = ", ".join(map(str, record["blocks"])) or "none"
+    source = record.get("source_model") or record.get("model") or record.get("model_name")
+    if granularity == "layer":
+        what = (f"Decoder layers {blocks} were removed: {record['num_layers_before']} layers "
+                f"became {record['num_layers_after']}. The remaining layers are renumbered "
+                "from 0.")
+        load = (f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
+        note = "This is a standard checkpoint: stock transformers loads it, no custom code."
+    else:
+        what = (f"The attention sub-blocks of layers {blocks} (of "
+                f"{record['num_layers_before']}) were made the identity; the MLPs of those "
+                f"layers stay. Their indices are in `config.{DROPPED_ATTN_KEY}`.")
+        load = (f'model = AutoModelForCausalLM.from_pretrained("{name}", '
+                'trust_remote_code=True)\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
+        note = (f"Loading needs `trust_remote_code=True`: `{MODELING_NAME}` (in this folder, "
+                "torch and transformers only) replaces the dropped attention sub-blocks, "
+                "whose weights are not stored. Without it, transformers falls back to the "
+                "stock class and fills those attention weights with random values (it reports "
+                "them as MISSING), which gives a broken model.")
+    lines = [
+        f"# {name}", "",
+        "Block-pruned with EntroDrop Studio (entropy-based pruning).", "",
+    ]
+    if source:
+        lines += [f"Source model: `{source}`", ""]
+    lines += [
+        "## What was pruned", "",
+        f"- granularity: `{granularity}`",
+        f"- blocks: {blocks}",
+        f"- parameters: {record['parameters_before']:,} before, "
+        f"{record['parameters_after']:,} after", "",
+        what, "",
+        "## How to load", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        load,
+        "```", "",
+        note, "",
+    ]
+    figures = {k: v for k, v in record.items()
+               if k not in _RECORD_KEYS and isinstance(v, (bool, int, float, str))}
+    if figures:
+        lines += ["## Figures from the manifest", "", "| field | value |", "|---|---|"]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in figures.items()]
+        lines.append("")
+    lines += [
+        f"Full details: `{MANIFEST_NAME}`. Exported with transformers "
+        f"{record['transformers_version']} and torch {record['torch_version']} on "
+        f"{record['exported_at']}.", "",
+    ]
+    return "\n".join(lines)
+
+
+_RECORD_KEYS = frozenset({
+    "granularity", "blocks", "num_layers_before", "num_layers_after", "parameters_before",
+    "parameters_after", "transformers_version", "torch_version", "exported_at",
+})
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        value = f"{value:.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
