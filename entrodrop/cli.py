@@ -139,6 +139,17 @@ def _write_json(path: str, data: dict) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+def report_messages(result, quiet: bool) -> None:
+    """Cache hits and recomputations are news; warnings about the data are always shown."""
+    if not quiet:
+        for msg in result.messages:
+            print(msg, file=sys.stderr)
+        return
+    for run in result.runs:
+        for w in run.get("warnings", []):
+            print(f"{run['calibration']['spec']}: warning: {w}", file=sys.stderr)
+
+
 def _init_distributed(device: str) -> int:
     """Under torchrun, join the process group; returns this process's rank (0 otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -170,8 +181,7 @@ def cmd_analyze(a) -> int:
     progress.done()
     if rank != 0:
         return 0
-    for msg in result.messages:
-        print(msg, file=sys.stderr)
+    report_messages(result, a.quiet)
     if a.out:
         _write_json(a.out, result.to_json())
         print(f"wrote {a.out} ({len(result.runs)} run(s), {result.seconds:.1f} s)", file=sys.stderr)

@@ -25,14 +25,13 @@ def _add_decision_args(p: argparse.ArgumentParser, with_k: bool = True) -> None:
 
 
 def _profile(a):
-    from entrodrop.cli import _Progress, _request
+    from entrodrop.cli import _Progress, _request, report_messages
     from entrodrop.service import analyze
 
     progress = _Progress(a.quiet)
     result = analyze(_request(a, [a.calibration]), progress=progress)
     progress.done()
-    for msg in result.messages:
-        print(msg, file=sys.stderr)
+    report_messages(result, a.quiet)
     return result.runs[0]
 
 
@@ -195,8 +194,9 @@ def add_commands(sub, add_model_args, add_calibration_args, add_estimator_args) 
     p.add_argument("--criterion", choices=["taylor-entropy", "taylor-ce", "magnitude"],
                    default="taylor-entropy")
     p.add_argument("--ratio", type=float, required=True,
-                   help="keep round(ratio * hidden_size) neurons per layer (see --mode)")
-    p.add_argument("--mode", choices=["per_layer", "uniform"], default="per_layer")
+                   help="uniform: keep-fraction of each layer's MLP neurons, in (0, 1]; "
+                        "per_layer: keep round(ratio * hidden_size) neurons per layer (SPEC)")
+    p.add_argument("--mode", choices=["uniform", "per_layer"], default="uniform")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")

@@ -1,0 +1,88 @@
+"""CLI commands that act on a profile: prune-list, export, evaluate, width (tiny models)."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.entrodrop.test_cli import run_cli
+
+ANALYSIS = ["--calibration", "builtin:random", "--samples", "6", "--seqlen", "16", "--knn-k", "3",
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli-cache")
+
+
+def test_prune_list_order_blocks_and_rank_string(tiny_llama_dir, cache):
+    r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--granularity", "attn", "--criterion", "knn", "--k", "2", "--policy", "manual",
+                 "--s-start", "1", "--allow-last"], cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert sorted(out["order"]) == [1, 2, 3] and out["prunable"] == [1, 2, 3]
+    assert out["blocks"] == out["order"][:2]
+    ranks = [int(x) for x in out["rank_string (position i = rank of layer i)"].split(",")]
+    assert [ranks[b] for b in out["order"]] == [0, 1, 2]
+
+
+def test_prune_list_rejects_k_beyond_candidates(tiny_llama_dir, cache):
+    r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS, "--k", "9"], cache)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "k" in r.stderr.lower() and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_export_layer_reloads_with_stock_transformers(tiny_llama_dir, cache, tmp_path):
+    out = tmp_path / "pruned"
+    args = ["--quiet", "export", "--model", str(tiny_llama_dir), *ANALYSIS, "--granularity", "layer",
+            "--criterion", "cosine", "--k", "1", "--policy", "manual", "--s-start", "1",
+            "--out", str(out)]
+    r = run_cli(args, cache)
+    assert r.returncode == 0, r.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 3
+    manifest = json.loads((out / "entrodrop.json").read_text())
+    for key in ("source_model", "calibration", "granularity", "criterion", "s_start", "k",
+                "pruned_blocks", "scores"):
+        assert key in manifest
+    assert manifest["k"] == 1 and len(manifest["pruned_blocks"]) == 1
+    assert (out / "README.md").is_file()
+    # The same target again is refused without --overwrite, and accepted with it.
+    again = run_cli(args, cache)
+    assert again.returncode == 2 and "overwrite" in again.stderr
+    assert run_cli([*args, "--overwrite"], cache).returncode == 0
+
+
+def test_evaluate_prints_pruned_figures_and_curves(tiny_llama_dir, cache, tmp_path):
+    out = tmp_path / "eval.json"
+    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS, "--heldout", "2",
+                 "--granularity", "attn", "--criterion", "knn", "--k", "1", "--policy", "reference",
+                 "--ks", "0..1", "--repeats", "1", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["perplexity"] > 1 and data["pruned"]["blocks"] == [2]
+    assert data["pruned"]["speed"]["params_pruned"] < data["pruned"]["speed"]["params_base"]
+    rows = data["curves"]
+    assert {(r["granularity"], r["criterion"], r["k"]) for r in rows} == {
+        (g, c, k) for g in ("layer", "attn") for c in ("knn", "cosine") for k in (0, 1)}
+    assert all(r["kl"] == pytest.approx(0.0, abs=1e-6) for r in rows if r["k"] == 0)
+    assert "perplexity" in r.stdout
+
+
+@pytest.mark.parametrize("criterion", ["taylor-entropy", "magnitude"])
+def test_width_export_is_a_standard_checkpoint(tiny_llama_dir, cache, tmp_path, criterion):
+    out = tmp_path / f"width-{criterion}"
+    r = run_cli(["--quiet", "width", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
+                 "--samples", "4", "--seqlen", "16", "--device", "cpu", "--criterion", criterion,
+                 "--ratio", "0.5", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.intermediate_size == 32
+    assert model.model.layers[0].mlp.down_proj.weight.shape == (32, 32)
+    logits = model(torch.tensor([[3, 4, 5]])).logits
+    assert torch.isfinite(logits).all()
+    manifest = json.loads((out / "entrodrop.json").read_text())
+    assert manifest["criterion"] == criterion and manifest["ratio"] == 0.5
