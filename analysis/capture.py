@@ -72,55 +72,99 @@ class Accumulator:
 
 
 class _BlockStats:
-    """Hook callbacks that turn hidden states into accumulator updates."""
+    """Hook callbacks that collect one batch's points, then turn them into accumulator updates.
+
+    The points of a batch are kept (by reference; on one device Z_i and layer i's input are
+    the same tensor) until the forward pass ends, and then every estimator runs once over
+    all of them stacked along the sample axis. Thousands of small kernel launches per batch
+    become a few large ones, which is what keeps the analysis close to a bare forward pass
+    on a GPU. Memory is bounded by one batch, never by N.
+    """
+
+    # Upper bound on the float32 working set of one stacked estimator call.
+    chunk_bytes = 512 * 2**20
 
     def __init__(self, acc: Accumulator, opts: EstimatorSettings):
         self.acc = acc
         self.opts = opts
         self.inputs: dict[int, torch.Tensor] = {}
-        self.batch_shape: tuple[int, int, int] | None = None
-
-    def _used(self, h: torch.Tensor) -> torch.Tensor:
-        return h[:, self.opts.skip_first:, :]
-
-    def _entropies(self, h: torch.Tensor) -> torch.Tensor:
-        """[E] sums over the batch of each estimator's entropy."""
-        x = self._used(h)
-        o = self.opts
-        vals = (
-            estimators.bucket_entropy(x, o.bins),
-            estimators.knn_entropy(x, o.knn_k),
-            estimators.renyi_entropy(x, o.renyi_alpha),
-        )
-        return torch.stack([v.double().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).sum() for v in vals])
-
-    def z_point(self, j: int, h: torch.Tensor) -> None:
-        acc = self.acc
-        acc.z_entropy[:, j] += self._entropies(h).to(acc.z_entropy.device)
-        acc.z_nonfinite[j] += estimators.nonfinite_count(self._used(h)).sum().to(acc.z_nonfinite.device)
-        norms = h.detach().float().norm(dim=-1).amax(dim=0).nan_to_num(nan=float("inf"))
-        t = norms.shape[0]
-        acc.sink_max_norm[j, :t] = torch.maximum(acc.sink_max_norm[j, :t], norms.double().to(acc.sink_max_norm.device))
+        self.z: dict[int, torch.Tensor] = {}
+        self.attn: dict[int, torch.Tensor] = {}
 
     def layer_input(self, i: int, h: torch.Tensor) -> None:
         self.inputs[i] = h
         if i == 0:
-            self.z_point(0, h)
+            self.z[0] = h
 
     def attn_output(self, i: int, h: torch.Tensor) -> None:
-        x = self.inputs[i]
-        h = h.reshape(x.shape)  # OPT flattens tokens before its MLP norm
-        acc = self.acc
-        acc.attn_entropy[:, i] += self._entropies(h).to(acc.attn_entropy.device)
-        acc.attn_nonfinite[i] += estimators.nonfinite_count(self._used(h)).sum().to(acc.attn_nonfinite.device)
-        cos = estimators.cosine_importance(self._used(x), self._used(h.to(x.device)))
-        acc.attn_cosine[i] += cos.double().nan_to_num(nan=0.0).sum().to(acc.attn_cosine.device)
+        self.attn[i] = h.reshape(self.inputs[i].shape)  # OPT flattens tokens before its MLP norm
 
     def layer_output(self, i: int, h: torch.Tensor) -> None:
-        x = self.inputs.pop(i)
-        self.z_point(i + 1, h)
-        cos = estimators.cosine_importance(self._used(x), self._used(h.to(x.device)))
-        self.acc.layer_cosine[i] += cos.double().nan_to_num(nan=0.0).sum().to(self.acc.layer_cosine.device)
+        self.z[i + 1] = h
+
+    def _used(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, self.opts.skip_first:, :]
+
+    def _chunks(self, points: list[torch.Tensor]) -> list[list[int]]:
+        """Groups of point indices on one device whose stacked working set fits the budget."""
+        b, t, d = self._used(points[0]).shape
+        per_point = 4 * b * (t * d + 2 * t * t)
+        size = max(1, self.chunk_bytes // max(per_point, 1))
+        groups: dict[torch.device, list[int]] = {}
+        for idx, p in enumerate(points):
+            groups.setdefault(p.device, []).append(idx)
+        return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
+
+    def _entropies(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """([E, P] sums over the batch of each estimator, [P] non-finite counts)."""
+        o = self.opts
+        ent = torch.zeros(len(ESTIMATORS), len(points), dtype=torch.float64)
+        bad = torch.zeros(len(points), dtype=torch.float64)
+        for idx in self._chunks(points):
+            x = torch.cat([self._used(points[i]) for i in idx])  # [c*B, N', D]
+            vals = torch.stack((
+                estimators.bucket_entropy(x, o.bins),
+                estimators.knn_entropy(x, o.knn_k),
+                estimators.renyi_entropy(x, o.renyi_alpha),
+            )).double().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            ent[:, idx] = vals.view(len(ESTIMATORS), len(idx), -1).sum(-1).cpu()
+            bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().cpu()
+        return ent, bad
+
+    def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.zeros(len(xs), dtype=torch.float64)
+        for idx in self._chunks(xs):
+            x = torch.cat([self._used(xs[i]) for i in idx])
+            y = torch.cat([self._used(ys[i].to(xs[i].device)) for i in idx])
+            cos = estimators.cosine_importance(x, y).double().nan_to_num_(nan=0.0)
+            out[idx] = cos.view(len(idx), -1).sum(-1).cpu()
+        return out
+
+    def flush(self) -> None:
+        """Fold the batch's points into the accumulator and drop them."""
+        acc = self.acc
+        num_layers = acc.layer_cosine.shape[0]
+        z = [self.z[j] for j in range(num_layers + 1)]
+        attn = [self.attn[i] for i in range(num_layers)]
+        x = [self.inputs[i] for i in range(num_layers)]
+        ent, bad = self._entropies(z)
+        acc.z_entropy += ent.to(acc.z_entropy.device)
+        acc.z_nonfinite += bad.to(acc.z_nonfinite.device)
+        ent, bad = self._entropies(attn)
+        acc.attn_entropy += ent.to(acc.attn_entropy.device)
+        acc.attn_nonfinite += bad.to(acc.attn_nonfinite.device)
+        acc.layer_cosine += self._cosines(x, z[1:]).to(acc.layer_cosine.device)
+        acc.attn_cosine += self._cosines(x, attn).to(acc.attn_cosine.device)
+        norms = torch.stack([h.detach().float().norm(dim=-1).amax(dim=0).cpu() for h in z])
+        norms = norms.nan_to_num(nan=float("inf")).double().to(acc.sink_max_norm.device)
+        t = norms.shape[1]
+        acc.sink_max_norm[:, :t] = torch.maximum(acc.sink_max_norm[:, :t], norms)
+        self.clear()
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.z.clear()
+        self.attn.clear()
 
 
 class _Recorder(_BlockStats):
@@ -130,6 +174,9 @@ class _Recorder(_BlockStats):
         self.inputs = {}
         self.z: list[torch.Tensor | None] = [None] * (num_layers + 1)
         self.attn: list[torch.Tensor | None] = [None] * num_layers
+
+    def clear(self) -> None:
+        self.inputs.clear()
 
     def layer_input(self, i: int, h: torch.Tensor) -> None:
         self.inputs[i] = h
@@ -188,7 +235,7 @@ def block_hooks(model: nn.Module, stats: _BlockStats) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
-        stats.inputs.clear()
+        stats.clear()
 
 
 def _body(model: nn.Module) -> nn.Module:
@@ -236,6 +283,7 @@ def capture(
         for start in range(0, ids.shape[0], bs):
             batch = ids[start:start + bs].to(device)
             body(input_ids=batch, use_cache=False)
+            stats.flush()
             acc.samples += batch.shape[0]
             if progress is not None:
                 done = min(start + bs, ids.shape[0])

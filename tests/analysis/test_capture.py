@@ -117,14 +117,18 @@ def test_hooks_removed_even_after_an_error():
         pass
 
     class Failing:
-        inputs: dict = {}
+        cleared = False
 
         def layer_input(self, i, h):
             raise Boom
 
+        def clear(self):
+            Failing.cleared = True
+
     with pytest.raises(Boom):
         with block_hooks(model, Failing()):
             model.base_model(input_ids=tiny_ids(1, 8), use_cache=False)
+    assert Failing.cleared
     for layer in layers:
         assert not layer._forward_pre_hooks and not layer._forward_hooks
         assert not layer.post_attention_layernorm._forward_pre_hooks
@@ -146,3 +150,16 @@ def test_zero_accumulator_shapes():
     acc = Accumulator.zeros(4, 10)
     assert acc.z_entropy.shape == (3, 5) and acc.attn_entropy.shape == (3, 4)
     assert acc.sink_max_norm.shape == (5, 10)
+
+
+def test_chunked_stacking_gives_the_same_statistics(monkeypatch):
+    from analysis import capture as capture_mod
+
+    model = tiny_model("gemma2")
+    ids = tiny_ids(4, 20, seed=5)
+    opts = EstimatorSettings(knn_k=3, batch_size=2)
+    whole = capture(model, ids, opts)
+    monkeypatch.setattr(capture_mod._BlockStats, "chunk_bytes", 1)  # one point per call
+    chunked = capture(model, ids, opts)
+    for name in vars(whole):
+        torch.testing.assert_close(getattr(whole, name), getattr(chunked, name), rtol=1e-6, atol=1e-6)
