@@ -90,6 +90,7 @@ class _BlockStats:
         self.inputs: dict[int, torch.Tensor] = {}
         self.z: dict[int, torch.Tensor] = {}
         self.attn: dict[int, torch.Tensor] = {}
+        self.stream = None
 
     def layer_input(self, i: int, h: torch.Tensor) -> None:
         self.inputs[i] = h
@@ -118,8 +119,9 @@ class _BlockStats:
     def _entropies(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """([E, P] sums over the batch of each estimator, [P] non-finite counts)."""
         o = self.opts
-        ent = torch.zeros(len(ESTIMATORS), len(points), dtype=torch.float64)
-        bad = torch.zeros(len(points), dtype=torch.float64)
+        dev = self.acc.z_entropy.device
+        ent = torch.zeros(len(ESTIMATORS), len(points), dtype=torch.float64, device=dev)
+        bad = torch.zeros(len(points), dtype=torch.float64, device=dev)
         for idx in self._chunks(points):
             x = torch.cat([self._used(points[i]) for i in idx])  # [c*B, N', D]
             vals = torch.stack((
@@ -127,39 +129,65 @@ class _BlockStats:
                 estimators.knn_entropy(x, o.knn_k),
                 estimators.renyi_entropy(x, o.renyi_alpha),
             )).double().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-            ent[:, idx] = vals.view(len(ESTIMATORS), len(idx), -1).sum(-1).cpu()
-            bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().cpu()
+            ent[:, idx] = vals.view(len(ESTIMATORS), len(idx), -1).sum(-1).to(dev)
+            bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().to(dev)
         return ent, bad
 
     def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
-        out = torch.zeros(len(xs), dtype=torch.float64)
+        dev = self.acc.z_entropy.device
+        out = torch.zeros(len(xs), dtype=torch.float64, device=dev)
         for idx in self._chunks(xs):
             x = torch.cat([self._used(xs[i]) for i in idx])
             y = torch.cat([self._used(ys[i].to(xs[i].device)) for i in idx])
             cos = estimators.cosine_importance(x, y).double().nan_to_num_(nan=0.0)
-            out[idx] = cos.view(len(idx), -1).sum(-1).cpu()
+            out[idx] = cos.view(len(idx), -1).sum(-1).to(dev)
         return out
 
     def flush(self) -> None:
-        """Fold the batch's points into the accumulator and drop them."""
+        """Fold the batch's points into the accumulator and drop them.
+
+        On a single CUDA device the work goes to a side stream: the next batch's forward
+        pass overlaps with this batch's estimators, and nothing here waits for the GPU.
+        """
+        points = [*self.inputs.values(), *self.z.values(), *self.attn.values()]
+        devices = {p.device for p in points}
+        dev = next(iter(devices))
+        if len(devices) == 1 and dev.type == "cuda" and dev == self.acc.z_entropy.device:
+            if self.stream is None:
+                self.stream = torch.cuda.Stream(device=dev)
+            self.stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(self.stream):
+                for p in points:
+                    p.record_stream(self.stream)  # keep the allocator from reusing them early
+                self._fold()
+        else:
+            self._fold()
+        self.clear()
+
+    def wait(self) -> None:
+        """Make the current stream wait for the folded statistics."""
+        if self.stream is not None:
+            torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
+
+    def _fold(self) -> None:
         acc = self.acc
         num_layers = acc.layer_cosine.shape[0]
         z = [self.z[j] for j in range(num_layers + 1)]
         attn = [self.attn[i] for i in range(num_layers)]
         x = [self.inputs[i] for i in range(num_layers)]
         ent, bad = self._entropies(z)
-        acc.z_entropy += ent.to(acc.z_entropy.device)
-        acc.z_nonfinite += bad.to(acc.z_nonfinite.device)
+        acc.z_entropy += ent
+        acc.z_nonfinite += bad
         ent, bad = self._entropies(attn)
-        acc.attn_entropy += ent.to(acc.attn_entropy.device)
-        acc.attn_nonfinite += bad.to(acc.attn_nonfinite.device)
-        acc.layer_cosine += self._cosines(x, z[1:]).to(acc.layer_cosine.device)
-        acc.attn_cosine += self._cosines(x, attn).to(acc.attn_cosine.device)
-        norms = torch.stack([h.detach().float().norm(dim=-1).amax(dim=0).cpu() for h in z])
-        norms = norms.nan_to_num(nan=float("inf")).double().to(acc.sink_max_norm.device)
+        acc.attn_entropy += ent
+        acc.attn_nonfinite += bad
+        acc.layer_cosine += self._cosines(x, z[1:])
+        acc.attn_cosine += self._cosines(x, attn)
+        dev = acc.sink_max_norm.device
+        norms = torch.stack([h.detach().float().norm(dim=-1).amax(dim=0).to(dev) for h in z])
+        norms = norms.nan_to_num(nan=float("inf")).double()
         t = norms.shape[1]
         acc.sink_max_norm[:, :t] = torch.maximum(acc.sink_max_norm[:, :t], norms)
-        self.clear()
 
     def clear(self) -> None:
         self.inputs.clear()
@@ -288,6 +316,7 @@ def capture(
             if progress is not None:
                 done = min(start + bs, ids.shape[0])
                 progress(done / max(ids.shape[0], 1), f"{done}/{ids.shape[0]} windows")
+    stats.wait()
     if distributed:
         acc.all_reduce()
     return acc.to("cpu")

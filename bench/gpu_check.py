@@ -28,7 +28,12 @@ def main() -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from analysis.models import describe_devices, load_model
-    from analysis.settings import AnalysisRequest, CalibrationSettings, EstimatorSettings, ModelSettings
+    from analysis.settings import (
+        AnalysisRequest,
+        CalibrationSettings,
+        EstimatorSettings,
+        ModelSettings,
+    )
     from entrodrop import service
     from pruning.apply import pruned
     from pruning.evaluate import evaluate_quality, measure_speed

