@@ -228,19 +228,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors as e:
         print(f"entrodrop {a.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
         print(f"entrodrop {a.command}: error: out of memory; use a smaller --batch-size or "
               "--samples", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower():
-            print(f"entrodrop {a.command}: error: out of memory; use a smaller --batch-size or "
-                  "--samples", file=sys.stderr)
-            return EXIT_USAGE
-        raise
     except KeyboardInterrupt:
         print(f"entrodrop {a.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    # torch.OutOfMemoryError is the CUDA allocator's; MPS and others only say it in the text.
+    return (isinstance(e, (MemoryError, torch.OutOfMemoryError))
+            or "out of memory" in str(e).lower())
 
 
 def _quiet_libraries() -> None:

@@ -129,7 +129,9 @@ def cmd_evaluate(a) -> int:
 
 def cmd_export(a) -> int:
     from entrodrop.service import decide, export_decision
+    from pruning.export import check_export_target
 
+    check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
     profile = _profile(a)
     plan = _plan(a, profile)
     d = decide(profile, a.granularity, a.criterion, a.k, plan)
@@ -146,7 +148,9 @@ def cmd_export(a) -> int:
 def cmd_width(a) -> int:
     from entrodrop.cli import _cal_settings, _Progress
     from entrodrop.service import width_export
+    from pruning.export import check_export_target
 
+    check_export_target(a.out, overwrite=a.overwrite)  # before loading and scoring
     loaded = _load(a)
     progress = _Progress(a.quiet)
     out = width_export(loaded, _cal_settings(a, a.calibration), a.criterion, a.ratio, a.out,

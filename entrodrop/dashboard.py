@@ -186,6 +186,7 @@ def request_key(request: AnalysisRequest) -> str:
 def profile_fingerprint(profile: Mapping) -> str:
     """Identity of one profile, for keying work derived from it (quality curves)."""
     parts = {"model": profile.get("model", {}).get("identity"),
+             "dtype": profile.get("model", {}).get("dtype"),
              "calibration": profile.get("calibration", {}).get("fingerprint"),
              "settings": profile.get("settings")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -375,7 +376,8 @@ def calibration_matrix(runs: Sequence[Mapping], *, granularity: Granularity,
 
 def robustness(runs: Sequence[Mapping], views: Sequence[PruneView]) -> dict:
     """Agreement of each calibration set's own prune set at the same settings and K."""
-    sets = {run_label(run, i): view.pruned for i, (run, view) in enumerate(zip(runs, views, strict=True))}
+    pairs = enumerate(zip(runs, views, strict=True))
+    sets = {run_label(run, i): view.pruned for i, (run, view) in pairs}
     return dict(agreement_matrix(sets))
 
 
@@ -419,6 +421,8 @@ class ModelRegistry:
             hit = self.peek(settings)
             if hit is not None:
                 return hit
+            if progress is not None:
+                progress(0.01, f"loading {settings.spec} (the first load imports the libraries)")
             loaded = load_model(settings, progress=progress)
             with self._guard:
                 self._models[settings] = loaded
@@ -558,15 +562,31 @@ def kept_overlap(keep_a: Sequence, keep_b: Sequence) -> list[float]:
     return out
 
 
+def model_summary(loaded) -> dict:
+    """What the Model page shows about a loaded model. Read under MODEL_LOCK: another
+    session may have blocks pruned in place for a moment."""
+    from entrodrop.service import MODEL_LOCK
+    from pruning.evaluate import count_parameters
+
+    with MODEL_LOCK:
+        return {"architecture": loaded.architecture, "num_layers": loaded.num_layers,
+                "parameters": count_parameters(loaded.model),
+                "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", "")}
+
+
 def width_ratio_range(model) -> tuple[float, float, int, int]:
     """(smallest, largest ratio, hidden size D, intermediate size I) for the ratio slider:
     the per-layer mode keeps round(ratio * D) neurons, so ratio runs up to I / D."""
     from analysis.architectures import get_architecture
     from analysis.taylor import intermediate_size, mlp_modules
+    from entrodrop.service import MODEL_LOCK
 
     layout = get_architecture(model).mlp
-    sizes = [intermediate_size(down, layout) for _, down in mlp_modules(model)]
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    with MODEL_LOCK:  # another session may have the MLPs sliced for a moment
+        sizes = [intermediate_size(down, layout) for _, down in mlp_modules(model)]
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
     hidden = int(getattr(config, "hidden_size", None) or config.n_embd)
     largest = min(sizes) / hidden
     return round(1.0 / hidden, 4), largest, hidden, min(sizes)

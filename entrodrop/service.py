@@ -158,20 +158,37 @@ def stage_plan(profile: dict, *, policy: str = "auto", s_start: int | None = Non
                allow_last: bool = False, stage_estimator: str = DEFAULT_STAGE_ESTIMATOR):
     from pruning.stages import plan_stages
 
+    # Null points (non-finite hidden states) become NaN, which the planner skips.
+    curve = [float("nan") if v is None else v for v in profile["entropy_curve"][stage_estimator]]
     return plan_stages(
-        profile["model"]["num_layers"], policy=policy,
-        curve=profile["entropy_curve"][stage_estimator],
+        profile["model"]["num_layers"], policy=policy, curve=curve,
         s_start=s_start if policy == "manual" else None, allow_last=allow_last,
     )
 
 
 def decide(profile: dict, granularity: str, criterion: str, k: int, plan) -> dict:
     """The full prune order of one criterion, and the first k blocks of it."""
-    from pruning.ranking import prune_order, prune_set, scores_for
+    from pruning.ranking import prune_order, prune_set
 
-    order = prune_order(scores_for(profile, granularity, criterion), plan)
+    order = prune_order(_block_scores(profile, granularity, criterion), plan)
     return {"granularity": granularity, "criterion": criterion, "k": k, "order": order,
             "blocks": prune_set(order, k), "s_start": plan.s_start, "policy": plan.policy}
+
+
+def _block_scores(profile: dict, granularity: str, criterion: str) -> list[float]:
+    """The ranking scores of a profile. Blocks with non-finite hidden states have null
+    scores; they are read as NaN, which the ranking puts after every finite score."""
+    from analysis.profile import scores
+    from pruning.ranking import RankingError, scores_for
+
+    try:
+        return scores_for(profile, granularity, criterion)
+    except RankingError:
+        try:
+            return scores(profile, granularity, criterion)
+        except (KeyError, TypeError, ValueError):
+            pass
+        raise
 
 
 def heldout_windows(cal: CalibrationSettings, loaded: LoadedModel, n: int):

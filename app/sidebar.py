@@ -1,0 +1,106 @@
+"""The sidebar: the shared model and calibration choices, and the pruning controls that
+every analysis page uses (granularity, criterion, S_start policy, K)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.settings import CRITERIA, GRANULARITIES
+from app import state
+from entrodrop import dashboard as db
+from pruning.stages import STAGE_POLICIES, max_k
+
+CRITERION_LABELS = {
+    "knn": "knn entropy (research default)",
+    "bucket": "bucket entropy (histogram)",
+    "renyi": "Renyi entropy",
+    "cosine": "cosine (ShortGPT / LLMDrop)",
+}
+POLICY_LABELS = {
+    "auto": "auto (minimum of H in the first half)",
+    "reference": "reference (freeze 0, 1, L-1)",
+    "manual": "manual (slider or chart click)",
+}
+
+
+def render() -> None:
+    ss = st.session_state
+    ss["_view"] = None
+    with st.sidebar:
+        st.markdown("### Model")
+        loaded = state.peek_model()
+        status = "loaded" if loaded is not None else "not loaded yet"
+        st.caption(f"`{ss['model_spec']}` · {ss['device']} / {ss['dtype']} · {status}")
+        st.markdown("### Calibration")
+        sources = ", ".join(f"`{s}`" for s in ss["cal_sources"]) or "none chosen"
+        st.caption(f"{sources} · N={ss['cal_samples']} × T={ss['cal_seqlen']} · "
+                   f"seed {ss['cal_seed']} · skip_first {ss['est_skip_first']}")
+        record = state.analysis()
+        if record is None:
+            st.info("No analysis yet: choose data on the Calibration page and run it.",
+                    icon=":material/info:")
+            return
+        hits = sum(record["from_cache"])
+        st.caption(f"Analysis: {len(record['runs'])} calibration run(s), {hits} from cache.")
+        st.markdown("### Pruning")
+        _pruning_controls(record["runs"])
+        _report_button()
+
+
+def _pruning_controls(runs: list[dict]) -> None:
+    ss = st.session_state
+    if len(runs) > 1:
+        ss["run_index"] = min(int(ss["run_index"]), len(runs) - 1)
+        st.selectbox("Calibration set for ranking", range(len(runs)), key="run_index",
+                     persist_state="session",
+                     format_func=lambda i: db.run_label(runs[i], i))
+    else:
+        ss["run_index"] = 0
+    profile = runs[int(ss["run_index"])]
+    num_layers = db.num_layers_of(profile)
+    st.selectbox("Granularity", GRANULARITIES, key="granularity", persist_state="session",
+                 help="layer: remove whole decoder layers. attn: make the attention sub-block "
+                      "the identity and keep the MLP.")
+    st.selectbox("Criterion", CRITERIA, key="criterion", persist_state="session",
+                 format_func=CRITERION_LABELS.get,
+                 help="The order is compared with the cosine baseline on the Prune list page.")
+    st.radio("S_start policy", STAGE_POLICIES, key="stage_policy", persist_state="session",
+             format_func=POLICY_LABELS.get)
+    st.checkbox("Allow pruning the last block", key="allow_last", persist_state="session",
+                disabled=ss["stage_policy"] == "reference")
+    ss["s_start"] = min(max(int(ss["s_start"]), 0), num_layers - 1)
+    with state.guard("Planning the stages"):
+        plan = db.stage_plan(profile, criterion=ss["criterion"], policy=ss["stage_policy"],
+                             s_start=ss["s_start"], allow_last=ss["allow_last"])
+        if ss["stage_policy"] != "manual":
+            ss["s_start"] = min(plan.s_start, num_layers - 1)
+        limit = max_k(plan)
+        ss["k"] = min(max(int(ss["k"]), 0), limit)
+        if limit > 0:
+            st.slider("K (blocks to prune)", min_value=0, max_value=limit, key="k",
+                      persist_state="session",
+                      help=f"At most the {limit} prunable blocks (Stage 2"
+                           f"{'' if plan.allow_last else ', last block frozen'}).")
+        else:
+            st.warning("No block can be pruned with this S_start; move it left.")
+        settings = state.view_settings()
+        ss["_view"] = db.build_view(profile, **settings)
+        view = ss["_view"]
+        st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
+                   f"K={view.k}: **{_blocks(view.pruned)}**")
+
+
+def _blocks(blocks) -> str:
+    return ", ".join(map(str, sorted(blocks))) or "none"
+
+
+def _report_button() -> None:
+    from app import report
+
+    snapshot = report.snapshot()
+    st.download_button(
+        "Download report (HTML)", data=lambda: report.build_html(snapshot),
+        file_name="entrodrop-report.html", mime="text/html", key="download_report",
+        on_click="ignore", icon=":material/download:",
+        help="One self-contained HTML file with every figure and the settings (no CDN).",
+    )

@@ -1,0 +1,317 @@
+"""Per-session state, shared caches and error display for the dashboard pages.
+
+Per-user choices live only in `st.session_state` (one browser session never sees another's).
+What is shared between sessions is read-only or guarded: the loaded models (one
+`ModelRegistry` in `st.cache_resource`, GPU work under `entrodrop.service.MODEL_LOCK`) and
+computed results (`st.cache_data`, keyed by what defines them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+
+from analysis.settings import CalibrationSettings, EstimatorSettings, ModelSettings
+from entrodrop import dashboard as db
+
+log = logging.getLogger("entrodrop.app")
+
+DEFAULT_SOURCES = ["builtin:licenses"]
+
+# Session defaults. The widgets bound to these keys use persist_state="session", so a value
+# survives while its page is not shown (other pages read it).
+DEFAULTS: dict[str, Any] = {
+    # model page
+    "model_source": "demo",
+    "demo_name": "smollm2-135m",
+    "model_path": "",
+    "hub_id": "",
+    "model_spec": db.DEFAULT_MODEL,
+    "device": "auto",
+    "dtype": "auto",
+    "trust_remote_code": False,
+    "device_map_auto": False,
+    # calibration page
+    "cal_sources": list(DEFAULT_SOURCES),
+    "cal_uploaded": [],
+    "cal_samples": None,
+    "cal_seqlen": None,
+    "cal_seed": 2024,
+    "cal_text_column": "",
+    "est_bins": 20,
+    "est_knn_k": 25,
+    "est_renyi_alpha": 4.0,
+    "est_skip_first": 1,
+    "est_batch_size": 4,
+    # shared pruning choices (sidebar)
+    "granularity": "attn",
+    "criterion": "knn",
+    "run_index": 0,
+    "stage_policy": "auto",
+    "s_start": 0,
+    "allow_last": False,
+    "k": 0,
+    # page options
+    "curve_estimators": ["bucket", "knn", "renyi"],
+    "heatmap_mode": "normalised",
+    "budget_heldout": 8,
+    "gen_prompt": "The capital of France is",
+    "gen_tokens": 30,
+    "gen_chat": False,
+    "export_name": "",
+    "export_overwrite": False,
+    "width_criteria": ["taylor-entropy", "taylor-ce"],
+    "width_ratio": 2.0,
+    "width_samples": 8,
+    "width_export_name": "",
+    "width_show": "taylor-entropy",
+}
+
+
+def init_session() -> None:
+    """Fill the defaults once per session, with the model from the command line or env."""
+    ss = st.session_state
+    if "_initialised" not in ss:
+        spec = db.startup_model_spec(sys.argv[1:], os.environ)
+        for key, value in DEFAULTS.items():
+            if key not in ss:
+                ss[key] = list(value) if isinstance(value, list) else value
+        ss["model_spec"] = spec
+        source = db.model_source_of(spec)
+        ss["model_source"] = source
+        if source == "demo":
+            ss["demo_name"] = spec[len("demo:"):]
+        elif source == "local":
+            ss["model_path"] = spec
+        else:
+            ss["hub_id"] = spec
+        devices = device_info()
+        on_gpu = devices["auto_device"] != "cpu"
+        ss["cal_samples"] = ss["cal_samples"] or (128 if on_gpu else 32)
+        ss["cal_seqlen"] = ss["cal_seqlen"] or (256 if on_gpu else 128)
+        ss["_initialised"] = True
+
+
+# --------------------------------------------------------------------------- shared caches
+
+
+@st.cache_resource(show_spinner=False)
+def model_registry() -> db.ModelRegistry:
+    """One registry for the whole server: every session shares the loaded models."""
+    return db.ModelRegistry(max_models=2)
+
+
+@st.cache_resource(show_spinner=False, ttl=30)
+def device_info() -> dict:
+    """GPU names and free memory; refreshed every 30 s."""
+    from analysis.models import describe_devices
+
+    return describe_devices()
+
+
+class _Miss(Exception):
+    """Raised inside the cached reader when the key was never stored (never cached)."""
+
+
+_PENDING: dict[tuple[str, str], Any] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _stored(namespace: str, key: str) -> Any:
+    with _PENDING_LOCK:
+        if (namespace, key) in _PENDING:
+            return _PENDING.pop((namespace, key))
+    raise _Miss(key)
+
+
+def cache_lookup(namespace: str, key: str) -> Any | None:
+    """A value stored by `cache_compute`, or None. Never computes anything."""
+    try:
+        return _stored(namespace, key)
+    except _Miss:
+        return None
+
+
+def cache_compute(namespace: str, key: str, compute: Callable[[], Any]) -> Any:
+    """`compute()` once per key, its result kept in st.cache_data.
+
+    The computation runs outside the cached function so it can drive a live progress bar
+    (elements drawn inside a cached function are replayed on every hit, and a bar created
+    outside it cannot be replayed). Exceptions are not cached, so a miss costs nothing.
+    """
+    hit = cache_lookup(namespace, key)
+    if hit is not None:
+        return hit
+    value = compute()
+    with _PENDING_LOCK:
+        _PENDING[(namespace, key)] = value
+    try:
+        return _stored(namespace, key)
+    finally:
+        with _PENDING_LOCK:
+            _PENDING.pop((namespace, key), None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _figure(kind: str, key: str, _build: Callable[[], Any]) -> Any:
+    return _build()
+
+
+def figure(kind: str, key: str, build: Callable[[], Any]) -> Any:
+    """A plotly figure built once per (kind, key) and shared read-only.
+
+    Building a figure with plotly's validation costs 40-110 ms; charts that do not depend
+    on K are cached here so that moving K re-renders quickly. `key` must capture every
+    input of `build`.
+    """
+    return _figure(kind, key, build)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def model_settings() -> ModelSettings:
+    ss = st.session_state
+    return ModelSettings(spec=str(ss["model_spec"]).strip(), device=ss["device"],
+                         dtype=ss["dtype"], trust_remote_code=bool(ss["trust_remote_code"]),
+                         device_map_auto=bool(ss["device_map_auto"]))
+
+
+def estimator_settings() -> EstimatorSettings:
+    ss = st.session_state
+    return EstimatorSettings(bins=int(ss["est_bins"]), knn_k=int(ss["est_knn_k"]),
+                             renyi_alpha=float(ss["est_renyi_alpha"]),
+                             skip_first=int(ss["est_skip_first"]),
+                             batch_size=int(ss["est_batch_size"]))
+
+
+def calibration_settings() -> tuple[CalibrationSettings, ...]:
+    ss = st.session_state
+    return db.calibration_settings(ss["cal_sources"], samples=int(ss["cal_samples"]),
+                                   seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
+                                   text_column=ss["cal_text_column"])
+
+
+def analysis_request():
+    return db.analysis_request(model_settings(), calibration_settings(), estimator_settings())
+
+
+def loaded_model(progress: db.Progress | None = None):
+    """The current model, loaded (once per server) if needed."""
+    return model_registry().get(model_settings().validate(), progress)
+
+
+def peek_model():
+    try:
+        return model_registry().peek(model_settings().validate())
+    except ValueError:
+        return None
+
+
+def run_analysis(request, progress: db.Progress | None = None) -> dict:
+    """The analysis of `request`: from st.cache_data when this server has run it before,
+    else through the service (which reads its own disk cache before loading the model)."""
+    key = db.request_key(request)
+
+    def compute() -> dict:
+        registry = model_registry()
+        return db.run_analysis(request, get_model=lambda s: registry.get(s, progress),
+                               progress=progress)
+
+    result = cache_compute("analysis", key, compute)
+    return adopt_analysis(request, key, result)
+
+
+def adopt_analysis(request, key: str, result: dict) -> dict:
+    from dataclasses import asdict
+
+    record = {"key": key, "request": asdict(request), **result}
+    st.session_state["analysis"] = record
+    st.session_state["run_index"] = 0
+    return record
+
+
+def analysis() -> dict | None:
+    return st.session_state.get("analysis")
+
+
+def runs() -> list[dict]:
+    record = analysis()
+    return record["runs"] if record else []
+
+
+def current_run() -> dict | None:
+    all_runs = runs()
+    if not all_runs:
+        return None
+    index = int(st.session_state.get("run_index", 0) or 0)
+    return all_runs[min(max(index, 0), len(all_runs) - 1)]
+
+
+def view() -> db.PruneView | None:
+    """The prune view the sidebar built in this run (None before any analysis)."""
+    return st.session_state.get("_view")
+
+
+def require_view() -> tuple[dict, db.PruneView]:
+    """(current profile, prune view), or a message saying what is missing and st.stop()."""
+    profile, current = current_run(), view()
+    if profile is None:
+        st.info("Run the analysis on the Calibration page first.", icon=":material/info:")
+        st.page_link("views/calibration.py", label="Go to Calibration",
+                     icon=":material/dataset:")
+        st.stop()
+    if current is None:
+        st.warning("The pruning settings in the sidebar cannot be applied to this analysis; "
+                   "see the message there (try another S_start policy or criterion).",
+                   icon=":material/warning:")
+        st.stop()
+    return profile, current
+
+
+def view_settings() -> dict:
+    ss = st.session_state
+    return {"granularity": ss["granularity"], "criterion": ss["criterion"],
+            "policy": ss["stage_policy"], "s_start": int(ss["s_start"]),
+            "allow_last": bool(ss["allow_last"]), "k": int(ss["k"])}
+
+
+def set_manual_s_start(value: int) -> None:
+    """Callback-safe: switch to the manual policy at S_start = value."""
+    st.session_state["s_start"] = int(value)
+    st.session_state["stage_policy"] = "manual"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextmanager
+def guard(what: str) -> Iterator[None]:
+    """Show any failure inside as one st.error (what to do next), never a traceback."""
+    try:
+        yield
+    except Exception as exc:  # Streamlit's rerun/stop signals are BaseExceptions, not caught
+        message = db.describe_error(exc)
+        if message is None:
+            log.exception("%s failed", what)
+            message = (f"unexpected {type(exc).__name__}: {exc}. The app is still usable; "
+                       "the details are in the server log. Please report this.")
+        st.error(f"**{what} failed.** {message}", icon=":material/error:")
+
+
+def progress_bar(label: str):
+    """A progress bar and the callback `(fraction, message)` that drives it."""
+    bar = st.progress(0.0, text=label)
+
+    def update(frac: float, msg: str) -> None:
+        bar.progress(min(max(float(frac), 0.0), 1.0), text=f"{label}: {msg}"[:200])
+
+    return bar, update

@@ -1,0 +1,40 @@
+"""EntroDrop Studio, the dashboard.
+
+    streamlit run app/streamlit_app.py -- --model demo:smollm2-135m
+
+The model can also be preselected with $ENTRODROP_MODEL. Nothing is loaded at start-up:
+the model loads on the Model page, or when the analysis first needs it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run` puts app/ on sys.path, not the repository root that holds the packages.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import sidebar, state  # noqa: E402
+
+st.set_page_config(page_title="EntroDrop Studio", page_icon=":material/content_cut:",
+                   layout="wide")
+
+PAGES = [
+    st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page("views/calibration.py", title="Calibration", icon=":material/dataset:"),
+    st.Page("views/dynamics.py", title="Entropy dynamics", icon=":material/show_chart:"),
+    st.Page("views/heatmap.py", title="Calibration heatmap", icon=":material/grid_on:"),
+    st.Page("views/prune_list.py", title="Prune list", icon=":material/format_list_numbered:"),
+    st.Page("views/budget.py", title="Budget", icon=":material/speed:"),
+    st.Page("views/export.py", title="Export", icon=":material/save:"),
+    st.Page("views/width.py", title="Width pruning", icon=":material/compress:"),
+]
+
+state.init_session()
+page = st.navigation(PAGES)
+sidebar.render()
+page.run()

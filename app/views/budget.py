@@ -1,0 +1,120 @@
+"""Page 6: what pruning costs (quality against K) and what it saves (speed, parameters)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import charts, state
+from entrodrop import dashboard as db
+
+ss = st.session_state
+st.title("Budget")
+
+profile, view = state.require_view()
+record = state.analysis()
+
+index = int(ss["run_index"])
+ks = db.budget_ks(view.max_k)
+
+st.subheader("Quality against K")
+st.markdown(
+    f"Prune the first K blocks of the **{view.criterion}** order and of the **{view.baseline}** "
+    f"order ({view.granularity} blocks) and compare each with the unpruned model on "
+    "held-out windows of the same source."
+)
+st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="budget_heldout",
+                persist_state="session")
+st.caption(f"K values: {ks}. Computed once per profile and settings, then cached.")
+budget_key = db.json_key(db.profile_fingerprint(profile), view.granularity, view.order,
+                         view.baseline_order, ks, int(ss["budget_heldout"]),
+                         record["request"]["model"], record["request"]["calibrations"][index])
+rows = state.cache_lookup("budget", budget_key)
+if st.button("Compute quality curves", key="run_budget", type="primary",
+             icon=":material/query_stats:"):
+    with state.guard("Computing the quality curves"):
+        bar, update = state.progress_bar("Quality curves")
+        loaded = state.loaded_model(update)
+        cal = db.request_calibration(record, index)
+
+        def compute():
+            ids = db.held_out_ids(loaded, cal, int(ss["budget_heldout"]))
+            return db.quality_budget(loaded, ids, view, ks,
+                                     batch_size=int(ss["est_batch_size"]), progress=update)
+
+        rows = state.cache_compute("budget", budget_key, compute)
+        bar.progress(1.0, text="Quality curves done")
+if rows:
+    ss["budget_result"] = {"key": budget_key, "rows": rows}
+    st.plotly_chart(charts.quality_figure(rows, marker_x=view.k), key="quality_chart",
+                    width="stretch")
+    st.dataframe(rows, hide_index=True)
+    with st.expander("What you are seeing", icon=":material/school:"):
+        st.markdown("For each held-out token, with $P$ the unpruned and $Q$ the pruned "
+                    "model's next-token distribution:")
+        st.latex(r"\mathrm{PPL} = \exp\Big(-\tfrac{1}{n}\sum_t \log Q(x_{t+1}\mid x_{\le t})"
+                 r"\Big),\quad \mathrm{KL} = \tfrac{1}{n}\sum_t \sum_v P_v \log\frac{P_v}{Q_v}")
+        st.markdown("Top-1 agreement is the fraction of tokens where both models' most "
+                    "likely next token is the same. The dotted line is the current K.")
+else:
+    ss.pop("budget_result", None)
+    st.info("Press **Compute quality curves** to run the model on held-out windows.",
+            icon=":material/info:")
+
+st.subheader(f"Savings at K = {view.k}")
+loaded = state.peek_model()
+if loaded is None:
+    st.info("Load the model (Model page) to see parameter and speed figures.",
+            icon=":material/info:")
+else:
+    with state.guard("Counting parameters"):
+        saved = db.parameter_savings(loaded, view.granularity, view.pruned)
+        p1, p2, p3 = st.columns(3)
+        p1.metric("Parameters", f"{saved['params_pruned'] / 1e6:.2f} M",
+                  f"-{saved['saved_fraction'] * 100:.1f} %", delta_color="inverse")
+        p2.metric("Weights", f"{saved['bytes_pruned'] / 2**20:.1f} MiB",
+                  f"-{(saved['bytes_base'] - saved['bytes_pruned']) / 2**20:.1f} MiB",
+                  delta_color="inverse")
+        p3.metric("Blocks pruned", f"{view.k} {view.granularity}")
+    speed_key = db.json_key(view.granularity, view.pruned, loaded.identity)
+    if st.button("Measure speed", key="run_speed", icon=":material/timer:",
+                 help="Prefill throughput and decode latency, base and pruned interleaved."):
+        with state.guard("Measuring speed"):
+            with st.spinner("Timing the base and the pruned model…"):
+                prompt_len = min(128, int(ss["cal_seqlen"]))
+                ss["speed_result"] = {"key": speed_key, **db.speed_for(
+                    loaded, view.granularity, view.pruned, prompt_len=prompt_len,
+                    new_tokens=16)}
+    speed = ss.get("speed_result")
+    if speed and speed.get("key") == speed_key:
+        s1, s2 = st.columns(2)
+        s1.metric("Prefill speed-up", f"{speed['prefill_ratio']:.2f}×",
+                  help=f"{speed['prefill_tokens_per_s_base']:.0f} → "
+                       f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s")
+        s2.metric("Decode speed-up", f"{speed['decode_ratio']:.2f}×",
+                  help=f"{speed['decode_ms_per_token_base']:.1f} → "
+                       f"{speed['decode_ms_per_token_pruned']:.1f} ms/token")
+        st.caption(f"Median of {speed['repeats']} runs on {speed['device']}.")
+
+st.subheader("Side by side")
+st.text_area("Prompt", key="gen_prompt", persist_state="session", height=80)
+g1, g2 = st.columns(2)
+g1.number_input("New tokens", min_value=1, max_value=512, step=1, key="gen_tokens",
+                persist_state="session")
+g2.checkbox("Use the chat template", key="gen_chat", persist_state="session")
+if st.button("Generate", key="run_generate", icon=":material/edit_note:"):
+    with state.guard("Generating"):
+        bar, update = state.progress_bar("Preparing the model")
+        loaded = state.loaded_model(update)
+        bar.empty()
+        with st.spinner("Generating with the unpruned and the pruned model…"):
+            ss["generation"] = db.generate_for(
+                loaded, view.granularity, view.pruned, ss["gen_prompt"],
+                max_new_tokens=int(ss["gen_tokens"]), chat=bool(ss.get("gen_chat")))
+            ss["generation"]["blocks"] = list(view.pruned)
+texts = ss.get("generation")
+if texts:
+    t1, t2 = st.columns(2)
+    t1.markdown("**Unpruned**")
+    t1.text(texts["unpruned"])
+    t2.markdown(f"**Pruned** (blocks {texts.get('blocks')})")
+    t2.text(texts["pruned"])

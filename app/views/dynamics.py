@@ -1,0 +1,107 @@
+"""Page 3: the entropy curve, S_start, dH per block and the attention-sink diagnostic."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.settings import ESTIMATORS
+from app import charts, state
+from app.report import view_scores
+from entrodrop import dashboard as db
+
+ss = st.session_state
+st.title("Entropy dynamics")
+
+profile, view = state.require_view()
+
+num_layers = view.plan.num_layers
+
+
+def _on_curve_select() -> None:
+    event = ss.get("curve_chart") or {}
+    points = (event.get("selection") or {}).get("points") or []
+    if points:
+        state.set_manual_s_start(min(max(int(points[0]["x"]), 0), num_layers - 1))
+
+
+def _on_slider() -> None:
+    ss["stage_policy"] = "manual"
+
+
+def _on_auto() -> None:
+    ss["stage_policy"] = "auto"
+
+
+st.multiselect("Estimators to plot", ESTIMATORS, key="curve_estimators", persist_state="session")
+fingerprint = db.profile_fingerprint(profile)
+estimators = list(ss["curve_estimators"] or ["knn"])
+fig = state.figure("curve", db.json_key(fingerprint, estimators, view.plan.s_start),
+                   lambda: charts.entropy_curve_figure(profile["entropy_curve"], estimators,
+                                                       view.plan.s_start))
+st.plotly_chart(fig, key="curve_chart", on_select=_on_curve_select,
+                selection_mode="points", width="stretch")
+s1, s2 = st.columns([5, 1])
+s1.slider("S_start (first block that may be pruned)", min_value=0,
+          max_value=max(num_layers - 1, 1), key="s_start", persist_state="session",
+          on_change=_on_slider,
+          disabled=num_layers < 2,
+          help="Drag, or click a point on the chart. Either switches the policy to manual.")
+s2.button("Auto S_start", key="s_start_auto", on_click=_on_auto,
+          help="Back to the automatic S_start (minimum of H over the first half of the depth).")
+st.caption(f"Policy **{view.plan.policy}** · S_start = **{view.plan.s_start}** · frozen "
+           f"blocks {list(view.plan.frozen)} · auto S_start per estimator: "
+           + ", ".join(f"{e} {profile['s_start'][e]}" for e in ESTIMATORS))
+with st.expander("What you are seeing", icon=":material/school:"):
+    st.markdown(
+        "Each point is the entropy of the residual stream $Z_j$ at depth $j$: $Z_0$ is the "
+        "embedding output and layer $i$ maps $Z_i$ to $Z_{i+1}$, so a model with $L$ layers "
+        "has $L+1$ points. Entropy is estimated per calibration window over its tokens "
+        f"(the first {profile['settings']['skip_first']} positions left out) and averaged. "
+        "The **automatic S_start** is"
+    )
+    st.latex(r"j^* = \arg\min_{0 \le j \le \lfloor L/2 \rfloor} H(Z_j)")
+    st.markdown(
+        "Layers $0..j^*-1$ compress the input (Stage 1, shaded, never pruned); from $j^*$ "
+        "on entropy expands (Stage 2) and blocks may be pruned. The **reference** policy "
+        "freezes blocks 0, 1 and L-1 as the research code does. The knn estimator is "
+        "$H = D\\,\\overline{\\log(r_i)} + \\tfrac{D}{2}\\log\\pi - \\log\\Gamma(\\tfrac{D}{2}+1)"
+        " + \\log N - \\log k$, with $r_i$ the distance to the $k$-th nearest token."
+    )
+
+st.subheader("Score per block")
+other = {}
+for gran in ("layer", "attn"):
+    other_view = view if gran == view.granularity else db.build_view(
+        profile, **{**state.view_settings(), "granularity": gran})
+    other[gran] = other_view.pruned
+st.plotly_chart(charts.delta_h_figure(
+    {g: view_scores(profile, g, view.criterion) for g in ("layer", "attn")}, other,
+    view.criterion, view.plan.s_start, view.plan.frozen), key="dh_chart", width="stretch")
+with st.expander("What you are seeing", icon=":material/school:"):
+    st.markdown(
+        "For each block with input $X$ and output $Y$ the entropy criteria score the "
+        "**entropy increase**"
+    )
+    st.latex(r"\Delta H_i = H(Y_i) - H(X_i)")
+    st.markdown(
+        "At granularity *layer*, $X = Z_i$ and $Y = Z_{i+1}$; at *attn*, $Y$ is the residual "
+        "stream right after the attention sub-block is added back. Blocks that add the least "
+        "entropy (lowest $\\Delta H$) change the representation least and are pruned first. "
+        "The cosine baseline uses $1 - \\overline{\\cos(X_t, Y_t)}$ instead. Red bars are "
+        f"pruned at K = {view.k}; grey bars are Stage 1, light grey ones frozen."
+    )
+
+st.subheader("Attention-sink diagnostic")
+sink = state.figure("sink", fingerprint, lambda: charts.sink_figure(
+    profile["sink"]["max_norm"], int(profile["settings"]["skip_first"])))
+st.plotly_chart(sink, key="sink_chart", width="stretch")
+with st.expander("What you are seeing", icon=":material/school:"):
+    st.markdown("Colour is the largest activation norm over the calibration windows,")
+    st.latex(r"\max_{\text{windows}} \lVert Z_j[t] \rVert_2")
+    st.markdown(
+        "per residual point $j$ (rows) and token position $t$ (columns), on a log scale. A "
+        "bright first column is an **attention sink**: one position with a norm far above "
+        "the rest. Min-max histogram bins then stretch to fit it and every other token "
+        "falls into a few bins, so the entropy curve collapses. Leaving the first position "
+        "out (`skip_first`, dashed line) removes it from every estimator."
+    )

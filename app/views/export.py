@@ -1,0 +1,71 @@
+"""Page 7: write the pruned model for the current settings."""
+
+from __future__ import annotations
+
+import re
+
+import streamlit as st
+
+from app import state
+from entrodrop import dashboard as db
+
+ss = st.session_state
+st.title("Export")
+
+profile, view = state.require_view()
+
+root = db.export_root()
+model_name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(profile["model"]["spec"]).split("/")[-1])
+suggested = f"{model_name.strip('-')}-{view.granularity}-{view.criterion}-k{view.k}"
+if not ss["export_name"]:
+    ss["export_name"] = suggested
+
+st.markdown(
+    f"Writes the model with the **{view.k} {view.granularity} blocks** chosen by "
+    f"**{view.criterion}** removed ({', '.join(map(str, sorted(view.pruned))) or 'none'}), "
+    "with its tokenizer and a manifest (`entrodrop.json`) recording how it was made."
+)
+st.caption(f"Export root: `{root}` (set with ${db.ENV_EXPORT_ROOT}).")
+st.text_input("Export folder name (inside the export root)", key="export_name",
+              persist_state="session",
+              help="A folder name such as my-model-k4. '..' and paths outside the root "
+                   "are refused.")
+st.checkbox("Overwrite an existing export of that name", key="export_overwrite",
+            persist_state="session")
+if view.granularity == "attn":
+    st.caption("Attention-pruned exports carry `modeling_entrodrop.py` and load with "
+               "`trust_remote_code=True`. Layer-pruned exports are standard checkpoints.")
+
+if st.button("Export pruned model", key="run_export", type="primary", icon=":material/save:",
+             disabled=view.k == 0):
+    with state.guard("Exporting"):
+        target = db.resolve_export_dir(ss["export_name"], root)
+        bar, update = state.progress_bar("Export")
+        loaded = state.loaded_model(update)
+        summary = db.export_view(loaded, view, profile, target,
+                                 overwrite=bool(ss["export_overwrite"]), progress=update)
+        bar.progress(1.0, text="Export done")
+        ss["export_result"] = summary
+if view.k == 0:
+    st.caption("Set K above 0 in the sidebar to export a pruned model.")
+
+result = ss.get("export_result")
+if result:
+    st.success(f"Exported to `{result['path']}`", icon=":material/check_circle:")
+    c1, c2, c3 = st.columns(3)
+    if result.get("granularity") == "attn":
+        c1.metric("Attention sub-blocks removed",
+                  f"{len(result.get('blocks') or [])} of {result.get('num_layers_before')}")
+    else:
+        c1.metric("Layers", f"{result.get('num_layers_after')} of "
+                            f"{result.get('num_layers_before')}")
+    before, after = result.get("parameters_before"), result.get("parameters_after")
+    if before and after:
+        c2.metric("Parameters", f"{after / 1e6:.2f} M", f"-{(1 - after / before) * 100:.1f} %",
+                  delta_color="inverse")
+    c3.metric("Size on disk", f"{result['bytes'] / 2**20:.1f} MiB")
+    st.caption(f"{result.get('granularity')} blocks removed: {result.get('blocks')} · "
+               f"{result['files']} files")
+    st.markdown("**Load it**")
+    st.code(db.load_snippet(result["path"], result.get("granularity") or "layer"),
+            language="python")

@@ -1,0 +1,85 @@
+"""Page 5: the ranked prune list next to the cosine baseline, with downloads."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+from entrodrop import dashboard as db
+
+ss = st.session_state
+st.title("Prune list")
+
+profile, view = state.require_view()
+
+st.caption("K, the granularity, the criterion and the S_start policy are in the sidebar; "
+           "changing them only re-ranks the cached profile, no model runs.")
+c = view.comparison
+st.markdown(f"**Pruned at K = {view.k}** ({view.granularity}, {view.criterion}): "
+            f"blocks {', '.join(map(str, sorted(view.pruned))) or 'none'}")
+st.markdown(f"**Baseline** ({view.baseline}): blocks "
+            f"{', '.join(map(str, sorted(view.baseline_pruned))) or 'none'}")
+m1, m2, m3 = st.columns(3)
+m1.metric("Overlap", f"{c.overlap} of {view.k}")
+m2.metric("Jaccard", f"{c.jaccard:.2f}")
+m3.metric("Kendall tau", "n/a" if c.kendall_tau is None else f"{c.kendall_tau:.2f}",
+          help="Over all prunable blocks, independent of K.")
+
+rows = db.ranking_rows(view)
+table = pd.DataFrame({
+    "rank": [r["rank"] for r in rows],
+    f"{view.criterion} block": [r["block"] for r in rows],
+    f"{view.criterion} score": [r["score"] for r in rows],
+    f"{view.baseline} block": [r["baseline_block"] for r in rows],
+    f"{view.baseline} score": [r["baseline_score"] for r in rows],
+    "pruned": [r["pruned"] for r in rows],
+})
+both_a = [r["in_both_sets"] for r in rows]
+both_b = [r["baseline_in_both_sets"] for r in rows]
+
+
+def _style(df: pd.DataFrame) -> pd.DataFrame:
+    colours = pd.DataFrame("", index=df.index, columns=df.columns)
+    for i, r in enumerate(rows):
+        if not r["pruned"]:
+            continue
+        colours.iloc[i, 1] = colours.iloc[i, 2] = (
+            "background-color: #c8e6c9" if both_a[i] else "background-color: #ffe0b2")
+        colours.iloc[i, 3] = colours.iloc[i, 4] = (
+            "background-color: #c8e6c9" if both_b[i] else "background-color: #ffe0b2")
+    return colours
+
+
+st.dataframe(table.style.apply(_style, axis=None).format(precision=4), hide_index=True,
+             width="stretch")
+st.caption("Rows above K are pruned. Green: the block is pruned by both orders; orange: "
+           f"by one only (only {view.criterion}: {list(c.only_a)}, only {view.baseline}: "
+           f"{list(c.only_b)}). Rank 0 is pruned first. Frozen and Stage-1 blocks are not "
+           "listed.")
+
+st.subheader("Download")
+d1, d2, d3 = st.columns(3)
+d1.download_button("CSV (one row per block)", db.rows_to_csv(db.block_rows(view)),
+                   file_name=f"prune-list-{view.granularity}-{view.criterion}-k{view.k}.csv",
+                   mime="text/csv", key="download_csv", on_click="ignore")
+d2.download_button("JSON", json.dumps(db.view_to_json(view, profile), indent=2),
+                   file_name=f"prune-list-{view.granularity}-{view.criterion}-k{view.k}.json",
+                   mime="application/json", key="download_json", on_click="ignore")
+d3.download_button("Rank string (research code format)", view.rank_string() + "\n",
+                   file_name=f"rank-string-{view.granularity}-{view.criterion}.txt",
+                   mime="text/plain", key="download_rank_string", on_click="ignore")
+st.markdown(f"**Rank string** ({view.criterion}). {db.RANK_STRING_NOTE}")
+st.code(view.rank_string(), language=None)
+with st.expander("What you are seeing", icon=":material/school:"):
+    st.markdown(
+        "Both orders sort the Stage-2 blocks by ascending score (ties by block index): "
+        f"{view.criterion} by its score, the baseline by its importance. The first K of "
+        "each are pruned. With $A_K$ and $B_K$ the two pruned sets:"
+    )
+    st.latex(r"\text{overlap} = |A_K \cap B_K|, \qquad "
+             r"J = \frac{|A_K \cap B_K|}{|A_K \cup B_K|}")
+    st.markdown("Kendall $\\tau$ compares the full orders: "
+                "$\\tau = (n_c - n_d) / \\binom{n}{2}$ over concordant and discordant pairs.")

@@ -1,0 +1,143 @@
+"""Page 8: width pruning of the MLPs with output-entropy Taylor importance."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from analysis.taylor import TAYLOR_CRITERIA
+from app import charts, state
+from entrodrop import dashboard as db
+
+QS = (0, 5, 25, 50, 75, 95, 100)
+LABELS = {"taylor-entropy": "Taylor, output-entropy loss (no labels)",
+          "taylor-ce": "Taylor, next-token cross-entropy (classic)",
+          "magnitude": "weight magnitude (no data)"}
+
+ss = st.session_state
+st.title("Width pruning")
+st.markdown(
+    "Instead of removing blocks, keep the most important MLP neurons of every layer. A "
+    "neuron's importance is a first-order Taylor estimate of how much the loss moves if it "
+    "is zeroed; with the **entropy of the model's own output** as the loss, no labels are "
+    "needed."
+)
+with st.expander("What you are seeing", icon=":material/school:"):
+    st.markdown("With $a_j$ the input of the down projection for neuron $j$ and "
+                "$\\mathcal{L}$ the mean entropy of the next-token distribution:")
+    st.latex(r"I_j = \sum_{\text{samples}} \sum_t \left| a_j \, "
+             r"\frac{\partial \mathcal{L}}{\partial a_j} \right|, \qquad "
+             r"\mathcal{L} = -\frac{1}{T}\sum_t \sum_v p_{t,v} \log p_{t,v}")
+    st.markdown("Every layer keeps the top round(ratio × hidden size) neurons in their "
+                "original order; gate/up rows and down columns are sliced, so the result is "
+                "a standard checkpoint. The heatmap shows percentiles of each layer's scores.")
+
+if not ss["cal_sources"]:
+    st.info("Choose a calibration source on the Calibration page first.", icon=":material/info:")
+    st.stop()
+
+ss["width_criteria"] = [c for c in ss["width_criteria"] if c in TAYLOR_CRITERIA]
+st.multiselect("Criteria", TAYLOR_CRITERIA, key="width_criteria", persist_state="session",
+               format_func=LABELS.get)
+st.number_input("Calibration windows for scoring", min_value=1, max_value=4096, step=1,
+                key="width_samples", persist_state="session",
+                help=f"Drawn from {ss['cal_sources'][0]} with T = "
+                                          f"{ss['cal_seqlen']}.")
+cal = None
+with state.guard("Checking the settings"):
+    cal = db.calibration_settings(ss["cal_sources"][:1], samples=int(ss["width_samples"]),
+                                  seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
+                                  text_column=ss["cal_text_column"])[0]
+if cal is None:
+    st.stop()
+criteria = list(ss["width_criteria"])
+scores_key = db.json_key(state.model_settings(), cal, criteria)
+scores = state.cache_lookup("width_scores", scores_key) if criteria else None
+if st.button("Score neurons", key="run_width_scores", type="primary",
+             icon=":material/analytics:", disabled=not criteria):
+    with state.guard("Scoring the neurons"):
+        bar, update = state.progress_bar("Neuron scores")
+        loaded = state.loaded_model(update)
+        scores = state.cache_compute("width_scores", scores_key, lambda: db.width_scores(
+            loaded, cal, criteria, batch_size=int(ss["est_batch_size"]), progress=update))
+        bar.progress(1.0, text="Scores done")
+
+loaded = state.peek_model()
+if not scores or loaded is None:
+    ss.pop("width_result", None)
+    st.info("Press **Score neurons** to compute the importances (this loads the model).",
+            icon=":material/info:")
+    st.stop()
+
+from analysis.taylor import NeuronScores  # noqa: E402
+
+drawn = False
+with state.guard("Drawing the neuron importances"):
+    percentiles = {c: db.score_percentiles(NeuronScores.from_dict(scores[c]).scores, QS)
+                   for c in scores}
+    ss["width_result"] = {"qs": list(QS), "percentiles": percentiles}
+    if ss["width_show"] not in scores:
+        ss["width_show"] = next(iter(scores))
+    shown = st.selectbox("Heatmap of", list(scores), key="width_show", persist_state="session",
+                         format_func=LABELS.get)
+    st.plotly_chart(charts.width_heatmap_figure(percentiles[shown], QS, shown),
+                    key="width_heatmap", width="stretch")
+
+    low, high, hidden, inter = db.width_ratio_range(loaded.model)
+    ss["width_ratio"] = float(min(max(float(ss["width_ratio"]), 0.05), high))
+    st.slider("Keep ratio (kept neurons per layer = ratio × hidden size)", min_value=0.05,
+              max_value=float(high), step=0.05, key="width_ratio", persist_state="session")
+    kept = max(1, min(round(ss["width_ratio"] * hidden), inter))
+    st.caption(f"Keeps {kept} of {inter} neurons per layer ({kept / inter * 100:.0f} %), "
+               f"hidden size {hidden}.")
+    if len(scores) > 1:
+        names = list(scores)
+        keeps = {c: db.width_keep(scores[c], ss["width_ratio"], hidden) for c in names}
+        overlaps = {f"{names[0]} vs {c}": db.kept_overlap(keeps[names[0]], keeps[c])
+                    for c in names[1:]}
+        st.plotly_chart(charts.width_overlap_figure(overlaps), key="width_overlap", width="stretch")
+    drawn = True
+if not drawn:
+    st.stop()
+
+st.subheader("Quality over the keep ratio")
+ratios = sorted({round(high * f, 2) for f in (0.25, 0.5, 0.75, 0.9)})
+quality_key = db.json_key(scores_key, ratios, int(ss["budget_heldout"]))
+rows = state.cache_lookup("width_quality", quality_key)
+if st.button("Compute quality curves", key="run_width_quality", icon=":material/query_stats:"):
+    with state.guard("Computing the width quality curves"):
+        bar, update = state.progress_bar("Width quality")
+
+        def compute():
+            ids = db.held_out_ids(loaded, cal, int(ss["budget_heldout"]))
+            return db.width_quality(loaded, ids, scores, ratios, hidden,
+                                    batch_size=int(ss["est_batch_size"]), progress=update)
+
+        rows = state.cache_compute("width_quality", quality_key, compute)
+        bar.progress(1.0, text="Done")
+if rows:
+    st.plotly_chart(charts.quality_figure([r for r in rows if r["ratio"] is not None],
+                                          x="ratio", marker_x=ss["width_ratio"],
+                                          x_title="keep ratio"),
+                    key="width_quality_chart", width="stretch")
+    st.dataframe(rows, hide_index=True)
+
+st.subheader("Export")
+if not ss["width_export_name"]:
+    ss["width_export_name"] = f"width-{shown}-r{ss['width_ratio']:g}"
+st.text_input("Export folder name (inside the export root)", key="width_export_name",
+              persist_state="session")
+if st.button("Export width-pruned model", key="run_width_export", icon=":material/save:"):
+    with state.guard("Exporting"):
+        target = db.resolve_export_dir(ss["width_export_name"], db.export_root())
+        with st.spinner("Writing the checkpoint…"):
+            summary = db.export_width(loaded, scores[shown], float(ss["width_ratio"]), hidden,
+                                      target, manifest={"tool": "EntroDrop Studio",
+                                                        "source_model": loaded.spec,
+                                                        "criterion": shown,
+                                                        "ratio": float(ss["width_ratio"]),
+                                                        "calibration": cal.spec},
+                                      overwrite=bool(ss["export_overwrite"]))
+        st.success(f"Exported to `{summary['path']}`: intermediate size "
+                   f"{summary['intermediate_size']}, {summary['bytes'] / 2**20:.1f} MiB.",
+                   icon=":material/check_circle:")
+        st.code(db.load_snippet(summary["path"], "layer"), language="python")

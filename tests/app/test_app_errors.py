@@ -1,0 +1,145 @@
+"""Every failure shows a specific st.error and the app stays usable."""
+
+from __future__ import annotations
+
+
+def _errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_missing_local_model_gives_error_and_app_stays_usable(ui):
+    at = ui.start("model")
+    at.radio(key="model_source").set_value("local").run()
+    at.text_input(key="model_path").set_value("/nonexistent/tiny-model").run()
+    at.button(key="load_model").click().run()
+    assert not at.exception
+    (error,) = _errors(at)
+    assert "Loading the model failed" in error and "does not exist" in error
+    # Still usable: another page renders without errors.
+    at.switch_page("views/calibration.py").run()
+    ui.assert_clean(at)
+
+
+def test_hub_id_offline_says_what_to_do(ui):
+    at = ui.start("model")
+    at.radio(key="model_source").set_value("hub").run()
+    at.text_input(key="hub_id").set_value("no-such-org/no-such-model").run()
+    at.button(key="load_model").click().run()
+    assert not at.exception
+    (error,) = _errors(at)
+    assert "not available offline" in error and "demo:smollm2-135m" in error
+
+
+def test_folder_without_config_gives_error(ui, tmp_path):
+    at = ui.start("model")
+    at.radio(key="model_source").set_value("local").run()
+    at.text_input(key="model_path").set_value(str(tmp_path)).run()
+    at.button(key="load_model").click().run()
+    assert not at.exception
+    assert "no config.json" in _errors(at)[0]
+
+
+def test_loading_the_tiny_model_shows_its_figures(ui):
+    at = ui.start("model")
+    at.button(key="load_model").click().run()
+    ui.assert_clean(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Layers (L)"] == "6"
+    assert metrics["Architecture"] == "LlamaForCausalLM"
+
+
+def _upload(ui, name: str, data: bytes, mime: str, seed: int, text_column: str = ""):
+    at = ui.start("model")
+    at.button(key="load_model").click().run()  # the upload is read with the model's tokenizer
+    at.switch_page("views/calibration.py").run()
+    ui.set_calibration(at, seed=seed)
+    at.text_input(key="cal_text_column").set_value(text_column).run()
+    at.file_uploader(key="cal_upload").set_value((name, data, mime)).run()
+    return at
+
+
+def test_csv_without_text_column_gives_error(ui):
+    at = _upload(ui, "table.csv", b"a,b\n1,2\n3,4\n", "text/csv", seed=21)
+    assert not at.exception
+    (error,) = _errors(at)
+    assert "no text column found" in error and "'a', 'b'" in error
+    # Running the analysis with it names the same problem instead of crashing.
+    at.button(key="run_analysis").click().run()
+    assert not at.exception
+    assert any("no text column found" in e for e in _errors(at))
+    assert "analysis" not in at.session_state
+
+
+def test_csv_with_named_text_column_is_accepted(ui):
+    rows = "\n".join(f'{i},"the law of the state and the court {i}"' for i in range(50))
+    at = _upload(ui, "ok.csv", f"id,body\n{rows}\n".encode(), "text/csv", seed=22,
+                 text_column="body")
+    assert not at.exception
+    assert not _errors(at)
+    assert any("is usable" in s.value and "`body`" in s.value for s in at.success)
+    assert any(s.endswith("ok.csv") for s in at.session_state["cal_sources"])
+
+
+def test_oversized_upload_is_refused(ui, monkeypatch):
+    monkeypatch.setenv("ENTRODROP_UPLOAD_MAX_MB", "0.001")  # about 1 KB
+    at = ui.start("calibration")
+    at.file_uploader(key="cal_upload").set_value(
+        ("big.txt", b"word " * 1000, "text/plain")).run()
+    assert not at.exception
+    (error,) = _errors(at)
+    assert "Upload refused" in error and "upload limit" in error
+    assert not any(s.endswith("big.txt") for s in at.session_state["cal_sources"])
+
+
+def test_too_few_tokens_for_n_x_t_gives_error(ui, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("the law of the state")
+    at = ui.start("calibration")
+    ui.set_calibration(at, seed=23)
+    at.text_input(key="cal_path_input").input(str(small)).run()
+    at.multiselect(key="cal_sources").set_value([str(small)]).run()
+    at.button(key="run_analysis").click().run()
+    assert not at.exception
+    assert any("too little text" in e for e in _errors(at))
+
+
+def test_invalid_estimator_settings_give_error(ui):
+    at = ui.start("calibration")
+    ui.set_calibration(at, seed=24, seqlen=8)
+    at.number_input(key="est_knn_k").set_value(20).run()  # k must be < T - skip_first = 7
+    assert not at.exception
+    assert any("knn_k=20" in e for e in _errors(at))
+    at.button(key="run_analysis").click().run()
+    assert "analysis" not in at.session_state
+
+
+def test_export_path_traversal_is_refused(ui, tmp_path, monkeypatch):
+    root = tmp_path / "exports"
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
+    at = ui.analysed(seed=25)
+    at.slider(key="k").set_value(1).run()
+    at.switch_page("views/export.py").run()
+    outside = tmp_path / "outside"
+    for name in ("../outside", "a/../../outside", str(outside), "/etc/entrodrop-test", "  "):
+        at.text_input(key="export_name").set_value(name).run()
+        at.button(key="run_export").click().run()
+        assert not at.exception
+        (error,) = _errors(at)
+        assert "Exporting failed" in error, name
+    assert not outside.exists()
+    assert not root.exists() or not any(root.iterdir())
+
+
+def test_out_of_memory_is_reported_with_advice(ui, monkeypatch):
+    from entrodrop import dashboard
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(dashboard, "run_analysis", boom)
+    at = ui.start("calibration")
+    ui.set_calibration(at, seed=26)
+    at.button(key="run_analysis").click().run()
+    assert not at.exception
+    (error,) = _errors(at)
+    assert "Out of memory" in error and "batch size" in error
