@@ -122,6 +122,18 @@ def cmd_evaluate(a) -> int:
         for r in rows:
             print(f"{r['granularity']:5} {r['criterion']:9} {r['k']:>3} {r['perplexity']:>11.3f} "
                   f"{r['kl']:>8.4f} {r['top1']:>6.3f}")
+    if a.width_ratios:
+        from entrodrop.service import width_curves, width_scores
+
+        ratios = [float(x) for x in a.width_ratios.split(",")]
+        scores = {c: width_scores(loaded, _cal_settings(a, a.calibration), c, batch_size=a.batch_size)
+                  for c in a.width_criteria.split(",")}
+        rows = width_curves(loaded, ids, scores, ratios, mode=a.width_mode, batch_size=a.batch_size)
+        report["width_curves"] = rows
+        print(f"{'criterion':15} {'ratio':>6} {'perplexity':>11} {'KL':>8} {'top-1':>6}  ({a.width_mode})")
+        for r in rows:
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:g}"
+            print(f"{r['criterion']:15} {ratio:>6} {r['perplexity']:>11.3f} {r['kl']:>8.4f} {r['top1']:>6.3f}")
     if a.out:
         _write_json(a.out, report)
     return 0
@@ -189,6 +201,9 @@ def add_commands(sub, add_model_args, add_calibration_args, add_estimator_args) 
     p.add_argument("--criteria", default="knn,cosine", help="orders to compare in the curves")
     p.add_argument("--curve-granularities", default="layer,attn")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats for the speed ratios")
+    p.add_argument("--width-ratios", default=None, help="width-pruning curves at these ratios, e.g. 1,0.9,0.8")
+    p.add_argument("--width-criteria", default="taylor-entropy,taylor-ce,magnitude")
+    p.add_argument("--width-mode", choices=["per_layer", "uniform"], default="per_layer")
     p.add_argument("--out", default=None, help="also write the figures as JSON")
     p.set_defaults(func=cmd_evaluate)
 
@@ -198,9 +213,9 @@ def add_commands(sub, add_model_args, add_calibration_args, add_estimator_args) 
     p.add_argument("--criterion", choices=["taylor-entropy", "taylor-ce", "magnitude"],
                    default="taylor-entropy")
     p.add_argument("--ratio", type=float, required=True,
-                   help="uniform: keep-fraction of each layer's MLP neurons, in (0, 1]; "
-                        "per_layer: keep round(ratio * hidden_size) neurons per layer (SPEC)")
-    p.add_argument("--mode", choices=["uniform", "per_layer"], default="uniform")
+                   help="per_layer (default, SPEC): keep round(ratio * hidden_size) neurons per "
+                        "layer; uniform: keep this fraction of each layer's MLP neurons")
+    p.add_argument("--mode", choices=["per_layer", "uniform"], default="per_layer")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")

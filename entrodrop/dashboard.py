@@ -688,38 +688,23 @@ def width_scores(loaded, cal: CalibrationSettings, criteria: Sequence[str], *,
 
 
 def width_keep(scores: Mapping, ratio: float, hidden_size: int) -> list:
-    from analysis.taylor import NeuronScores
-    from pruning.width import keep_indices
+    from entrodrop.service import width_keep as keep
 
-    return keep_indices(NeuronScores.from_dict(dict(scores)), ratio, hidden_size=hidden_size)
+    return keep(scores, ratio, hidden_size, mode="per_layer")
 
 
 def width_quality(loaded, ids, scores: Mapping[str, Mapping], ratios: Sequence[float],
                   hidden_size: int, *, batch_size: int = 4,
                   progress: Progress | None = None) -> list[dict]:
     """Perplexity, KL and top-1 agreement of each criterion's width-pruned model per ratio."""
-    from entrodrop.service import MODEL_LOCK
-    from pruning.evaluate import evaluate_quality
-    from pruning.width import width_pruned
-
-    model = loaded.model
-    variants, plan = {}, []
-    for criterion, data in scores.items():
-        for ratio in ratios:
-            name = f"{criterion}@{ratio:g}"
-            keep = width_keep(data, ratio, hidden_size)
-            variants[name] = (lambda keep=keep: width_pruned(model, keep))
-            plan.append((criterion, ratio, name))
+    from entrodrop.service import width_curves
 
     def step(done: int, total: int) -> None:
         if progress is not None:
             progress(done / max(total, 1), f"evaluated batch {done} of {total}")
 
-    with MODEL_LOCK:
-        results = evaluate_quality(model, ids, variants, batch_size=batch_size, progress=step)
-    base = results["unpruned"].to_dict()
-    rows = [{"criterion": c, "ratio": r, **results[name].to_dict()} for c, r, name in plan]
-    return [{"criterion": "unpruned", "ratio": None, **base}] + rows
+    return width_curves(loaded, ids, dict(scores), ratios, mode="per_layer",
+                        batch_size=batch_size, progress=step)
 
 
 def export_width(loaded, scores: Mapping, ratio: float, hidden_size: int, out_dir: Path, *,

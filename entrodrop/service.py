@@ -263,20 +263,53 @@ def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criterion: str, 
         return neuron_scores(loaded.model, ids, criterion, batch_size=batch_size, progress=report)
 
 
-def width_keep(loaded: LoadedModel, scores, ratio: float, mode: str = "uniform"):
+def width_keep(scores, ratio: float, hidden_size: int, mode: str = "per_layer"):
+    """Kept neuron indices per layer; `scores` is NeuronScores or its to_dict() form.
+
+    per_layer (SPEC): round(ratio * hidden_size) per layer; uniform: a fraction of each layer."""
+    from analysis.taylor import NeuronScores
     from pruning.width import keep_indices
 
-    hidden = loaded.model.config.get_text_config().hidden_size
-    return keep_indices(scores, ratio, hidden_size=hidden, mode=mode)
+    if not isinstance(scores, NeuronScores):
+        scores = NeuronScores.from_dict(dict(scores))
+    return keep_indices(scores, ratio, hidden_size=hidden_size, mode=mode)
+
+
+def hidden_size(model) -> int:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
+
+
+def width_curves(loaded: LoadedModel, heldout_ids, scores: dict, ratios, *, mode: str = "per_layer",
+                 batch_size: int = 4, progress=None) -> list[dict]:
+    """Perplexity, KL and top-1 agreement per criterion and keep ratio, side by side.
+
+    `scores` maps criterion -> NeuronScores (or its dict form). The unpruned model runs once
+    per batch as the reference for every variant."""
+    from pruning.evaluate import evaluate_quality
+    from pruning.width import width_pruned
+
+    model, hidden = loaded.model, hidden_size(loaded.model)
+    variants, plan = {}, []
+    for criterion, data in scores.items():
+        for ratio in ratios:
+            name = f"{criterion}@{ratio:g}"
+            keep = width_keep(data, ratio, hidden, mode)
+            variants[name] = (lambda keep=keep: width_pruned(model, keep))
+            plan.append((criterion, ratio, name))
+    with MODEL_LOCK:
+        results = evaluate_quality(model, heldout_ids, variants, batch_size=batch_size, progress=progress)
+    rows = [{"criterion": "unpruned", "ratio": None, **results["unpruned"].to_dict()}]
+    return rows + [{"criterion": c, "ratio": r, **results[n].to_dict()} for c, r, n in plan]
 
 
 def width_export(loaded: LoadedModel, cal: CalibrationSettings, criterion: str, ratio: float,
-                 out_dir, *, mode: str = "uniform", batch_size: int = 4, overwrite: bool = False,
+                 out_dir, *, mode: str = "per_layer", batch_size: int = 4, overwrite: bool = False,
                  progress: Progress | None = None, extra_manifest: dict | None = None):
     from pruning.width import export_width_pruned
 
     scores = width_scores(loaded, cal, criterion, batch_size=batch_size, progress=progress)
-    keep = width_keep(loaded, scores, ratio, mode)
+    keep = width_keep(scores, ratio, hidden_size(loaded.model), mode)
     manifest = {
         "method": "width",
         "source_model": loaded.spec,

@@ -72,17 +72,34 @@ def test_evaluate_prints_pruned_figures_and_curves(tiny_llama_dir, cache, tmp_pa
     assert "perplexity" in r.stdout
 
 
-@pytest.mark.parametrize("criterion", ["taylor-entropy", "magnitude"])
-def test_width_export_is_a_standard_checkpoint(tiny_llama_dir, cache, tmp_path, criterion):
+@pytest.mark.parametrize(("criterion", "mode", "width"),
+                         [("taylor-entropy", "uniform", 32), ("magnitude", "per_layer", 16)])
+def test_width_export_is_a_standard_checkpoint(tiny_llama_dir, cache, tmp_path, criterion, mode, width):
+    # tiny llama: hidden 32, intermediate 64; uniform keeps half of 64, per_layer 0.5 * 32.
     out = tmp_path / f"width-{criterion}"
     r = run_cli(["--quiet", "width", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
                  "--samples", "4", "--seqlen", "16", "--device", "cpu", "--criterion", criterion,
-                 "--ratio", "0.5", "--out", str(out)], cache)
+                 "--ratio", "0.5", "--mode", mode, "--out", str(out)], cache)
     assert r.returncode == 0, r.stderr
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.intermediate_size == 32
-    assert model.model.layers[0].mlp.down_proj.weight.shape == (32, 32)
+    assert model.config.intermediate_size == width
+    assert model.model.layers[0].mlp.down_proj.weight.shape == (32, width)
     logits = model(torch.tensor([[3, 4, 5]])).logits
     assert torch.isfinite(logits).all()
     manifest = json.loads((out / "entrodrop.json").read_text())
     assert manifest["criterion"] == criterion and manifest["ratio"] == 0.5
+
+
+def test_evaluate_width_curves(tiny_llama_dir, cache, tmp_path):
+    out = tmp_path / "width.json"
+    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
+                 "--samples", "4", "--seqlen", "16", "--device", "cpu", "--heldout", "2",
+                 "--width-ratios", "1,0.5", "--width-mode", "uniform", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["width_curves"]
+    assert rows[0]["criterion"] == "unpruned"
+    assert {(x["criterion"], x["ratio"]) for x in rows[1:]} == {
+        (c, q) for c in ("taylor-entropy", "taylor-ce", "magnitude") for q in (1.0, 0.5)}
+    for x in rows[1:]:
+        if x["ratio"] == 1.0:  # keeping every neuron changes nothing
+            assert x["kl"] == pytest.approx(0.0, abs=1e-6) and x["top1"] == 1.0
