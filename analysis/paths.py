@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,3 +36,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def make_temp_dir(parent: Path, name: str, suffix: str = ".tmp") -> Path:
+    """A new hidden folder in `parent` for building `name`, tagged with this process id,
+    so that `remove_stale_temp_dirs` can tell when the process that made it is gone."""
+    return Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=suffix, dir=parent))
+
+
+def remove_stale_temp_dirs(parent: Path, name: str | None = None,
+                           suffix: str = ".tmp") -> list[Path]:
+    """Delete the `make_temp_dir` folders in `parent` (for `name`, or for any name) whose
+    process no longer runs (killed mid-write); they were never renamed into place, so
+    nothing valid is lost."""
+    stem = re.escape(name) if name is not None else ".+"
+    pattern = re.compile(r"^\." + stem + r"\.(\d+)\.[^.]+" + re.escape(suffix) + "$")
+    removed = []
+    if os.name != "posix" or not Path(parent).is_dir():
+        return removed  # liveness is checked with kill(pid, 0), a POSIX idiom
+    for path in Path(parent).iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by another user
+        return True
+    return True

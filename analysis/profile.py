@@ -35,8 +35,6 @@ def build_profile(
     opts: EstimatorSettings,
 ) -> dict:
     """Turn accumulated sums into the profile record (means over samples, dH per block)."""
-    from pruning.stages import auto_s_start
-
     n = float(acc.samples)
     if n <= 0:
         raise ValueError("no calibration samples were processed")
@@ -79,18 +77,21 @@ def build_profile(
             "layer": {"delta_h": layer_dh, "cosine": _clean((acc.layer_cosine / n).tolist())},
             "attn": {"delta_h": attn_dh, "cosine": _clean((acc.attn_cosine / n).tolist())},
         },
-        "s_start": {name: auto_s_start(curve[name]) for name in ESTIMATORS},
+        "s_start": {name: _auto_s_start_or_none(curve[name]) for name in ESTIMATORS},
         "sink": {"max_norm": [_clean(row) for row in acc.sink_max_norm.tolist()]},
         "nonfinite_blocks": nonfinite_blocks,
         "warnings": warnings,
     }
 
 
-def scores(profile: dict, granularity: str, criterion: str) -> list[float]:
-    """Block scores of a profile as floats (null -> NaN) for ranking."""
-    block = profile["blocks"][granularity]
-    raw = block["cosine"] if criterion == "cosine" else block["delta_h"][criterion]
-    return [float("nan") if v is None else float(v) for v in raw]
+def _auto_s_start_or_none(curve: list[float | None]) -> int | None:
+    """auto_s_start of a curve whose non-finite points are null; None if none is usable."""
+    from pruning.stages import StageError, auto_s_start
+
+    try:
+        return auto_s_start([float("nan") if v is None else v for v in curve])
+    except StageError:
+        return None
 
 
 def profile_key(parts: dict) -> str:

@@ -45,7 +45,7 @@ def entropy_curve_figure(curves: Mapping[str, Sequence], estimators: Sequence[st
         fig.update_yaxes(title_text="nats", row=row, col=1)
     if s_start > 0:
         fig.add_vrect(x0=-0.4, x1=s_start, fillcolor=STAGE1, opacity=0.18, line_width=0,
-                      annotation_text=stage1_label, annotation_position="top left")
+                      annotation_text=stage1_label, annotation_position="bottom left")
     fig.add_vline(x=s_start, line_dash="dash", line_color=PRUNED,
                   annotation_text=f"S_start = {s_start}", annotation_position="top right")
     fig.update_xaxes(title_text="j (Z_0 = embeddings, Z_j = output of layer j-1)", dtick=1,
@@ -175,7 +175,7 @@ def width_heatmap_figure(percentiles: Sequence[Sequence[float]], qs: Sequence[fl
     """Layers x importance percentiles, log10 colour scale."""
     z = [[math.log10(v) if v is not None and v > 0 else None for v in row] for row in percentiles]
     fig = go.Figure(go.Heatmap(
-        z=z, x=[f"p{q:g}" for q in qs], y=list(range(len(percentiles))), colorscale="Magma",
+        z=z, x=[f"p{q:g}" for q in qs], y=list(range(len(percentiles))), colorscale="Viridis",
         colorbar=dict(title="log10 importance"),
         hovertemplate="layer %{y}<br>%{x}<br>log10 %{z:.2f}<extra></extra>",
     ))

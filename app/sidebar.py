@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.settings import CRITERIA, GRANULARITIES
+from analysis.settings import CRITERIA, ESTIMATORS, GRANULARITIES
 from app import state
 from entrodrop import dashboard as db
 from pruning.stages import STAGE_POLICIES, max_k
@@ -66,12 +66,18 @@ def _pruning_controls(runs: list[dict]) -> None:
                  help="The order is compared with the cosine baseline on the Prune list page.")
     st.radio("S_start policy", STAGE_POLICIES, key="stage_policy", persist_state="session",
              format_func=POLICY_LABELS.get)
+    if ss["stage_policy"] == "auto":
+        st.selectbox("Curve for the automatic S_start", ESTIMATORS, key="stage_estimator",
+                     persist_state="session",
+                     help="S_start = the argmin of this estimator's H(Z_j) over the first half "
+                          "of the depth. bucket is the default: the knn curve sits at its floor "
+                          "at Z_0 (repeated tokens share an embedding), which puts S_start at 0.")
     st.checkbox("Allow pruning the last block", key="allow_last", persist_state="session",
                 disabled=ss["stage_policy"] == "reference")
     ss["s_start"] = min(max(int(ss["s_start"]), 0), num_layers - 1)
     with state.guard("Planning the stages"):
-        plan = db.stage_plan(profile, criterion=ss["criterion"], policy=ss["stage_policy"],
-                             s_start=ss["s_start"], allow_last=ss["allow_last"])
+        plan = db.stage_plan(profile, policy=ss["stage_policy"], s_start=ss["s_start"],
+                             allow_last=ss["allow_last"], stage_estimator=ss["stage_estimator"])
         if ss["stage_policy"] != "manual":
             ss["s_start"] = min(plan.s_start, num_layers - 1)
         limit = max_k(plan)

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "criterion": "knn",
     "run_index": 0,
     "stage_policy": "auto",
+    "stage_estimator": "bucket",
     "s_start": 0,
     "allow_last": False,
     "k": 0,
@@ -281,7 +282,8 @@ def view_settings() -> dict:
     ss = st.session_state
     return {"granularity": ss["granularity"], "criterion": ss["criterion"],
             "policy": ss["stage_policy"], "s_start": int(ss["s_start"]),
-            "allow_last": bool(ss["allow_last"]), "k": int(ss["k"])}
+            "allow_last": bool(ss["allow_last"]), "k": int(ss["k"]),
+            "stage_estimator": ss["stage_estimator"]}
 
 
 def set_manual_s_start(value: int) -> None:

@@ -140,14 +140,9 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def report_messages(result, quiet: bool) -> None:
-    """Cache hits and recomputations are news; warnings about the data are always shown."""
-    if not quiet:
-        for msg in result.messages:
-            print(msg, file=sys.stderr)
-        return
-    for run in result.runs:
-        for w in run.get("warnings", []):
-            print(f"{run['calibration']['spec']}: warning: {w}", file=sys.stderr)
+    """Cache hits are news; warnings (bad cache entries, non-finite states) always show."""
+    for msg in result.warnings if quiet else result.messages:
+        print(msg, file=sys.stderr)
 
 
 def _init_distributed(device: str) -> int:

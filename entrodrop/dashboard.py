@@ -23,7 +23,6 @@ from pathlib import Path
 
 from analysis.paths import REPO_ROOT, atomic_write_bytes, cache_dir
 from analysis.settings import (
-    ESTIMATORS,
     AnalysisRequest,
     CalibrationSettings,
     Criterion,
@@ -32,10 +31,11 @@ from analysis.settings import (
     ModelSettings,
     StagePolicy,
 )
+from entrodrop.service import DEFAULT_STAGE_ESTIMATOR
 from pruning.compare import Comparison, agreement_matrix, compare_orders
 from pruning.ranking import RankingError, prune_order, prune_set, scores_for, validate_k
 from pruning.rankstring import order_to_rank_string
-from pruning.stages import StagePlan, max_k, plan_stages
+from pruning.stages import StagePlan, max_k
 
 Progress = Callable[[float, str], None]
 
@@ -201,12 +201,6 @@ def num_layers_of(profile: Mapping) -> int:
     return int(profile["model"]["num_layers"])
 
 
-def curve_estimator(criterion: str) -> str:
-    """The entropy curve that sets the automatic S_start: the criterion's own estimator,
-    or knn (the research code's criterion) for the cosine criterion."""
-    return criterion if criterion in ESTIMATORS else "knn"
-
-
 # --------------------------------------------------------------------------- prune view
 
 
@@ -238,21 +232,23 @@ class PruneView:
                                     self.plan.num_layers)
 
 
-def stage_plan(profile: Mapping, *, criterion: str, policy: StagePolicy,
-               s_start: int | None, allow_last: bool) -> StagePlan:
-    """The stage plan of one profile; `s_start` is used only under the 'manual' policy."""
-    curve = profile["entropy_curve"][curve_estimator(criterion)]
-    curve = [float("nan") if v is None else float(v) for v in curve]
-    return plan_stages(num_layers_of(profile), policy=policy, curve=curve,
-                       s_start=s_start if policy == "manual" else None, allow_last=allow_last)
+def stage_plan(profile: Mapping, *, policy: StagePolicy, s_start: int | None, allow_last: bool,
+               stage_estimator: str = DEFAULT_STAGE_ESTIMATOR) -> StagePlan:
+    """The stage plan of one profile, exactly as the CLI builds it; `s_start` is used only
+    under the 'manual' policy, and the automatic one comes from `stage_estimator`'s curve."""
+    from entrodrop.service import stage_plan as plan
+
+    return plan(dict(profile), policy=policy, s_start=s_start, allow_last=allow_last,
+                stage_estimator=stage_estimator)
 
 
 def build_view(profile: Mapping, *, granularity: Granularity, criterion: Criterion,
                policy: StagePolicy, s_start: int | None, allow_last: bool, k: int,
-               baseline: Criterion = BASELINE) -> PruneView:
+               baseline: Criterion = BASELINE,
+               stage_estimator: str = DEFAULT_STAGE_ESTIMATOR) -> PruneView:
     """Rankings of a cached profile: no model is run. K must fit the plan."""
-    plan = stage_plan(profile, criterion=criterion, policy=policy, s_start=s_start,
-                      allow_last=allow_last)
+    plan = stage_plan(profile, policy=policy, s_start=s_start, allow_last=allow_last,
+                      stage_estimator=stage_estimator)
     k = validate_k(k, max_k(plan), "the number of prunable blocks")
     scores = scores_for(profile, granularity, criterion)
     base_scores = scores_for(profile, granularity, baseline)
@@ -356,8 +352,8 @@ def calibration_matrix(runs: Sequence[Mapping], *, granularity: Granularity,
                        criterion: Criterion, mode: str, views: Sequence[PruneView]) -> list[list]:
     """Calibration sets x blocks.
 
-    mode 'normalised': each run's scores min-max scaled to [0, 1] over its finite values
-    (0 = lowest score = pruned first). mode 'rank': the block's position in that run's
+    mode 'normalised': each run's candidate scores min-max scaled to [0, 1] (0 = lowest
+    score = pruned first; frozen and Stage-1 blocks: None). mode 'rank': the block's position in that run's
     pruning order (frozen blocks: None).
     """
     matrix = []
@@ -366,11 +362,15 @@ def calibration_matrix(runs: Sequence[Mapping], *, granularity: Granularity,
             rank = {b: r for r, b in enumerate(view.order)}
             matrix.append([rank.get(b) for b in range(view.plan.num_layers)])
             continue
+        # Only the candidates are scaled: frozen and Stage-1 blocks are never pruned, and
+        # their (often extreme) scores would squash the colours of the blocks that are.
         values = scores_for(run, granularity, criterion)
-        finite = [v for v in values if math.isfinite(v)]
+        candidates = set(view.plan.prunable)
+        finite = [v for b, v in enumerate(values) if b in candidates and math.isfinite(v)]
         lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)
         span = hi - lo if hi > lo else 1.0
-        matrix.append([(v - lo) / span if math.isfinite(v) else None for v in values])
+        matrix.append([(v - lo) / span if b in candidates and math.isfinite(v) else None
+                       for b, v in enumerate(values)])
     return matrix
 
 
@@ -386,8 +386,9 @@ def views_for_runs(runs: Sequence[Mapping], **settings) -> list[PruneView]:
     views = []
     k = settings.pop("k")
     for run in runs:
-        plan = stage_plan(run, criterion=settings["criterion"], policy=settings["policy"],
-                          s_start=settings["s_start"], allow_last=settings["allow_last"])
+        plan = stage_plan(run, policy=settings["policy"], s_start=settings["s_start"],
+                          allow_last=settings["allow_last"],
+                          stage_estimator=settings.get("stage_estimator", DEFAULT_STAGE_ESTIMATOR))
         views.append(build_view(run, k=min(k, max_k(plan)), **settings))
     return views
 

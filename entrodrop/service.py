@@ -42,6 +42,12 @@ class AnalysisResult:
     """What happened: cache hits, recomputed entries, warnings."""
     from_cache: list[bool] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    """The part of `messages` a user must see even in quiet mode."""
+
+    def warn(self, text: str) -> None:
+        self.messages.append(text)
+        self.warnings.append(text)
 
     def to_json(self) -> dict:
         """The CLI's output layout: the first run at the top level, all runs under `runs`."""
@@ -92,7 +98,7 @@ def analyze(
             try:
                 hit = cache.get(keys[idx])
             except CacheEntryInvalid as e:
-                result.messages.append(str(e))
+                result.warn(str(e))
                 cache.discard(keys[idx])
                 hit = None
             if hit is not None:
@@ -117,7 +123,8 @@ def analyze(
             if keys[idx] is not None:
                 cache.put(keys[idx], profile)
             result.runs[idx] = profile
-            result.messages.extend(f"{cal.spec}: {w}" for w in profile["warnings"])
+            for w in profile["warnings"]:
+                result.warn(f"{cal.spec}: warning: {w}")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -168,27 +175,11 @@ def stage_plan(profile: dict, *, policy: str = "auto", s_start: int | None = Non
 
 def decide(profile: dict, granularity: str, criterion: str, k: int, plan) -> dict:
     """The full prune order of one criterion, and the first k blocks of it."""
-    from pruning.ranking import prune_order, prune_set
+    from pruning.ranking import prune_order, prune_set, scores_for
 
-    order = prune_order(_block_scores(profile, granularity, criterion), plan)
+    order = prune_order(scores_for(profile, granularity, criterion), plan)
     return {"granularity": granularity, "criterion": criterion, "k": k, "order": order,
             "blocks": prune_set(order, k), "s_start": plan.s_start, "policy": plan.policy}
-
-
-def _block_scores(profile: dict, granularity: str, criterion: str) -> list[float]:
-    """The ranking scores of a profile. Blocks with non-finite hidden states have null
-    scores; they are read as NaN, which the ranking puts after every finite score."""
-    from analysis.profile import scores
-    from pruning.ranking import RankingError, scores_for
-
-    try:
-        return scores_for(profile, granularity, criterion)
-    except RankingError:
-        try:
-            return scores(profile, granularity, criterion)
-        except (KeyError, TypeError, ValueError):
-            pass
-        raise
 
 
 def heldout_windows(cal: CalibrationSettings, loaded: LoadedModel, n: int):

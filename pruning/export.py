@@ -29,6 +29,7 @@ import transformers
 from torch import nn
 
 from analysis.architectures import Architecture, get_architecture
+from analysis.paths import make_temp_dir, remove_stale_temp_dirs
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
 from pruning.modeling_template import replace_attention
@@ -211,15 +212,11 @@ def save_clean_checkpoint(model: nn.Module, folder: Path, *, config=None,
     return fresh
 
 
-@contextmanager
-def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
-                      needed_bytes: int | None = None) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`, on
-    error it is deleted and `out_dir` is left as it was.
-
-    Refuses a target that is a file, a non-empty folder (unless `overwrite`), an unwritable
-    parent, or a disk with less than `needed_bytes` (plus a margin) free.
-    """
+def check_export_target(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse a target that cannot take an export, before any work is done: a file, a
+    non-empty folder (unless `overwrite`), a path under a file, or a folder this process
+    cannot write in (tried for real: permission bits do not stop root). Returns the parent
+    folder, created if missing."""
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise TargetIsFileError(f"{out_dir} is a file; choose a folder path for the export")
@@ -227,13 +224,36 @@ def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
         raise TargetExistsError(
             f"{out_dir} already exists and is not empty; choose another folder or allow overwrite"
         )
+    for ancestor in out_dir.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise TargetNotWritableError(
+                    f"{ancestor} is a file, so no folder can be created under it; choose "
+                    "another path for the export")
+            break
     parent = out_dir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".probe", dir=parent))
     except OSError as err:
-        raise TargetNotWritableError(f"cannot create {parent}: {err.strerror or err}") from err
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise TargetNotWritableError(f"{parent} is not writable; choose another folder")
+        raise TargetNotWritableError(
+            f"cannot write in {parent}: {err.strerror or err}; choose another folder") from err
+    return parent
+
+
+@contextmanager
+def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
+                      needed_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir`, on
+    error it is deleted and `out_dir` is left as it was.
+
+    Refuses what `check_export_target` refuses, and a disk with less than `needed_bytes`
+    (plus a margin) free. A temporary folder left by a killed export to the same target is
+    deleted first.
+    """
+    out_dir = Path(out_dir)
+    parent = check_export_target(out_dir, overwrite=overwrite)
+    remove_stale_temp_dirs(parent, out_dir.name)
     if needed_bytes is not None:
         free = shutil.disk_usage(parent).free
         if free < needed_bytes + _DISK_MARGIN:
@@ -243,7 +263,7 @@ def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
                 f"or choose another disk"
             )
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=parent))
+        tmp = make_temp_dir(parent, out_dir.name)
     except OSError as err:
         raise TargetNotWritableError(f"cannot write in {parent}: {err.strerror or err}") from err
     try:

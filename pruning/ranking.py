@@ -23,7 +23,8 @@ def scores_for(profile: Mapping, granularity: Granularity, criterion: Criterion)
     Entropy criteria (bucket, knn, renyi) read profile["blocks"][granularity]["delta_h"]
     [criterion], the entropy increase dH_i = H(Y_i) - H(X_i). `cosine` reads
     profile["blocks"][granularity]["cosine"], the importance 1 - mean_t cos(X_t, Y_t).
-    Lower is pruned first in both cases.
+    Lower is pruned first in both cases. A null score (a block whose hidden states were
+    not finite, e.g. fp16 overflow) is read as NaN, which `prune_order` puts last.
     """
     if granularity not in GRANULARITIES:
         raise RankingError(
@@ -46,7 +47,7 @@ def scores_for(profile: Mapping, granularity: Granularity, criterion: Criterion)
             )
         node = node[key]
     try:
-        return [float(v) for v in node]  # type: ignore[union-attr]
+        return [float("nan") if v is None else float(v) for v in node]  # type: ignore[union-attr]
     except (TypeError, ValueError):
         raise RankingError(
             f"profile scores for {granularity}/{criterion} are not a list of numbers"

@@ -164,7 +164,10 @@ def test_calibration_matrix_and_robustness():
                               s_start=None, allow_last=False, k=2)
     norm = db.calibration_matrix(runs, granularity="attn", criterion="knn",
                                  mode="normalised", views=views)
-    assert norm[0][5] == 0.0 and norm[0][0] == 1.0
+    # Only the candidates 2..4 are scaled; Stage-1 and frozen blocks stay blank.
+    assert [norm[0][b] is None for b in range(6)] == [True, True, False, False, False, True]
+    assert min(norm[0][2:5]) == 0.0 and max(norm[0][2:5]) == 1.0
+    assert norm[0].index(0.0) == views[0].order[0]
     ranks = db.calibration_matrix(runs, granularity="attn", criterion="knn", mode="rank",
                                   views=views)
     assert ranks[0] == [None, None, 2, 0, 1, None]

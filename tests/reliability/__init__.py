@@ -1,0 +1,1 @@
+"""Reliability and security checks: bad input, killed processes, concurrency, untrusted code."""

@@ -1,0 +1,324 @@
+"""Bad input: each case is answered by a specific message.
+
+The CLI contract is one line on stderr, exit code 2, no traceback. Every case goes through
+`entrodrop.cli.main` in-process (cheap); one case of each kind also runs as a real
+`python -m entrodrop.cli` subprocess. Those start together, since their start-up (importing
+torch) costs seconds each, and then each case is checked on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from analysis.calibration import CalibrationError, load_calibration
+from analysis.settings import CalibrationSettings
+from entrodrop import cli
+from tests.reliability.support import (
+    SMALL,
+    assert_user_error,
+    pickle_bin_folder,
+    remote_code_folder,
+    run_many,
+    tiny_gguf,
+    truncated_safetensors,
+    unsupported_family,
+)
+from tests.tiny_models import tiny_tokenizer
+
+SHORT_TEXT = "the law of the court shall"
+
+
+def _in_a_read_only_folder(root: Path) -> Path:
+    """A target inside an existing folder that this process cannot create anything in.
+    Root ignores permission bits (chmod would not stop it), so as root the folder is /proc,
+    where nobody can create files; permission checks such as os.access say yes there."""
+    if os.geteuid() == 0:
+        return Path("/proc/entrodrop-reliability-out")
+    locked = root / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked / "out"
+
+
+# case -> (needles that the one stderr line must contain)
+NEEDLES = {
+    # Model specs.
+    "model-missing": ["does not exist"],
+    "model-hub-offline": ["not available offline"],
+    "model-truncated-safetensors": ["corrupt or truncated", ".safetensors"],
+    "model-garbage-gguf": ["cannot read GGUF file", "corrupt"],
+    "model-truncated-gguf": ["cannot read GGUF file", "truncated"],
+    "model-unsupported-family": ["unsupported architecture", "bloom"],
+    "model-needs-remote-code": ["trust_remote_code", "was not run"],
+    "model-code-in-pickle": ["refused", "safetensors"],
+    # Calibration files.
+    "calibration-empty": ["empty (0 bytes)"],
+    "calibration-binary": ["binary"],
+    "calibration-latin1": ["not UTF-8", "byte 0xe9"],
+    "calibration-no-text-column": ["no text column", "text_column"],
+    "calibration-too-few-tokens": ["too little text", "N x T = 4 x 16 = 64"],
+    # K and S_start, which need a profile first.
+    "prune-list-k-too-large": ["k must be between 0 and"],
+    "export-s-start-out-of-range": ["s_start must be between 0 and 3"],
+    # Export targets.
+    "export-target-is-file": ["is a file; choose a folder path"],
+    "export-target-under-a-file": ["is a file, so no folder can be created under it"],
+    "export-target-not-writable": ["cannot write in"],
+    "export-target-not-empty": ["already exists and is not empty", "overwrite"],
+    "width-target-not-empty": ["already exists and is not empty", "overwrite"],
+}
+
+
+# One case per kind of input also runs as a real subprocess (each costs seconds of start-up).
+SUBPROCESS = [
+    "model-truncated-safetensors",
+    "model-truncated-gguf",
+    "model-needs-remote-code",
+    "calibration-too-few-tokens",
+    "prune-list-k-too-large",
+    "export-target-not-writable",
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_llama_dir):
+    """The bad inputs on disk, and the CLI arguments of every case."""
+    root = tmp_path_factory.mktemp("bad-input")
+    llama = str(tiny_llama_dir)
+    marker = root / "remote-code-ran"
+    pickle_marker = root / "pickle-ran"
+    good = tiny_gguf(root / "good.gguf")
+    (root / "truncated.gguf").write_bytes(good.read_bytes()[: good.stat().st_size // 4])
+    (root / "garbage.gguf").write_bytes(b"this is not a gguf file\n" * 100)
+    files = {
+        "empty.txt": b"",
+        "binary.txt": bytes(range(256)) * 8,
+        "latin1.txt": "caf\u00e9 au lait, \u00e9t\u00e9 ".encode("latin-1") * 20,
+        "nocol.jsonl": b'{"title": "the law of the court"}\n{"title": "a license"}\n',
+        "short.txt": SHORT_TEXT.encode(),
+    }
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    (root / "a-file").write_text("not a folder")
+    (root / "full").mkdir()
+    (root / "full" / "keep.txt").write_text("mine")
+
+    def analyze(model=llama, cal="builtin:random"):
+        return ["analyze", "--model", model, "--calibration", cal, *SMALL]
+
+    def export(out, *extra, command="export"):
+        if command == "width":
+            return ["width", "--model", llama, "--calibration", "builtin:random", *SMALL[:4],
+                    "--device", "cpu", "--ratio", "0.5", "--criterion", "magnitude",
+                    "--out", str(out), *extra]
+        return [command, "--model", llama, "--calibration", "builtin:random", *SMALL,
+                "--k", "1", "--out", str(out), *extra]
+
+    args = {
+        "model-missing": analyze(model=str(root / "no" / "such" / "model")),
+        "model-hub-offline": analyze(model="someorg/not-a-real-model-xyz"),
+        "model-truncated-safetensors": analyze(
+            model=str(truncated_safetensors(tiny_llama_dir, root / "truncated"))),
+        "model-garbage-gguf": analyze(model=str(root / "garbage.gguf")),
+        "model-truncated-gguf": analyze(model=str(root / "truncated.gguf")),
+        "model-unsupported-family": analyze(model=str(unsupported_family(root / "bloom"))),
+        "model-needs-remote-code": analyze(
+            model=str(remote_code_folder(tiny_llama_dir, root / "remote", marker))),
+        "model-code-in-pickle": analyze(
+            model=str(pickle_bin_folder(tiny_llama_dir, root / "pickled", pickle_marker))),
+        "calibration-empty": analyze(cal=str(root / "empty.txt")),
+        "calibration-binary": analyze(cal=str(root / "binary.txt")),
+        "calibration-latin1": analyze(cal=str(root / "latin1.txt")),
+        "calibration-no-text-column": analyze(cal=str(root / "nocol.jsonl")),
+        "calibration-too-few-tokens": analyze(cal=str(root / "short.txt")),
+        "prune-list-k-too-large": ["prune-list", "--model", llama, "--calibration",
+                                   "builtin:random", *SMALL, "--k", "99"],
+        "export-s-start-out-of-range": export(root / "out-s-start", "--s-start", "9"),
+        "export-target-is-file": export(root / "a-file"),
+        "export-target-under-a-file": export(root / "a-file" / "out"),
+        "export-target-not-writable": export(_in_a_read_only_folder(root)),
+        "export-target-not-empty": export(root / "full"),
+        "width-target-not-empty": export(root / "full", command="width"),
+    }
+    assert set(args) == set(NEEDLES)
+    return {"root": root, "args": args, "marker": marker, "pickle_marker": pickle_marker}
+
+
+@pytest.fixture(scope="module")
+def subprocess_runs(world):
+    """The SUBPROCESS cases, run once as real subprocesses, all started together."""
+    root = world["root"]
+    return run_many({name: (world["args"][name], root / "cache") for name in SUBPROCESS})
+
+
+@pytest.mark.parametrize("case", sorted(NEEDLES))
+def test_cli_main_answers_bad_input_with_one_specific_line(world, case, isolated_cache, capsys):
+    # Guards: every user error is caught, named and explained: exit 2, one stderr line, and
+    # no exception escapes main() (so no traceback).
+    rc = cli.main(["--quiet", *map(str, world["args"][case])])
+    captured = capsys.readouterr()
+    assert_user_error(subprocess.CompletedProcess([], rc, captured.out, captured.err),
+                      *NEEDLES[case])
+
+
+@pytest.mark.parametrize("case", SUBPROCESS)
+def test_cli_subprocess_answers_bad_input_with_one_specific_line(subprocess_runs, case):
+    # Guards: the same contract for a real `python -m entrodrop.cli` process, where library
+    # warnings or import-time noise would also reach stderr.
+    assert_user_error(subprocess_runs[case], *NEEDLES[case])
+
+
+def test_untrusted_code_never_ran_and_nothing_was_written(world, subprocess_runs):
+    # Guards: refusing remote code / code-bearing pickles happens before they are executed,
+    # and the refused export targets are left exactly as they were.
+    assert not world["marker"].exists()
+    assert not world["pickle_marker"].exists()
+    root = world["root"]
+    assert (root / "a-file").read_text() == "not a folder"
+    assert sorted(p.name for p in (root / "full").iterdir()) == ["keep.txt"]
+    assert not (root / "out-s-start").exists()
+    leftovers = [p.name for p in root.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_too_few_tokens_message_says_how_many_the_file_has(subprocess_runs):
+    # Guards: the message gives the file's real token count, not just "too short".
+    line = assert_user_error(subprocess_runs["calibration-too-few-tokens"])
+    have = len(tiny_tokenizer()(SHORT_TEXT)["input_ids"])
+    assert re.search(rf"\b{have} tokens in all\b", line), line
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ("text\n".encode("utf-16"), "UTF-16"),
+        (b"title,body_len\nthe law,3\n", "no text column"),
+    ],
+    ids=["utf16-txt", "csv-without-text-column"],
+)
+def test_more_calibration_files_are_refused_by_the_library(tmp_path, data, needle):
+    # Guards: the other encodings and tabular layouts get the same specific errors.
+    path = tmp_path / ("cal.csv" if needle == "no text column" else "cal.txt")
+    path.write_bytes(data)
+    with pytest.raises(CalibrationError, match=needle):
+        load_calibration(CalibrationSettings(str(path), 4, 16), tiny_tokenizer())
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        pytest.param(["analyze", "--samples", "0"], "samples (N) must be between 1 and", id="N"),
+        pytest.param(["analyze", "--seqlen", "1"], "seqlen (T) must be between 2 and", id="T"),
+        pytest.param(["analyze", "--bins", "1"], "bins must be between 2 and", id="bins"),
+        pytest.param(["analyze", "--knn-k", "0"], "knn_k must be between 1 and", id="k"),
+        pytest.param(["analyze", "--knn-k", "15"], "knn_k=15 must be smaller than", id="k-vs-T"),
+        pytest.param(["analyze", "--renyi-alpha", "1"], "renyi_alpha must be > 0", id="alpha-1"),
+        pytest.param(["analyze", "--renyi-alpha", "-2"], "renyi_alpha must be > 0", id="alpha<0"),
+        pytest.param(["prune-list", "--k", "-1"], "k must be between 0 and", id="K-prune-list"),
+        pytest.param(["prune-list", "--s-start", "-1"], "s_start must be between 0 and",
+                     id="S_start-prune-list"),
+        pytest.param(["export", "--k", "4", "--out", "{tmp}/out"], "k must be between 0 and",
+                     id="K-export"),
+        pytest.param(["export", "--s-start", "4", "--out", "{tmp}/out"],
+                     "s_start must be between 0 and", id="S_start-export"),
+    ],
+)
+def test_out_of_range_settings_in_process(tiny_llama_dir, isolated_cache, tmp_path, capsys,
+                                          argv, needle):
+    # Guards: N, T, bins, k, alpha, K and S_start are range-checked with a named message.
+    # (tests/entrodrop/test_cli.py runs N, T, bins, k and alpha as subprocesses too.)
+    base = {"--model": str(tiny_llama_dir), "--calibration": "builtin:random", "--samples": "4",
+            "--seqlen": "16", "--bins": "8", "--knn-k": "3", "--renyi-alpha": "2",
+            "--device": "cpu"}
+    command, *rest = [a.format(tmp=tmp_path) for a in argv]
+    base.update(zip(rest[::2], rest[1::2], strict=True))
+    rc = cli.main(["--quiet", command, *[x for kv in base.items() for x in kv]])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_little_disk_space_is_refused_before_writing(tiny_llama_dir, isolated_cache,
+                                                         tmp_path, monkeypatch, capsys):
+    # Guards: the free-space check runs before any byte of the export is written, for the
+    # library call and for the CLI.
+    from analysis.models import load_model
+    from analysis.settings import ModelSettings
+    from pruning.export import InsufficientDiskSpaceError, export_pruned
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
+    loaded = load_model(ModelSettings(str(tiny_llama_dir), device="cpu"))
+    with pytest.raises(InsufficientDiskSpaceError, match=r"needs about \d+ MiB but only 1 MiB are free"):
+        export_pruned(loaded.model, loaded.tokenizer, tmp_path / "lib", granularity="layer",
+                      blocks=[1], manifest={})
+    rc = cli.main(["--quiet", "export", "--model", str(tiny_llama_dir), "--calibration",
+                   "builtin:random", *SMALL, "--k", "1", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "free some space" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing else written
+
+
+def test_nonfinite_hidden_states_are_flagged_by_the_library(overflow_dir, isolated_cache):
+    # Guards: fp16 overflow does not give silent NaN (or silent zeros): the blocks are
+    # listed, their scores are null, a warning suggests bf16/fp32, and ranking still works.
+    from analysis.settings import AnalysisRequest, EstimatorSettings, ModelSettings
+    from entrodrop import service
+
+    def profile(dtype):
+        request = AnalysisRequest(
+            ModelSettings(str(overflow_dir), device="cpu", dtype=dtype),
+            (CalibrationSettings("builtin:random", 4, 16, 1),),
+            EstimatorSettings(bins=8, knn_k=3, renyi_alpha=2.0), use_cache=False)
+        return service.analyze(request)
+
+    clean = profile("float32").runs[0]
+    assert clean["nonfinite_blocks"] == {"layer": [], "attn": []} and clean["warnings"] == []
+
+    result = profile("float16")
+    p = result.runs[0]
+    # The MLP of layer 1 overflows: Z_2 onwards is inf/NaN, so layer blocks 1-3 and the
+    # attention blocks 2-3 (which read Z_2, Z_3) are affected; blocks before are not.
+    assert p["nonfinite_blocks"] == {"layer": [1, 2, 3], "attn": [2, 3]}
+    assert any("bfloat16 or float32" in w for w in p["warnings"])
+    assert any("bfloat16 or float32" in m for m in result.messages)
+    for est in ("bucket", "knn", "renyi"):
+        dh = p["blocks"]["layer"]["delta_h"][est]
+        assert dh[1:] == [None, None, None] and isinstance(dh[0], float)
+        assert p["blocks"]["attn"]["delta_h"][est][2:] == [None, None]
+        assert p["entropy_curve"][est][2:] == [None, None, None]
+        assert isinstance(p["s_start"][est], int)
+    json.dumps(p, allow_nan=False)  # no NaN leaks into the JSON
+    plan = service.stage_plan(p, policy="auto")
+    order = service.decide(p, "layer", "knn", 1, plan)["order"]
+    flagged = [b for b in order if b in p["nonfinite_blocks"]["layer"]]
+    assert order[len(order) - len(flagged):] == flagged  # unknown scores go last
+
+
+def test_nonfinite_warning_reaches_the_cli(overflow_dir, tmp_path):
+    # Guards: the CLI prints the overflow warning on stderr and keeps the flags in its JSON.
+    from tests.reliability.support import run_cli
+
+    out = tmp_path / "profile.json"
+    r = run_cli(["analyze", "--model", overflow_dir, "--calibration", "builtin:random", *SMALL,
+                 "--dtype", "float16", "--out", out], tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "non-finite hidden states" in r.stderr and "bfloat16 or float32" in r.stderr
+    data = json.loads(out.read_text())
+    assert data["nonfinite_blocks"]["layer"] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def overflow_dir(tmp_path_factory):
+    from tests.reliability.support import overflow_folder
+
+    return overflow_folder(tmp_path_factory.mktemp("overflow"))

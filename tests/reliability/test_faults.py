@@ -1,0 +1,213 @@
+"""Faults: processes killed part-way, corrupted cache entries, running out of memory.
+
+The kills are real: the CLI runs as a subprocess under `pause_driver`, which stops it at a
+chosen line (mid-conversion, mid-capture, mid-export); the test waits for that point and
+sends SIGKILL, so no `finally` block or handler gets to tidy up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.models import _is_complete, file_fingerprint, load_model
+from analysis.profile import ProfileCache
+from analysis.settings import ModelSettings
+from entrodrop import cli
+from pruning.export import MANIFEST_NAME
+from tests.reliability.support import (
+    SMALL,
+    run_many,
+    sigkill,
+    start_paused_cli,
+    tiny_gguf,
+    wait_for_flag,
+)
+from tests.tiny_models import tiny_ids, tiny_model
+
+ANALYZE_SMALL = ["--samples", "8", *SMALL[2:], "--batch-size", "4"]  # 8 windows, 2 batches
+
+
+def _temp_dirs(folder):
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.is_dir())
+
+
+def test_killed_gguf_conversion_is_never_taken_as_valid(tmp_path, monkeypatch):
+    # Guards: conversion writes into a temporary folder and renames it into place only when
+    # complete (with its marker), so a kill leaves no folder that looks converted; the next
+    # load converts again and clears the dead process's temporary folder.
+    gguf = tiny_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    flag = tmp_path / "paused"
+    # Stop right after the weights are written into the temporary folder.
+    proc = start_paused_cli(["analyze", "--model", gguf, "--calibration", "builtin:random",
+                             *SMALL], cache, at="transformers:PreTrainedModel.save_pretrained",
+                            nth=1, when="after", flag=flag)
+    wait_for_flag(proc, flag)
+    sigkill(proc)
+
+    models = cache / "models"
+    leftovers = _temp_dirs(models)
+    assert len(leftovers) == 1 and f".{proc.pid}." in leftovers[0].name
+    assert (leftovers[0] / "model.safetensors").is_file()  # killed mid-conversion indeed
+    converted = [p for p in models.iterdir() if not p.name.startswith(".")]
+    source_fp = file_fingerprint(gguf)
+    assert all(not _is_complete(p, source_fp) for p in converted)
+    assert not (cache / "profiles").exists() or not list((cache / "profiles").glob("*.json"))
+
+    monkeypatch.setenv("ENTRODROP_CACHE_DIR", str(cache))
+    loaded = load_model(ModelSettings(str(gguf), device="cpu"))
+    assert Path(loaded.source_path).parent == models
+    assert _is_complete(Path(loaded.source_path), source_fp)
+    assert _temp_dirs(models) == []  # the dead process's folder was removed
+    ids = tiny_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, tiny_model("llama")(ids).logits,
+                                   rtol=0, atol=1e-5)
+
+
+def test_killed_analysis_leaves_no_cache_entry(tiny_llama_dir, tmp_path, monkeypatch, capsys):
+    # Guards: a profile is cached only once it is complete (atomic write after the capture),
+    # so a run killed mid-capture leaves nothing that a later run would take as a result.
+    cache = tmp_path / "cache"
+    flag = tmp_path / "paused"
+    args = ["analyze", "--model", tiny_llama_dir, "--calibration", "builtin:random",
+            *ANALYZE_SMALL]
+    # The 5th layer output is layer 0 of the second batch: half-way through the capture.
+    proc = start_paused_cli(args, cache, at="analysis.capture:_BlockStats.layer_output",
+                            nth=5, when="before", flag=flag)
+    wait_for_flag(proc, flag)
+    sigkill(proc)
+    profiles = cache / "profiles"
+    assert not profiles.exists() or list(profiles.iterdir()) == []
+
+    monkeypatch.setenv("ENTRODROP_CACHE_DIR", str(cache))
+    assert cli.main(["--quiet", *map(str, args), "--out", str(tmp_path / "p.json")]) == 0
+    assert "loaded from cache" not in capsys.readouterr().err  # recomputed
+    entries = list(profiles.glob("*.json"))
+    assert len(entries) == 1
+    assert ProfileCache(profiles).get(entries[0].stem) is not None
+
+
+@pytest.mark.parametrize("previous", [False, True], ids=["new-target", "overwrite"])
+def test_killed_export_leaves_the_target_as_it_was(tiny_llama_dir, tmp_path, monkeypatch,
+                                                   capsys, previous):
+    # Guards: an export is staged in a temporary folder and renamed into place when
+    # complete, so a kill mid-write leaves no target (or the previous export, intact); the
+    # next export to that target removes the dead process's temporary folder.
+    cache = tmp_path / "cache"
+    out = tmp_path / "exports" / "pruned"
+    base = ["export", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
+            *SMALL, "--out", str(out)]
+    monkeypatch.setenv("ENTRODROP_CACHE_DIR", str(cache))
+    if previous:
+        assert cli.main(["--quiet", *base, "--granularity", "layer", "--k", "1"]) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    flag = tmp_path / "paused"
+    killed_args = [*base, "--granularity", "attn", "--k", "2", "--overwrite"]
+    # Stop right after the weights are written into the temporary folder.
+    proc = start_paused_cli(killed_args, cache, at="pruning.export:save_clean_checkpoint",
+                            nth=1, when="after", flag=flag)
+    wait_for_flag(proc, flag)
+    sigkill(proc)
+
+    if previous:
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    else:
+        assert not out.exists()
+    leftovers = _temp_dirs(out.parent)
+    assert len(leftovers) == 1 and f".{proc.pid}." in leftovers[0].name
+    assert (leftovers[0] / "model.safetensors").is_file()  # killed mid-write indeed
+
+    capsys.readouterr()
+    assert cli.main(["--quiet", *map(str, killed_args)]) == 0, capsys.readouterr().err
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["granularity"] == "attn" and len(manifest["pruned_blocks"]) == 2
+    assert _temp_dirs(out.parent) == []
+
+
+def test_corrupt_cache_entries_are_reported_by_the_cli_and_recomputed(tiny_llama_dir, tmp_path,
+                                                                     monkeypatch):
+    # Guards: a damaged cache entry is caught by its schema version or checksum, named on
+    # stderr and recomputed, never served (the library side is in tests/entrodrop).
+    damages = {"truncate": "is unreadable", "edit": "fails its checksum",
+               "old_schema": "has schema 0, expected 1"}
+    runs, caches = {}, {}
+    for damage in damages:
+        cache = caches[damage] = tmp_path / damage
+        args = ["analyze", "--model", tiny_llama_dir, "--calibration", "builtin:random", *SMALL]
+        monkeypatch.setenv("ENTRODROP_CACHE_DIR", str(cache))
+        first = tmp_path / f"{damage}-first.json"
+        assert cli.main(["--quiet", *map(str, args), "--out", str(first)]) == 0
+        entry = next((cache / "profiles").glob("*.json"))
+        text = entry.read_text()
+        data = json.loads(text)
+        if damage == "truncate":
+            entry.write_text(text[: len(text) // 2])
+        elif damage == "edit":  # a plausible hand edit: one score changed
+            data["payload"]["blocks"]["attn"]["cosine"][1] = 0.0
+            entry.write_text(json.dumps(data, sort_keys=True))
+        else:
+            data["schema_version"] = 0
+            entry.write_text(json.dumps(data, sort_keys=True))
+        runs[damage] = ([*args, "--out", tmp_path / f"{damage}-second.json"], cache)
+
+    results = run_many(runs, quiet=False)  # --quiet would hide what the cache did
+    for damage, needle in damages.items():
+        again = results[damage]
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert needle in again.stderr and "recomputing" in again.stderr, again.stderr
+        assert "loaded from cache" not in again.stderr
+        first = json.loads((tmp_path / f"{damage}-first.json").read_text())
+        second = json.loads((tmp_path / f"{damage}-second.json").read_text())
+        assert second["blocks"] == first["blocks"]
+        entry = next((caches[damage] / "profiles").glob("*.json"))
+        assert ProfileCache(entry.parent).get(entry.stem) == second["runs"][0]  # rewritten
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        torch.OutOfMemoryError(""),
+        RuntimeError("MPS backend out of memory (MPS allocated: 8.00 GB)"),
+        MemoryError(),
+    ],
+    ids=["cuda", "cuda-no-text", "mps", "host"],
+)
+@pytest.mark.parametrize("command", ["analyze", "width"])
+def test_out_of_memory_suggests_a_smaller_batch(tiny_llama_dir, isolated_cache, monkeypatch,
+                                                capsys, tmp_path, error, command):
+    # Guards: an allocation failure mid-run is a user-facing error (exit 2, one line) that
+    # says what to change, not a traceback; nothing half-done is cached.
+    import analysis.models
+
+    real_load = analysis.models.load_model
+
+    def load_then_fail(settings, progress=None):
+        loaded = real_load(settings, progress=progress)
+        layer = loaded.model.model.layers[1]
+
+        def allocation_failure(*_):
+            raise error
+
+        layer.register_forward_hook(allocation_failure)
+        return loaded
+
+    monkeypatch.setattr("entrodrop.service.load_model", load_then_fail)
+    monkeypatch.setattr("analysis.models.load_model", load_then_fail)
+    if command == "analyze":
+        argv = ["analyze", "--calibration", "builtin:random", *SMALL]
+    else:
+        argv = ["width", "--calibration", "builtin:random", *SMALL[:4], "--device", "cpu",
+                "--ratio", "0.5", "--out", str(tmp_path / "out")]
+    rc = cli.main(["--quiet", argv[0], "--model", str(tiny_llama_dir), *argv[1:]])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1, err
+    assert "out of memory" in err[0] and "--batch-size" in err[0] and "--samples" in err[0]
+    assert not list(isolated_cache.glob("profiles/*.json"))
+    assert not (tmp_path / "out").exists()
