@@ -20,24 +20,9 @@ class CLIError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from analysis.architectures import UnsupportedArchitecture
-    from analysis.calibration import CalibrationError
-    from analysis.models import ModelLoadError
-    from analysis.settings import SettingsError
+    from entrodrop.service import user_error_types
 
-    errors: list[type[BaseException]] = [
-        CLIError, ModelLoadError, CalibrationError, SettingsError, UnsupportedArchitecture,
-        FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-    ]
-    for mod, name in (("pruning.stages", "StageError"), ("pruning.ranking", "RankingError"),
-                      ("pruning.rankstring", "RankStringError"), ("pruning.export", "ExportError"),
-                      ("pruning.apply", "PruningError"), ("analysis.taylor", "TaylorError"),
-                      ("pruning.width", "WidthPruningError")):
-        try:
-            errors.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (CLIError, *user_error_types())
 
 
 class _Progress:

@@ -33,7 +33,7 @@ from analysis.settings import (
 )
 from entrodrop.service import DEFAULT_STAGE_ESTIMATOR
 from pruning.compare import Comparison, agreement_matrix, compare_orders
-from pruning.ranking import RankingError, prune_order, prune_set, scores_for, validate_k
+from pruning.ranking import prune_order, prune_set, scores_for, validate_k
 from pruning.rankstring import order_to_rank_string
 from pruning.stages import StagePlan, max_k
 
@@ -597,25 +597,10 @@ def width_ratio_range(model) -> tuple[float, float, int, int]:
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """The library's user-facing error types that exist in this checkout."""
-    from analysis.architectures import UnsupportedArchitecture
-    from analysis.models import ModelLoadError
-    from analysis.settings import SettingsError
+    """The library's user-facing error types, plus the dashboard's own."""
+    from entrodrop.service import user_error_types as library_errors
 
-    found: list[type[BaseException]] = [
-        ModelLoadError, SettingsError, UnsupportedArchitecture, RankingError, ExportPathError,
-        UploadError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
-    ]
-    for mod, name in (("analysis.calibration", "CalibrationError"),
-                      ("pruning.stages", "StageError"), ("pruning.rankstring", "RankStringError"),
-                      ("pruning.export", "ExportError"), ("pruning.apply", "PruningError"),
-                      ("pruning.evaluate", "EvaluationError"), ("analysis.taylor", "TaylorError"),
-                      ("pruning.width", "WidthPruningError")):
-        try:
-            found.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
+    return (*library_errors(), ExportPathError, UploadError)
 
 
 def describe_error(exc: BaseException) -> str | None:

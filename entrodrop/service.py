@@ -30,6 +30,28 @@ from analysis.settings import (
 
 Progress = Callable[[float, str], None]
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors that mean the user asked for something impossible; each carries a message
+    that says what and what to do next. Anything else is a bug."""
+    from analysis.architectures import UnsupportedArchitecture
+    from analysis.calibration import CalibrationError
+    from analysis.models import ModelLoadError
+    from analysis.settings import SettingsError
+    from analysis.taylor import TaylorError
+    from pruning.apply import PruningError
+    from pruning.evaluate import EvaluationError
+    from pruning.export import ExportError
+    from pruning.ranking import RankingError
+    from pruning.rankstring import RankStringError
+    from pruning.stages import StageError
+    from pruning.width import WidthPruningError
+
+    return (ModelLoadError, CalibrationError, SettingsError, UnsupportedArchitecture,
+            StageError, RankingError, RankStringError, PruningError, EvaluationError,
+            ExportError, TaylorError, WidthPruningError,
+            FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
 # GPU work from several dashboard sessions is serialised through this lock.
 MODEL_LOCK = threading.RLock()
 

@@ -117,7 +117,7 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
     report = progress or (lambda frac, msg: None)
     arch, drop = _checked(model, granularity, blocks)
     base = _stock_class(model, granularity)
-    record = _json_ready(dict(manifest), "manifest")
+    record = json_ready(dict(manifest), "manifest")
     num_layers = len(arch.layers(model))
     out_dir = Path(out_dir)
 
@@ -159,19 +159,31 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
             "blocks": list(drop),
             "num_layers_before": num_layers,
             "num_layers_after": num_layers - len(drop) if granularity == "layer" else num_layers,
-            "parameters_before": count_parameters(model),
-            "parameters_after": count_parameters(fresh),
-            "model_type": model.config.model_type,
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance(model, fresh),
         })
         del fresh
-        (tmp / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_model_card(out_dir.name, record), encoding="utf-8")
+        write_manifest(tmp, record, _model_card(out_dir.name, record))
         report(0.95, "moving the export into place")
     report(1.0, f"exported to {out_dir}")
     return out_dir
+
+
+def provenance(source: nn.Module, saved: nn.Module) -> dict[str, Any]:
+    """Manifest fields every export records: sizes, family, library versions and time."""
+    return {
+        "parameters_before": count_parameters(source),
+        "parameters_after": count_parameters(saved),
+        "model_type": source.config.model_type,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_manifest(folder: Path, record: Mapping[str, Any], model_card: str) -> None:
+    """`entrodrop.json` and the README model card of an export being staged in `folder`."""
+    (folder / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (folder / "README.md").write_text(model_card, encoding="utf-8")
 
 
 def save_clean_checkpoint(model: nn.Module, folder: Path, *, config=None,
@@ -372,7 +384,7 @@ def _mib(n: int) -> int:
     return math.ceil(n / 2**20)
 
 
-def _json_ready(value: Any, where: str) -> Any:
+def json_ready(value: Any, where: str) -> Any:
     """A JSON-safe copy: numpy/torch scalars and arrays become numbers and lists, paths
     strings; anything else unknown is an error naming where it was found."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -380,14 +392,14 @@ def _json_ready(value: Any, where: str) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _json_ready(v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): json_ready(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value) if isinstance(value, (set, frozenset)) else value
-        return [_json_ready(v, f"{where}[{i}]") for i, v in enumerate(items)]
+        return [json_ready(v, f"{where}[{i}]") for i, v in enumerate(items)]
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if hasattr(value, "tolist"):
-        return _json_ready(value.tolist(), where)
+        return json_ready(value.tolist(), where)
     raise ExportError(
         f"{where} holds a {type(value).__name__}, which cannot be written to {MANIFEST_NAME}; "
         "pass numbers, strings, lists or dicts"

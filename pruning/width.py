@@ -8,18 +8,15 @@ and the config's intermediate size is set, so the result is a standard checkpoin
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import torch
-import transformers
 from torch import nn
 
 from analysis.architectures import get_architecture, get_submodule
@@ -27,11 +24,12 @@ from analysis.taylor import NeuronScores, intermediate_size, mlp_modules
 from pruning.apply import active_pruning
 from pruning.export import (
     MANIFEST_NAME,
-    count_parameters,
+    json_ready,
+    provenance,
     save_clean_checkpoint,
     staged_output_dir,
+    write_manifest,
 )
-from pruning.export import _json_ready as json_ready
 
 KeepMode = Literal["per_layer", "uniform"]
 # Set on a model while its MLPs are width-pruned in memory (the kept width).
@@ -148,16 +146,10 @@ def export_width_pruned(
                 "intermediate_size_after": plan.width,
                 "kept_neurons": [k.tolist() for k in plan.keep],
             },
-            "parameters_before": count_parameters(model),
-            "parameters_after": count_parameters(fresh),
-            "model_type": model.config.model_type,
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance(model, fresh),
         })
         del fresh
-        (tmp / MANIFEST_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(_model_card(out_dir.name, record), encoding="utf-8")
+        write_manifest(tmp, record, _model_card(out_dir.name, record))
     return out_dir
 
 
