@@ -93,6 +93,8 @@ def get_architecture(model_or_config) -> Architecture:
     """Look up the table entry for a model (or its config)."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str) and model_type.startswith("entrodrop_"):
+        model_type = model_type[len("entrodrop_"):]  # an attention-pruned EntroDrop export
     for arch in _TABLE:
         if model_type in arch.model_types:
             if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):

@@ -37,6 +37,8 @@ from pruning.modeling_template import replace_attention
 MANIFEST_NAME = "entrodrop.json"
 MODELING_NAME = "modeling_entrodrop.py"
 DROPPED_ATTN_KEY = "entrodrop_dropped_attn"
+# attn exports carry their own model_type: this prefix + the family's (see architectures.py).
+EXPORT_MODEL_TYPE_PREFIX = "entrodrop_"
 # Room for config, tokenizer and safetensors headers on top of the weights.
 _DISK_MARGIN = 64 * 2**20
 
@@ -135,7 +137,12 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
                 setattr(text_config, name, value)
         else:
             cls_name = f"EntroDrop{base.__name__}"
-            config.auto_map = {"AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{cls_name}"}
+            config_name = f"EntroDrop{type(config).__name__}"
+            # Both classes come from the export's own file, and the model_type is the
+            # export's own: loading without trust_remote_code then fails loudly instead of
+            # quietly building the stock model with random weights for the dropped blocks.
+            config.auto_map = {"AutoConfig": f"{MODELING_NAME[:-3]}.{config_name}",
+                               "AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{cls_name}"}
             setattr(config, DROPPED_ATTN_KEY, list(drop))
 
             def prepare(fresh: nn.Module) -> None:
@@ -146,8 +153,10 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
                                       model_class=base, prepare=prepare)
         if granularity == "attn":
             (tmp / MODELING_NAME).write_text(
-                render_modeling_file(base.__name__, arch), encoding="utf-8")
-            _set_architectures(tmp / "config.json", cls_name)
+                render_modeling_file(base.__name__, arch, type(config).__name__,
+                                     config.model_type), encoding="utf-8")
+            _rewrite_config(tmp / "config.json", architectures=[cls_name],
+                            model_type=EXPORT_MODEL_TYPE_PREFIX + config.model_type)
 
         report(0.7, "writing the tokenizer")
         if tokenizer is not None:
@@ -286,20 +295,29 @@ def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
         raise
 
 
-def render_modeling_file(base_class: str, arch: Architecture) -> str:
-    """Source of `modeling_entrodrop.py`: the stand-in module, then a subclass of the stock
-    class that swaps out the attention sub-blocks listed in the config."""
+def render_modeling_file(base_class: str, arch: Architecture, config_class: str,
+                         model_type: str) -> str:
+    """Source of `modeling_entrodrop.py`: the stand-in module, then a config class with the
+    export's own model_type and a subclass of the stock class that swaps out the attention
+    sub-blocks listed in the config."""
     template = (Path(__file__).with_name("modeling_template.py")).read_text(encoding="utf-8")
     cls_name = f"EntroDrop{base_class}"
+    cfg_name = f"EntroDrop{config_class}"
     return template.rstrip("\n") + f'''
 
 
-from transformers import {base_class}  # noqa: E402
+from transformers import {base_class}, {config_class}  # noqa: E402
+
+
+class {cfg_name}({config_class}):
+    model_type = "{EXPORT_MODEL_TYPE_PREFIX}{model_type}"
 
 
 class {cls_name}({base_class}):
     """{base_class} whose attention sub-blocks listed in `config.{DROPPED_ATTN_KEY}` are
     the identity (no weights); the MLPs of those layers stay."""
+
+    config_class = {cfg_name}
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -307,7 +325,7 @@ class {cls_name}({base_class}):
                           getattr(config, {DROPPED_ATTN_KEY!r}, []))
 
 
-__all__ = ["{cls_name}", "IdentityAttention"]
+__all__ = ["{cls_name}", "{cfg_name}", "IdentityAttention"]
 '''
 
 
@@ -355,9 +373,9 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _set_architectures(config_path: Path, cls_name: str) -> None:
+def _rewrite_config(config_path: Path, **fields: Any) -> None:
     data = json.loads(config_path.read_text(encoding="utf-8"))
-    data["architectures"] = [cls_name]
+    data.update(fields)
     config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -426,9 +444,8 @@ def _model_card(name: str, record: Mapping[str, Any]) -> str:
                 f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
         note = (f"Loading needs `trust_remote_code=True`: `{MODELING_NAME}` (in this folder, "
                 "torch and transformers only) replaces the dropped attention sub-blocks, "
-                "whose weights are not stored. Without it, transformers falls back to the "
-                "stock class and fills those attention weights with random values (it reports "
-                "them as MISSING), which gives a broken model.")
+                "whose weights are not stored. The config's own `model_type` makes loading "
+                "without it fail with an error instead of building a broken stock model.")
     lines = [
         f"# {name}", "",
         "Block-pruned with EntroDrop Studio (entropy-based pruning).", "",

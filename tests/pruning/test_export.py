@@ -333,3 +333,25 @@ def test_weights_that_do_not_fit_the_rebuilt_model_are_refused(tmp_path):
     state = {**model.state_dict(), "model.extra.weight": torch.zeros(1)}
     with pytest.raises(ExportError, match="model.extra.weight"):
         save_clean_checkpoint(model, tmp_path, state_dict=state)
+
+
+def test_attn_export_without_trust_remote_code_fails_loudly(tmp_path):
+    # Guards against stock transformers quietly building the unpruned class with random
+    # weights for the dropped attention blocks.
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from analysis.architectures import get_architecture
+    from analysis.models import ModelLoadError, load_model
+    from analysis.settings import ModelSettings
+
+    out = export_llama(tmp_path / "attn", granularity="attn")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "entrodrop_llama"
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(out)
+    with pytest.raises(ModelLoadError, match="trust remote code"):
+        load_model(ModelSettings(str(out), device="cpu"))
+    loaded = load_model(ModelSettings(str(out), device="cpu", trust_remote_code=True))
+    assert get_architecture(loaded.model).family == "llama"
