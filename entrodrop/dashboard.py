@@ -778,3 +778,20 @@ def request_calibration(record: Mapping, index: int) -> CalibrationSettings:
 
 def json_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def taylor_block_rows(layer_totals: Mapping[str, Sequence[float]], view: PruneView) -> list[dict]:
+    """The per-layer sum of neuron importance as a block criterion (least important layer
+    pruned first), under the view's stage plan, compared at K with the view's two orders."""
+    rows = []
+    for criterion, totals in layer_totals.items():
+        order = prune_order([float(v) for v in totals], view.plan)
+        pruned = prune_set(order, view.k)
+        row = {"criterion": f"{criterion} (layer sum)", "pruned": sorted(pruned)}
+        for name, other in ((view.criterion, view.order), (view.baseline, view.baseline_order)):
+            c = compare_orders(order, other, view.k)
+            row[f"overlap with {name}"] = c.overlap
+            row[f"Jaccard with {name}"] = c.jaccard
+            row[f"Kendall tau with {name}"] = c.kendall_tau
+        rows.append(row)
+    return rows

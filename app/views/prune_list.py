@@ -60,6 +60,21 @@ st.caption("Rows above K are pruned. Green: the block is pruned by both orders; 
            f"{list(c.only_b)}). Rank 0 is pruned first. Frozen and Stage-1 blocks are not "
            "listed.")
 
+st.subheader("Taylor importance as a block criterion")
+totals = ss.get("width_layer_totals") or {}
+if view.granularity != "layer":
+    st.caption("The per-layer sum of MLP-neuron importance scores whole layers: switch the "
+               "granularity to **layer** to compare it with the entropy and cosine orders.")
+elif not totals or any(len(t) != view.plan.num_layers for t in totals.values()):
+    st.info("Score the neurons on the **Width pruning** page to compare the per-layer sum of "
+            "Taylor importance with these orders.", icon=":material/info:")
+else:
+    st.dataframe(pd.DataFrame(db.taylor_block_rows(totals, view)), hide_index=True,
+                 width="stretch")
+    st.caption("A layer's score is the sum over its MLP neurons of |a * dL/da| (L = output "
+               "entropy for taylor-entropy); the least important layer is pruned first, under "
+               "the same stage plan and K.")
+
 st.subheader("Download")
 d1, d2, d3 = st.columns(3)
 d1.download_button("CSV (one row per block)", db.rows_to_csv(db.block_rows(view)),

@@ -70,6 +70,9 @@ if not scores or loaded is None:
 
 from analysis.taylor import NeuronScores  # noqa: E402
 
+# The per-layer sums are a block criterion of their own, shown on the Prune list page.
+ss["width_layer_totals"] = {c: NeuronScores.from_dict(scores[c]).layer_totals() for c in scores
+                            if c != "magnitude"}
 drawn = False
 with state.guard("Drawing the neuron importances"):
     percentiles = {c: db.score_percentiles(NeuronScores.from_dict(scores[c]).scores, QS)

@@ -244,3 +244,15 @@ def test_report_is_one_self_contained_html_file():
 def test_report_without_analysis():
     text = report.build_html({"analysis": None, "view_settings": {}})
     assert "No analysis has been run yet" in text
+
+
+def test_taylor_layer_sums_as_a_block_criterion():
+    view = _view(k=2, granularity="layer")
+    # Candidates are 2, 3, 4 (Stage 1 = 0, 1; last block frozen); 4 and 2 are least important.
+    totals = {"taylor-entropy": [9.0, 9.0, 1.0, 5.0, 0.5, 0.1]}
+    (row,) = db.taylor_block_rows(totals, view)
+    assert row["criterion"] == "taylor-entropy (layer sum)"
+    assert row["pruned"] == [2, 4]
+    assert row[f"overlap with {view.criterion}"] == len(set(row["pruned"]) & set(view.pruned))
+    assert row[f"Jaccard with {view.baseline}"] == pytest.approx(
+        len({2, 4} & set(view.baseline_pruned)) / len({2, 4} | set(view.baseline_pruned)))

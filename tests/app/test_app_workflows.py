@@ -142,3 +142,20 @@ def test_startup_model_from_the_command_line(monkeypatch, tiny_model_dir):
     at = AppTest.from_file(str(app), default_timeout=120).run()
     assert at.session_state["model_spec"] == str(tiny_model_dir)
     assert at.session_state["model_source"] == "local"
+
+
+def test_taylor_layer_sums_appear_on_the_prune_list(ui):
+    at = ui.analysed(seed=37)
+    at.switch_page("views/width.py").run()
+    at.multiselect(key="width_criteria").set_value(["taylor-entropy"]).run()
+    at.number_input(key="width_samples").set_value(2).run()
+    at.button(key="run_width_scores").click().run()
+    ui.assert_clean(at)
+    at.selectbox(key="granularity").set_value("layer").run()
+    at.slider(key="k").set_value(2).run()
+    at.switch_page("views/prune_list.py").run()
+    ui.assert_clean(at)
+    frames = [df.value for df in at.dataframe]
+    taylor = [f for f in frames if "criterion" in f.columns]
+    assert taylor and taylor[0]["criterion"].tolist() == ["taylor-entropy (layer sum)"]
+    assert len(taylor[0]["pruned"].iloc[0]) == 2
