@@ -130,7 +130,10 @@ class _BlockStats:
                 estimators.renyi_entropy(x, o.renyi_alpha),
             )).double().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
             ent[:, idx] = vals.view(len(ESTIMATORS), len(idx), -1).sum(-1).to(dev)
-            bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().to(dev)
+            # On the CPU one reduction tells whether anything is non-finite, and the count is
+            # made only then; on a GPU the branch would cost a host sync, counting does not.
+            if x.device.type != "cpu" or not torch.isfinite(x.sum()):
+                bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().to(dev)
         return ent, bad
 
     def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
