@@ -29,7 +29,7 @@ class _Progress:
     """A one-line progress bar on stderr."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet = quiet or not sys.stderr.isatty() and os.environ.get("ENTRODROP_PROGRESS") == "0"
+        self.quiet = quiet or os.environ.get("ENTRODROP_PROGRESS") == "0"
         self.last = ""
 
     def __call__(self, frac: float, msg: str) -> None:
