@@ -116,13 +116,15 @@ class _BlockStats:
             groups.setdefault(p.device, []).append(idx)
         return [g[s:s + size] for g in groups.values() for s in range(0, len(g), size)]
 
-    def _entropies(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """([E, P] sums over the batch of each estimator, [P] non-finite counts)."""
+    def _entropies(self, points: list[torch.Tensor]):
+        """([E, P] sums over the batch of each estimator, [P] non-finite counts, and the
+        stacked [P*B, N', D] points when they fitted in one chunk, else None)."""
         o = self.opts
         dev = self.acc.z_entropy.device
         ent = torch.zeros(len(ESTIMATORS), len(points), dtype=torch.float64, device=dev)
         bad = torch.zeros(len(points), dtype=torch.float64, device=dev)
-        for idx in self._chunks(points):
+        chunks = self._chunks(points)
+        for idx in chunks:
             x = torch.cat([self._used(points[i]) for i in idx])  # [c*B, N', D]
             vals = torch.stack((
                 estimators.bucket_entropy(x, o.bins),
@@ -134,7 +136,12 @@ class _BlockStats:
             # made only then; on a GPU the branch would cost a host sync, counting does not.
             if x.device.type != "cpu" or not torch.isfinite(x.sum()):
                 bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().to(dev)
-        return ent, bad
+        return ent, bad, (x if len(chunks) == 1 else None)
+
+    def _cosine_sums(self, x: torch.Tensor, y: torch.Tensor, points: int) -> torch.Tensor:
+        """[P] sums over the batch of the cosine importance of stacked [P*B, N', D] pairs."""
+        cos = estimators.cosine_importance(x, y).double().nan_to_num_(nan=0.0)
+        return cos.view(points, -1).sum(-1).to(self.acc.z_entropy.device)
 
     def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
         dev = self.acc.z_entropy.device
@@ -142,8 +149,7 @@ class _BlockStats:
         for idx in self._chunks(xs):
             x = torch.cat([self._used(xs[i]) for i in idx])
             y = torch.cat([self._used(ys[i].to(xs[i].device)) for i in idx])
-            cos = estimators.cosine_importance(x, y).double().nan_to_num_(nan=0.0)
-            out[idx] = cos.view(len(idx), -1).sum(-1).to(dev)
+            out[idx] = self._cosine_sums(x, y, len(idx))
         return out
 
     def flush(self) -> None:
@@ -178,14 +184,21 @@ class _BlockStats:
         z = [self.z[j] for j in range(num_layers + 1)]
         attn = [self.attn[i] for i in range(num_layers)]
         x = [self.inputs[i] for i in range(num_layers)]
-        ent, bad = self._entropies(z)
+        ent, bad, zs = self._entropies(z)
         acc.z_entropy += ent
         acc.z_nonfinite += bad
-        ent, bad = self._entropies(attn)
+        ent, bad, attn_s = self._entropies(attn)
         acc.attn_entropy += ent
         acc.attn_nonfinite += bad
-        acc.layer_cosine += self._cosines(x, z[1:])
-        acc.attn_cosine += self._cosines(x, attn)
+        if zs is not None and attn_s is not None and all(x[i] is z[i] for i in range(num_layers)):
+            # Reuse the stacks: X_i = Z_i, so the inputs are the first L points of zs.
+            b = z[0].shape[0]
+            xs = zs[: num_layers * b]
+            acc.layer_cosine += self._cosine_sums(xs, zs[b:], num_layers)
+            acc.attn_cosine += self._cosine_sums(xs, attn_s, num_layers)
+        else:
+            acc.layer_cosine += self._cosines(x, z[1:])
+            acc.attn_cosine += self._cosines(x, attn)
         dev = acc.sink_max_norm.device
         norms = torch.stack([h.detach().float().norm(dim=-1).amax(dim=0).to(dev) for h in z])
         norms = norms.nan_to_num(nan=float("inf")).double()
