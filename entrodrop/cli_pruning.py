@@ -126,8 +126,8 @@ def cmd_evaluate(a) -> int:
         from entrodrop.service import width_curves, width_scores
 
         ratios = [float(x) for x in a.width_ratios.split(",")]
-        scores = {c: width_scores(loaded, _cal_settings(a, a.calibration), c, batch_size=a.batch_size)
-                  for c in a.width_criteria.split(",")}
+        scores = width_scores(loaded, _cal_settings(a, a.calibration), a.width_criteria.split(","),
+                              batch_size=a.batch_size)
         rows = width_curves(loaded, ids, scores, ratios, mode=a.width_mode, batch_size=a.batch_size)
         report["width_curves"] = rows
         print(f"{'criterion':15} {'ratio':>6} {'perplexity':>11} {'KL':>8} {'top-1':>6}  ({a.width_mode})")

@@ -477,11 +477,10 @@ def budget_ks(limit: int, max_points: int = 9) -> list[int]:
 
 def held_out_ids(loaded, cal: CalibrationSettings, samples: int):
     """`samples` evaluation windows from the same source, disjoint from the windows the
-    scores were computed on (analysis.calibration.load_heldout)."""
-    from analysis.calibration import load_heldout
+    scores were computed on."""
+    from entrodrop.service import heldout_windows
 
-    return load_heldout(cal.validate(), loaded.tokenizer, samples, model=loaded.model,
-                        on_gpu=loaded.on_gpu).input_ids
+    return heldout_windows(cal.validate(), loaded, samples)
 
 
 def quality_budget(loaded, ids, view: PruneView, ks: Sequence[int], *, batch_size: int = 4,
@@ -650,27 +649,10 @@ def export_view(loaded, view: PruneView, profile: Mapping, out_dir: Path, *,
 def width_scores(loaded, cal: CalibrationSettings, criteria: Sequence[str], *,
                  batch_size: int = 4, progress: Progress | None = None) -> dict[str, dict]:
     """Neuron importances per criterion, as NeuronScores.to_dict() (JSON-able)."""
-    from analysis.calibration import load_calibration
-    from analysis.taylor import neuron_scores
-    from entrodrop.service import MODEL_LOCK
+    from entrodrop.service import width_scores as scores
 
-    out: dict[str, dict] = {}
-    with MODEL_LOCK:
-        ids = None
-        if any(c != "magnitude" for c in criteria):
-            ids = load_calibration(cal.validate(), loaded.tokenizer, model=loaded.model,
-                                   on_gpu=loaded.on_gpu).input_ids
-        for i, criterion in enumerate(criteria):
-            def step(done: int, total: int, i=i, criterion=criterion) -> None:
-                if progress is not None:
-                    progress((i + done / max(total, 1)) / len(criteria),
-                             f"{criterion}: {done} of {total} windows")
-
-            out[criterion] = neuron_scores(loaded.model, ids, criterion, batch_size=batch_size,
-                                           progress=step).to_dict()
-            if progress is not None:
-                progress((i + 1) / len(criteria), f"{criterion}: done")
-    return out
+    found = scores(loaded, cal.validate(), criteria, batch_size=batch_size, progress=progress)
+    return {criterion: data.to_dict() for criterion, data in found.items()}
 
 
 def width_keep(scores: Mapping, ratio: float, hidden_size: int) -> list:

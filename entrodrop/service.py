@@ -262,18 +262,33 @@ def export_decision(loaded: LoadedModel, profile: dict, decision: dict, out_dir,
 # --------------------------------------------------------------------------- width pruning
 
 
-def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criterion: str, *,
-                 batch_size: int = 4, progress: Progress | None = None):
-    """Neuron importance of every MLP neuron (one forward + backward per batch)."""
+def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criteria, *,
+                 batch_size: int = 4, progress: Progress | None = None) -> dict:
+    """Neuron importance of every MLP neuron for each criterion -> {criterion: NeuronScores}.
+
+    The calibration windows are drawn once for all criteria; each data criterion costs one
+    forward + backward per batch, `magnitude` needs no data."""
     from analysis.taylor import neuron_scores
 
+    criteria = list(criteria)
     cal = cal.resolved(loaded.on_gpu)
+    out = {}
     with MODEL_LOCK:
         ids = None
-        if criterion != "magnitude":
+        if any(c != "magnitude" for c in criteria):
             ids = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=loaded.on_gpu).input_ids
-        report = (lambda done, total: progress(done / total, f"{done}/{total} windows")) if progress else None
-        return neuron_scores(loaded.model, ids, criterion, batch_size=batch_size, progress=report)
+        for i, criterion in enumerate(criteria):
+
+            def step(done: int, total: int, i=i, criterion=criterion) -> None:
+                if progress is not None:
+                    progress((i + done / max(total, 1)) / len(criteria),
+                             f"{criterion}: {done} of {total} windows")
+
+            out[criterion] = neuron_scores(loaded.model, ids, criterion, batch_size=batch_size,
+                                           progress=step)
+            if progress is not None:
+                progress((i + 1) / len(criteria), f"{criterion}: done")
+    return out
 
 
 def width_keep(scores, ratio: float, hidden_size: int, mode: str = "per_layer"):
@@ -321,7 +336,7 @@ def width_export(loaded: LoadedModel, cal: CalibrationSettings, criterion: str, 
                  progress: Progress | None = None, extra_manifest: dict | None = None):
     from pruning.width import export_width_pruned
 
-    scores = width_scores(loaded, cal, criterion, batch_size=batch_size, progress=progress)
+    scores = width_scores(loaded, cal, [criterion], batch_size=batch_size, progress=progress)[criterion]
     keep = width_keep(scores, ratio, hidden_size(loaded.model), mode)
     manifest = {
         "method": "width",
