@@ -516,13 +516,35 @@ def parameter_savings(loaded, granularity: Granularity, blocks: Sequence[int]) -
             "bytes_pruned": new_b, "saved_fraction": 1 - new_p / base_p if base_p else 0.0}
 
 
-def export_manifest(view: PruneView, profile: Mapping) -> dict:
-    """What the export's manifest records: the source profile and the choices made."""
-    return {"tool": "EntroDrop Studio", "source_model": profile.get("model", {}).get("spec"),
-            "model_identity": profile.get("model", {}).get("identity"),
-            "calibration": profile.get("calibration", {}).get("spec"),
-            **{k: v for k, v in view_to_json(view, profile).items()
-               if k not in ("model", "calibration")}}
+def export_manifest(view: PruneView, profile: Mapping, measured: Mapping | None = None) -> dict:
+    """The manifest the CLI writes (service.manifest_for: source, calibration recipe, scores,
+    order, s_start, K, blocks), plus the comparison with the baseline and the quality and
+    speed figures measured in the app for this prune set."""
+    from entrodrop.service import manifest_for
+
+    decision = {"granularity": view.granularity, "criterion": view.criterion, "k": view.k,
+                "order": view.order, "blocks": view.pruned, "s_start": view.plan.s_start,
+                "policy": view.plan.policy}
+    extra = {k: v for k, v in view_to_json(view, profile).items()
+             if k not in ("model", "calibration", "settings", "granularity", "criterion", "k",
+                          "order", "pruned", "s_start", "stage_policy")}
+    extra["tool"] = "EntroDrop Studio"
+    extra["measured_in_app"] = dict(measured or {})
+    return manifest_for(dict(profile), decision, extra)
+
+
+def measured_figures(view: PruneView, budget: Mapping | None, speed: Mapping | None,
+                     speed_key: str | None) -> dict:
+    """The app's measured figures that belong to this prune set: the quality rows at its K
+    (from the Budget page's curves) and the speed ratios if they were timed for it."""
+    out: dict = {}
+    if budget:
+        rows = [r for r in budget.get("rows", []) if r.get("k") == view.k]
+        if rows:
+            out["quality_at_k"] = rows
+    if speed and speed_key is not None and speed.get("key") == speed_key:
+        out["speed"] = {k: v for k, v in speed.items() if k != "key"}
+    return out
 
 
 def load_snippet(path: Path, granularity: str) -> str:
@@ -625,7 +647,8 @@ def _finite(v: float) -> float | None:
 
 
 def export_view(loaded, view: PruneView, profile: Mapping, out_dir: Path, *,
-                overwrite: bool = False, progress: Progress | None = None) -> dict:
+                overwrite: bool = False, progress: Progress | None = None,
+                measured: Mapping | None = None) -> dict:
     """Write the pruned model of `view` to `out_dir`; returns a summary for display."""
     from entrodrop.service import MODEL_LOCK
     from pruning.export import MANIFEST_NAME, export_pruned
@@ -633,7 +656,8 @@ def export_view(loaded, view: PruneView, profile: Mapping, out_dir: Path, *,
     with MODEL_LOCK:
         path = export_pruned(loaded.model, loaded.tokenizer, out_dir,
                              granularity=view.granularity, blocks=view.pruned,
-                             manifest=export_manifest(view, profile), overwrite=overwrite,
+                             manifest=export_manifest(view, profile, measured),
+                             overwrite=overwrite,
                              progress=progress)
     summary = folder_summary(path)
     record = json.loads((Path(path) / MANIFEST_NAME).read_text(encoding="utf-8"))

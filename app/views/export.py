@@ -42,8 +42,12 @@ if st.button("Export pruned model", key="run_export", type="primary", icon=":mat
         target = db.resolve_export_dir(ss["export_name"], root)
         bar, update = state.progress_bar("Export")
         loaded = state.loaded_model(update)
+        measured = db.measured_figures(
+            view, ss.get("budget_result"), ss.get("speed_result"),
+            db.json_key(view.granularity, view.pruned, loaded.identity))
         summary = db.export_view(loaded, view, profile, target,
-                                 overwrite=bool(ss["export_overwrite"]), progress=update)
+                                 overwrite=bool(ss["export_overwrite"]), progress=update,
+                                 measured=measured)
         bar.progress(1.0, text="Export done")
         ss["export_result"] = summary
 if view.k == 0:

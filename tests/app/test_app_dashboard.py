@@ -256,3 +256,22 @@ def test_taylor_layer_sums_as_a_block_criterion():
     assert row[f"overlap with {view.criterion}"] == len(set(row["pruned"]) & set(view.pruned))
     assert row[f"Jaccard with {view.baseline}"] == pytest.approx(
         len({2, 4} & set(view.baseline_pruned)) / len({2, 4} | set(view.baseline_pruned)))
+
+
+def test_export_manifest_matches_the_cli_record_and_carries_measured_figures():
+    view = _view(k=2)
+    budget = {"rows": [{"criterion": "knn", "k": 2, "perplexity": 9.0},
+                       {"criterion": "knn", "k": 3, "perplexity": 12.0}]}
+    speed = {"key": "s1", "prefill_ratio": 1.3}
+    measured = db.measured_figures(view, budget, speed, "s1")
+    assert measured == {"quality_at_k": [budget["rows"][0]], "speed": {"prefill_ratio": 1.3}}
+    assert db.measured_figures(view, budget, speed, "other") == {"quality_at_k": [budget["rows"][0]]}
+    m = db.export_manifest(view, _profile(), measured)
+    # The same fields the CLI export writes (service.manifest_for) ...
+    for key in ("source_model", "calibration", "estimator_settings", "granularity", "criterion",
+                "s_start", "k", "pruned_blocks", "prune_order", "scores"):
+        assert key in m, key
+    assert m["pruned_blocks"] == view.pruned and m["scores"] == view.scores
+    # ... plus the app's comparison and its measured figures.
+    assert m["baseline_pruned"] == view.baseline_pruned
+    assert m["measured_in_app"] == measured
