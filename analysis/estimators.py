@@ -29,9 +29,11 @@ ESTIMATOR_NAMES: tuple[EstimatorName, ...] = ("bucket", "knn", "renyi")
 _P_FLOOR = 1e-10
 _LOG_EPS = 1e-10
 _STD_EPS = 1e-10
-_K_FLOOR = 1e-10
+_LOG_K_FLOOR = math.log(1e-10)
 _COS_EPS = 1e-8
 _SNAP_REL = 1e-5
+# Below this fraction of |a|^2 + |b|^2, a Gram distance is recomputed from the difference.
+_EXACT_REL = 1e-2
 
 
 class EstimatorInputError(ValueError):
@@ -71,33 +73,136 @@ def _nan_where(bad: Tensor, h: Tensor) -> Tensor:
     return torch.where(bad, torch.full_like(h, float("nan")), h)
 
 
-def _pairwise_sq_dists(x: Tensor, snap_rel: float = 0.0) -> Tensor:
-    """Squared L2 distances [B, N, N] between the tokens of each sample, in float32.
+def _gram_sq_dists(a: Tensor, snap_rel: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Squared L2 distances [B, N, N] between the tokens of each sample, and |a_i|^2 [B, N].
 
     Uses the Gram-matrix identity |a|^2 + |b|^2 - 2 a.b: one batched matmul, where
     computing the differences directly is ~15x slower on CPU. Its rounding error is about
-    1e-6 * (|a|^2 + |b|^2), so the tokens are first shifted so that the bulk of them sits
-    near the origin: the reference is the token nearest the mean, not the mean itself,
-    which one huge attention-sink token drags far from every other token. The diagonal
-    is exactly 0. With ``snap_rel`` > 0, entries below snap_rel * (|a|^2 + |b|^2) (the
-    rounding noise of exact duplicates) are set to exactly 0. On CUDA this assumes
-    full-precision float32 matmuls (PyTorch's default; TF32 would make the error ~1e-3).
+    1e-6 * (|a|^2 + |b|^2): small for tokens shifted to the bulk (``_shift_to_bulk``),
+    except between (near-)duplicates. With ``snap_rel`` > 0, entries below
+    snap_rel * (|a|^2 + |b|^2), the rounding noise of exact duplicates, are set to exactly
+    0. The diagonal is exactly 0. On CUDA this assumes full-precision float32 matmuls
+    (PyTorch's default; TF32 would make the error ~1e-3).
     """
-    # |x_i - m|^2 = |x_i|^2 - 2 x_i.m + const: only the argmin is needed, and this form
-    # avoids two [B, N, D] temporaries.
-    mean = x.mean(dim=1, keepdim=True)  # [B, 1, D]
     # vector_norm(...)^2 instead of square().sum(): no [B, N, D] temporary, ~10x faster on CPU.
-    norms_sq = torch.linalg.vector_norm(x, dim=-1).square()
-    to_mean = norms_sq - 2.0 * torch.bmm(x, mean.transpose(1, 2)).squeeze(-1)
-    ref = to_mean.argmin(dim=1).view(-1, 1, 1).expand(-1, 1, x.shape[2])
-    xc = x - torch.gather(x, 1, ref)
-    sq_norm = torch.linalg.vector_norm(xc, dim=-1).square()
-    norm_sum = sq_norm.unsqueeze(2) + sq_norm.unsqueeze(1)
-    sq = torch.baddbmm(norm_sum, xc, xc.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
+    norms_sq = torch.linalg.vector_norm(a, dim=-1).square()
+    norm_sum = norms_sq.unsqueeze(2) + norms_sq.unsqueeze(1)
+    sq = torch.baddbmm(norm_sum, a, a.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
     if snap_rel > 0.0:
-        sq = sq.masked_fill_(sq <= snap_rel * norm_sum, 0.0)
+        sq.masked_fill_(sq <= norm_sum.mul_(snap_rel), 0.0)
     sq.diagonal(dim1=1, dim2=2).zero_()
-    return sq
+    return sq, norms_sq
+
+
+def _bucket(x: Tensor, bins: int) -> Tensor:
+    """bucket_entropy without validation or the non-finite mask."""
+    n_samples, n_tokens, n_dims = x.shape
+    lo = x.amin(dim=1, keepdim=True)
+    span = x.amax(dim=1, keepdim=True) - lo
+    # A zero span would divide by zero; any finite scale maps (x - lo) == 0 to bin 0.
+    scale = bins / torch.where(span > 0, span, torch.ones_like(span))
+    # (x - lo) * scale >= 0, so truncating to an integer is the floor. In a sample that
+    # holds NaN/inf the cast yields junk (the sample ends up NaN); the clamp keeps it a
+    # valid bin id for bincount.
+    id_type = torch.int32 if n_samples * n_dims * bins < 2**31 else torch.int64
+    idx = torch.sub(x, lo).mul_(scale).to(id_type).clamp_(0, bins - 1)
+
+    # One flat bincount over (sample, dim, bin) ids counts every histogram at once.
+    offsets = torch.arange(0, n_samples * n_dims * bins, bins, device=x.device, dtype=id_type)
+    flat = idx.add_(offsets.view(n_samples, 1, n_dims)).flatten()
+    counts = torch.bincount(flat, minlength=n_samples * n_dims * bins)
+    p = (counts.view(n_samples, n_dims * bins).float() / n_tokens).clamp_min_(_P_FLOOR)
+    return -(p * p.log()).sum(dim=1)
+
+
+def _shift_to_bulk(x: Tensor) -> Tensor:
+    """x minus, per sample, the token nearest the mean [B, N, D].
+
+    Gram-matrix distances are accurate near the origin. The mean itself is a poor origin
+    when one huge attention-sink token drags it far from every other token; the token
+    nearest the mean sits in the bulk whatever the outliers.
+    """
+    mean = x.mean(dim=1, keepdim=True)  # [B, 1, D]
+    # |x_i - m|^2 = |x_i|^2 - 2 x_i.m + const: only the argmin is needed.
+    to_mean = torch.linalg.vector_norm(x, dim=-1).square() - 2.0 * torch.linalg.vecdot(x, mean, dim=-1)
+    ref = to_mean.argmin(dim=1).view(-1, 1, 1).expand(-1, 1, x.shape[2])
+    return x - torch.gather(x, 1, ref)
+
+
+def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) -> Tensor:
+    """knn_entropy from x and ``_shift_to_bulk(x)``, without validation or the mask.
+
+    The k-th neighbour and its squared distance come from Gram-matrix distances of the
+    shifted tokens. Where that distance is small next to the two tokens' norms (exact or
+    near duplicates, where the Gram form's rounding would dominate), r is recomputed from
+    the difference of the two tokens, so it keeps full float32 accuracy (an exact
+    duplicate gives exactly 0). ``sparse_fix`` recomputes only those rows (the default on
+    CPU); otherwise every row is recomputed and the Gram value kept where it is accurate,
+    which avoids a host sync on GPUs.
+    """
+    n_samples, n_tokens, n_dims = x.shape
+    sq, norms_sq = _gram_sq_dists(shifted)
+    sq.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+    kth = sq.kthvalue(k, dim=-1)
+    r2, nb = kth.values, kth.indices  # [B, N]
+    near = r2 <= _EXACT_REL * (norms_sq + norms_sq.gather(1, nb))
+    r = r2.sqrt()
+    if sparse_fix is None:
+        sparse_fix = x.device.type == "cpu"
+    if sparse_fix:
+        b, i = near.nonzero(as_tuple=True)
+        if b.numel():
+            r[b, i] = torch.linalg.vector_norm(x[b, i] - x[b, nb[b, i]], dim=-1)
+    else:
+        neighbour = torch.gather(x, 1, nb.unsqueeze(-1).expand(-1, -1, n_dims))
+        r = torch.where(near, torch.linalg.vector_norm(x - neighbour, dim=-1), r)
+
+    const = (
+        0.5 * n_dims * math.log(math.pi)
+        - math.lgamma(0.5 * n_dims + 1.0)
+        + math.log(n_tokens)
+        - math.log(k)
+    )
+    return n_dims * (r + _LOG_EPS).log().mean(dim=1) + const
+
+
+def _renyi(x: Tensor, shifted: Tensor, alpha: float) -> Tensor:
+    """renyi_entropy from x and ``_shift_to_bulk(x)``, without validation or the mask.
+
+    ``shifted`` is overwritten (scaled in place). Distances are shift-invariant, so the
+    z-scored tokens' distances are those of shifted / (std + 1e-10), whose Gram form stays
+    accurate when an attention sink squeezes every other token into a tiny z-space cluster.
+
+    The N*N distance matrix is symmetric with a zero diagonal, so both the median and the
+    kernel mean are taken over the N(N-1)/2 pairs above the diagonal: sorted, the N*N
+    entries are the N diagonal zeros followed by each pair's value twice, and the mean
+    is (N + 2 * sum over pairs of K^(alpha-1)) / N^2 (K = 1 on the diagonal).
+    """
+    n_samples, n_tokens, _ = x.shape
+    # The variance from the shifted tokens' moments: the shift is a typical token, so its
+    # mean stays comparable to the spread and the subtraction loses no useful precision.
+    mean = shifted.mean(dim=1, keepdim=True)
+    var = shifted.square().mean(dim=1, keepdim=True).sub_(mean.square()).clamp_min_(0.0)
+    z = shifted.mul_(1.0 / (var.sqrt_() + _STD_EPS))
+    # Snapping duplicates to 0 changes no kernel entry by more than ~1e-5 and makes
+    # sigma == 0 (and H = 0 for identical tokens) exact rather than rounding noise.
+    sq, _ = _gram_sq_dists(z, snap_rel=_SNAP_REL)
+    rows, cols = torch.triu_indices(n_tokens, n_tokens, 1, device=z.device)
+    pairs = sq.flatten(1).index_select(1, rows * n_tokens + cols)  # [B, N(N-1)/2]
+
+    middle = (n_tokens * n_tokens - 1) // 2  # torch.median's (lower) middle position
+    if middle < n_tokens:  # the middle entry is a diagonal zero
+        sigma_sq = torch.zeros(n_samples, 1, device=z.device)
+    else:
+        sigma_sq = pairs.kthvalue((middle - n_tokens) // 2 + 1, dim=1, keepdim=True).values
+    positive = sigma_sq > 0
+    # K^(alpha-1) = exp((alpha-1) * max(-d^2 / (2 sigma^2), log 1e-10)); for sigma == 0,
+    # the limit: 1 where d == 0 and the floor elsewhere.
+    log_k = (pairs / (-2.0 * torch.where(positive, sigma_sq, torch.ones_like(sigma_sq))))
+    log_k = torch.where(positive, log_k, torch.where(pairs == 0, 0.0, _LOG_K_FLOOR))
+    kernel_pow = log_k.clamp_min_(_LOG_K_FLOOR).mul_(alpha - 1.0).exp_()
+    mean = (n_tokens + 2.0 * kernel_pow.sum(dim=1)) / (n_tokens * n_tokens)
+    return mean.log() / (1.0 - alpha)
 
 
 def bucket_entropy(x: Tensor, bins: int) -> Tensor:
@@ -114,29 +219,9 @@ def bucket_entropy(x: Tensor, bins: int) -> Tensor:
 
     Shapes: x [B, N, D] -> [B] float32.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise EstimatorInputError(f"bins must be a positive integer; got {bins!r}")
+    _check_bins(bins)
     x = _as_states(x)
-    bad = _bad_samples(x)
-    n_samples, n_tokens, n_dims = x.shape
-
-    lo = x.amin(dim=1, keepdim=True)
-    span = x.amax(dim=1, keepdim=True) - lo
-    # A zero span would divide by zero; any finite scale maps (x - lo) == 0 to bin 0.
-    scale = bins / torch.where(span > 0, span, torch.ones_like(span))
-    # Non-finite positions only occur in samples that end up NaN; 0 keeps indices valid.
-    pos = (x - lo).mul_(scale).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    # int32 ids halve the memory traffic of the cast and of bincount when they fit.
-    id_type = torch.int32 if n_samples * n_dims * bins < 2**31 else torch.int64
-    idx = pos.floor_().clamp_(0, bins - 1).to(id_type)
-
-    # One flat bincount over (sample, dim, bin) ids counts every histogram at once.
-    offsets = torch.arange(0, n_samples * n_dims * bins, bins, device=x.device, dtype=id_type)
-    flat = idx.add_(offsets.view(n_samples, 1, n_dims)).flatten()
-    counts = torch.bincount(flat, minlength=n_samples * n_dims * bins)
-    p = (counts.view(n_samples, n_dims * bins).float() / n_tokens).clamp_min_(_P_FLOOR)
-    h = -(p * p.log()).sum(dim=1)
-    return _nan_where(bad, h)
+    return _nan_where(_bad_samples(x), _bucket(x, bins))
 
 
 def knn_entropy(x: Tensor, k: int) -> Tensor:
@@ -150,37 +235,16 @@ def knn_entropy(x: Tensor, k: int) -> Tensor:
     This uses log k where the textbook estimator has digamma(k); the difference,
     log k - digamma(k) ~ 1/(2k), is a constant offset that cancels in H(Y) - H(X).
 
-    The neighbour is chosen from Gram-matrix distances and its distance is then recomputed
-    directly from the difference of the two tokens, so r_i keeps full float32 accuracy
-    (an exact duplicate gives exactly 0).
+    Distances come from the Gram matrix of the tokens shifted to the bulk; pairs much closer than
+    their norms (duplicates) get their distance recomputed directly, so an exact
+    duplicate gives exactly 0.
 
     Shapes: x [B, N, D] -> [B] float32. Needs 1 <= k <= N - 1.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise EstimatorInputError(f"knn_k must be a positive integer; got {k!r}")
+    _check_knn_k(k)
     x = _as_states(x, min_tokens=2)
-    n_samples, n_tokens, n_dims = x.shape
-    if k >= n_tokens:
-        raise EstimatorInputError(
-            f"knn_k={k} must be smaller than the tokens per sample (N={n_tokens}); "
-            "lower knn_k, use longer windows or a smaller skip_first"
-        )
-    bad = _bad_samples(x)
-
-    sq = _pairwise_sq_dists(x)
-    sq.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-    nb = sq.kthvalue(k, dim=-1).indices  # [B, N]
-    neighbour = torch.gather(x, 1, nb.unsqueeze(-1).expand(-1, -1, n_dims))
-    r = torch.linalg.vector_norm(x - neighbour, dim=-1)  # [B, N]
-
-    const = (
-        0.5 * n_dims * math.log(math.pi)
-        - math.lgamma(0.5 * n_dims + 1.0)
-        + math.log(n_tokens)
-        - math.log(k)
-    )
-    h = n_dims * (r + _LOG_EPS).log().mean(dim=1) + const
-    return _nan_where(bad, h)
+    _check_k_below_n(k, x.shape[1])
+    return _nan_where(_bad_samples(x), _knn(x, _shift_to_bulk(x), k))
 
 
 def renyi_entropy(x: Tensor, alpha: float) -> Tensor:
@@ -201,28 +265,56 @@ def renyi_entropy(x: Tensor, alpha: float) -> Tensor:
 
     Shapes: x [B, N, D] -> [B] float32. Needs alpha > 0, alpha != 1.
     """
+    alpha = _check_alpha(alpha)
+    x = _as_states(x)
+    return _nan_where(_bad_samples(x), _renyi(x, _shift_to_bulk(x), alpha))
+
+
+def entropies(x: Tensor, *, bins: int, knn_k: int, renyi_alpha: float) -> Tensor:
+    """bucket, knn and renyi entropies of the same states, in one call.
+
+    Equal (up to float32 rounding) to stacking ``bucket_entropy(x, bins)``,
+    ``knn_entropy(x, knn_k)`` and ``renyi_entropy(x, renyi_alpha)``, but the three share
+    the float32 copy, the shift that keeps Gram distances accurate and the non-finite check, which makes this the
+    one to call on every captured point.
+
+    Shapes: x [B, N, D] -> [3, B] float32 (rows in ESTIMATOR_NAMES order).
+    """
+    _check_bins(bins)
+    _check_knn_k(knn_k)
+    alpha = _check_alpha(renyi_alpha)
+    x = _as_states(x, min_tokens=2)
+    _check_k_below_n(knn_k, x.shape[1])
+    shifted = _shift_to_bulk(x)
+    h_bucket = _bucket(x, bins)
+    h_knn = _knn(x, shifted, knn_k)
+    h_renyi = _renyi(x, shifted, alpha)  # last: it overwrites shifted
+    return _nan_where(_bad_samples(x), torch.stack((h_bucket, h_knn, h_renyi)))
+
+
+def _check_bins(bins) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise EstimatorInputError(f"bins must be a positive integer; got {bins!r}")
+
+
+def _check_knn_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise EstimatorInputError(f"knn_k must be a positive integer; got {k!r}")
+
+
+def _check_k_below_n(k: int, n_tokens: int) -> None:
+    if k >= n_tokens:
+        raise EstimatorInputError(
+            f"knn_k={k} must be smaller than the tokens per sample (N={n_tokens}); "
+            "lower knn_k, use longer windows or a smaller skip_first"
+        )
+
+
+def _check_alpha(alpha) -> float:
     alpha = float(alpha)
     if not math.isfinite(alpha) or alpha <= 0.0 or alpha == 1.0:
         raise EstimatorInputError(f"renyi_alpha must be finite, > 0 and not 1; got {alpha}")
-    x = _as_states(x)
-    bad = _bad_samples(x)
-
-    centred = x - x.mean(dim=1, keepdim=True)
-    # Spelled out: torch.std over the token dim is ~6x slower on CPU than this.
-    std = torch.linalg.vector_norm(centred, dim=1, keepdim=True) / math.sqrt(centred.shape[1])
-    z = centred / (std + _STD_EPS)
-
-    # Snapping duplicates to 0 changes no kernel entry by more than ~1e-5 and makes
-    # sigma == 0 (and H = 0 for identical tokens) exact rather than rounding noise.
-    sq = _pairwise_sq_dists(z, snap_rel=_SNAP_REL)
-    sigma = sq.flatten(1).median(dim=1).values.sqrt().view(-1, 1, 1)
-    positive = sigma > 0
-    safe_sigma = torch.where(positive, sigma, torch.ones_like(sigma))
-    kernel = torch.exp(-sq / (2.0 * safe_sigma.square()))
-    kernel = torch.where(positive, kernel, (sq == 0).float()).clamp_min_(_K_FLOOR)
-
-    h = kernel.pow_(alpha - 1.0).flatten(1).mean(dim=1).log() / (1.0 - alpha)
-    return _nan_where(bad, h)
+    return alpha
 
 
 def cosine_importance(x: Tensor, y: Tensor) -> Tensor:
@@ -241,12 +333,13 @@ def cosine_importance(x: Tensor, y: Tensor) -> Tensor:
         raise EstimatorInputError(
             f"x and y must have the same shape [B, N, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    bad = _bad_samples(x) | _bad_samples(y)
     # Dividing the [B, N] dot products, not the [B, N, D] vectors, saves two full copies.
-    dots = torch.einsum("bnd,bnd->bn", x, y)
+    # A NaN/inf entry makes its token's dot product NaN or inf and its norm inf or NaN, so
+    # the ratio, and the sample's importance, is NaN without a separate check.
+    dots = torch.linalg.vecdot(x, y, dim=-1)
     norms = (torch.linalg.vector_norm(x, dim=-1).clamp_min(_COS_EPS)
              * torch.linalg.vector_norm(y, dim=-1).clamp_min(_COS_EPS))
-    return _nan_where(bad, 1.0 - (dots / norms).mean(dim=1))
+    return 1.0 - (dots / norms).mean(dim=1)
 
 
 def nonfinite_count(x: Tensor) -> Tensor:

@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-memory", action="store_true", help="only measure the overhead")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args()
@@ -123,6 +124,8 @@ def main() -> None:
     res = {"overhead": overhead(a.model, a.device, n, t, a.batch_size, a.repeats), "memory": []}
     print(f"bare forward {res['overhead']['bare_s']:.2f} s, analysis {res['overhead']['analysis_s']:.2f} s, "
           f"ratio {res['overhead']['ratio']:.2f} (N={n}, T={t}, {res['overhead']['device']})", flush=True)
+    if a.skip_memory:
+        return
     for mem_n in (16, 64):
         out = subprocess.run([sys.executable, __file__, "--model", a.model, "--device", a.device,
                               "--seqlen", str(t), "--batch-size", str(a.batch_size),

@@ -10,8 +10,11 @@ import torch
 
 from analysis.estimators import (
     EstimatorInputError,
+    _knn,
+    _shift_to_bulk,
     bucket_entropy,
     cosine_importance,
+    entropies,
     entropy,
     knn_entropy,
     nonfinite_count,
@@ -178,6 +181,20 @@ def test_knn_excludes_self():
     torch.testing.assert_close(knn_entropy(x, 1), torch.tensor([expected]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("sparse_fix", [True, False])
+def test_knn_recompute_paths_agree_on_duplicates_and_near_pairs(sparse_fix):
+    # Exact duplicates, near duplicates (1e-4 apart on a background of norm ~1e3) and
+    # ordinary tokens: the CPU (sparse) and GPU (dense) recomputation give the brute force.
+    base = torch.randn(2, 30, 12, generator=_gen(40)) * 5 + 300.0
+    base[:, 10:15] = base[:, 0:5]
+    base[:, 15:20] = base[:, 5:10] + 1e-4
+    for k in (1, 3, 8):
+        x = base.clone()
+        got = _knn(x, _shift_to_bulk(x), k, sparse_fix=sparse_fix)
+        expected = torch.from_numpy(_knn_reference(x, k)).float()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
+
+
 # ---------------------------------------------------------------- renyi
 
 
@@ -207,6 +224,19 @@ def test_renyi_larger_case_matches_numpy():
     torch.testing.assert_close(
         renyi_entropy(x, 4.0), torch.tensor(expected, dtype=torch.float32), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("n", [3, 4, 30])  # N = 2: sigma = 0, tested below
+def test_renyi_median_is_the_lower_middle_of_all_n_squared_entries(n):
+    # The estimator takes sigma from the pairs above the diagonal; for even N*N it must
+    # still be torch.median's lower middle of the full matrix, diagonal zeros included.
+    x = torch.randn(3, n, 5, generator=_gen(41 + n), dtype=torch.float64)
+    z = (x - x.mean(1, keepdim=True)) / (x.std(1, unbiased=False, keepdim=True) + 1e-10)
+    d = torch.cdist(z, z)
+    sigma = d.flatten(1).median(dim=1).values.view(-1, 1, 1)
+    kern = torch.exp(-d.square() / (2 * sigma.square())).clamp_min(1e-10)
+    expected = (kern.pow(3.0).flatten(1).mean(1).log() / -3.0).float()
+    torch.testing.assert_close(renyi_entropy(x.float(), 4.0), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_renyi_invariant_to_per_dimension_scale_and_shift():
@@ -261,6 +291,33 @@ def test_cosine_shape_mismatch_raises():
         cosine_importance(torch.zeros(1, 3, 4), torch.zeros(1, 3, 5))
 
 
+# ---------------------------------------------------------------- all three at once
+
+
+@pytest.mark.parametrize("skip_sink", [False, True])
+def test_entropies_equal_the_three_estimators(skip_sink):
+    x = torch.randn(4, 40, 16, generator=_gen(42)) * 2 + 50.0
+    x[:, 10:14] = x[:, 0:4]  # duplicates
+    if not skip_sink:
+        x[:, 0] *= 200.0  # an attention-sink-like outlier
+    x[2, 3, 5] = float("nan")
+    got = entropies(x, bins=12, knn_k=4, renyi_alpha=2.5)
+    expected = torch.stack((bucket_entropy(x, 12), knn_entropy(x, 4), renyi_entropy(x, 2.5)))
+    assert got.shape == (3, 4) and got.dtype == torch.float32
+    assert torch.isnan(got[:, 2]).all()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5, equal_nan=True)
+
+
+def test_entropies_validates_every_parameter():
+    x = torch.randn(1, 5, 3)
+    with pytest.raises(EstimatorInputError, match="bins"):
+        entropies(x, bins=0, knn_k=2, renyi_alpha=4.0)
+    with pytest.raises(EstimatorInputError, match="knn_k=5 must be smaller"):
+        entropies(x, bins=4, knn_k=5, renyi_alpha=4.0)
+    with pytest.raises(EstimatorInputError, match="renyi_alpha"):
+        entropies(x, bins=4, knn_k=2, renyi_alpha=1.0)
+
+
 # ---------------------------------------------------------------- non-finite input
 
 
@@ -277,6 +334,9 @@ def test_nonfinite_samples_are_counted_and_give_nan(bad):
         "knn": (knn_entropy(x, 3), knn_entropy(clean, 3)),
         "renyi": (renyi_entropy(x, 4.0), renyi_entropy(clean, 4.0)),
         "cosine": (cosine_importance(x, x + 1.0), cosine_importance(clean, clean + 1.0)),
+        "cosine, bad y": (cosine_importance(x + 1.0, x), cosine_importance(clean + 1.0, clean)),
+        "cosine, zero y": (cosine_importance(x, torch.zeros_like(x)),
+                           cosine_importance(clean, torch.zeros_like(clean))),
     }
     for name, (h, h_clean) in results.items():
         assert torch.isnan(h[1]), name
