@@ -94,8 +94,11 @@ def _gram_sq_dists(a: Tensor, snap_rel: float = 0.0) -> tuple[Tensor, Tensor]:
     return sq, norms_sq
 
 
-def _bucket(x: Tensor, bins: int) -> Tensor:
-    """bucket_entropy without validation or the non-finite mask."""
+def _bucket(x: Tensor, bins: int, work: Tensor | None = None) -> Tensor:
+    """bucket_entropy without validation or the non-finite mask.
+
+    ``work``, if given, is a float32 tensor shaped like x that this may overwrite.
+    """
     n_samples, n_tokens, n_dims = x.shape
     lo = x.amin(dim=1, keepdim=True)
     span = x.amax(dim=1, keepdim=True) - lo
@@ -105,7 +108,7 @@ def _bucket(x: Tensor, bins: int) -> Tensor:
     # holds NaN/inf the cast yields junk (the sample ends up NaN); the clamp keeps it a
     # valid bin id for bincount.
     id_type = torch.int32 if n_samples * n_dims * bins < 2**31 else torch.int64
-    idx = torch.sub(x, lo).mul_(scale).to(id_type).clamp_(0, bins - 1)
+    idx = torch.sub(x, lo, out=work).mul_(scale).to(id_type).clamp_(0, bins - 1)
 
     # One flat bincount over (sample, dim, bin) ids counts every histogram at once.
     offsets = torch.arange(0, n_samples * n_dims * bins, bins, device=x.device, dtype=id_type)
@@ -115,8 +118,8 @@ def _bucket(x: Tensor, bins: int) -> Tensor:
     return -(p * p.log()).sum(dim=1)
 
 
-def _shift_to_bulk(x: Tensor) -> Tensor:
-    """x minus, per sample, the token nearest the mean [B, N, D].
+def _shift_to_bulk(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """x minus, per sample, the token nearest the mean [B, N, D] (written to ``out`` if given).
 
     Gram-matrix distances are accurate near the origin. The mean itself is a poor origin
     when one huge attention-sink token drags it far from every other token; the token
@@ -124,9 +127,11 @@ def _shift_to_bulk(x: Tensor) -> Tensor:
     """
     mean = x.mean(dim=1, keepdim=True)  # [B, 1, D]
     # |x_i - m|^2 = |x_i|^2 - 2 x_i.m + const: only the argmin is needed.
-    to_mean = torch.linalg.vector_norm(x, dim=-1).square() - 2.0 * torch.linalg.vecdot(x, mean, dim=-1)
+    # (bmm rather than vecdot: a matrix-vector product needs no [B, N, D] temporary.)
+    to_mean = torch.linalg.vector_norm(x, dim=-1).square() - 2.0 * torch.bmm(
+        x, mean.transpose(1, 2)).squeeze(-1)
     ref = to_mean.argmin(dim=1).view(-1, 1, 1).expand(-1, 1, x.shape[2])
-    return x - torch.gather(x, 1, ref)
+    return torch.sub(x, torch.gather(x, 1, ref), out=out)
 
 
 def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) -> Tensor:
@@ -285,8 +290,11 @@ def entropies(x: Tensor, *, bins: int, knn_k: int, renyi_alpha: float) -> Tensor
     alpha = _check_alpha(renyi_alpha)
     x = _as_states(x, min_tokens=2)
     _check_k_below_n(knn_k, x.shape[1])
-    shifted = _shift_to_bulk(x)
-    h_bucket = _bucket(x, bins)
+    # One scratch buffer serves the bucket ids and then the shifted tokens: fresh
+    # [B, N, D] temporaries cost page faults and cache misses.
+    work = torch.empty_like(x)
+    h_bucket = _bucket(x, bins, work)
+    shifted = _shift_to_bulk(x, out=work)
     h_knn = _knn(x, shifted, knn_k)
     h_renyi = _renyi(x, shifted, alpha)  # last: it overwrites shifted
     return _nan_where(_bad_samples(x), torch.stack((h_bucket, h_knn, h_renyi)))
@@ -333,13 +341,26 @@ def cosine_importance(x: Tensor, y: Tensor) -> Tensor:
         raise EstimatorInputError(
             f"x and y must have the same shape [B, N, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
         )
+    return cosine_from_parts(
+        torch.linalg.vecdot(x, y, dim=-1),
+        torch.linalg.vector_norm(x, dim=-1),
+        torch.linalg.vector_norm(y, dim=-1),
+    )
+
+
+def cosine_from_parts(dots: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
+    """``cosine_importance`` from per-token dot products x_t.y_t and norms |x_t|, |y_t|.
+
+        importance_b = 1 - mean_t dots[b,t] / (max(norm_x[b,t], 1e-8) * max(norm_y[b,t], 1e-8))
+
+    Lets a caller that needs each point's norms for several pairs compute them once.
+    A NaN/inf entry in x or y makes its token's dot product NaN or inf and its norm inf
+    or NaN, so the ratio, and the sample's importance, is NaN without a separate check.
+
+    Shapes: dots, norm_x, norm_y [B, N] float32 -> [B] float32.
+    """
     # Dividing the [B, N] dot products, not the [B, N, D] vectors, saves two full copies.
-    # A NaN/inf entry makes its token's dot product NaN or inf and its norm inf or NaN, so
-    # the ratio, and the sample's importance, is NaN without a separate check.
-    dots = torch.linalg.vecdot(x, y, dim=-1)
-    norms = (torch.linalg.vector_norm(x, dim=-1).clamp_min(_COS_EPS)
-             * torch.linalg.vector_norm(y, dim=-1).clamp_min(_COS_EPS))
-    return 1.0 - (dots / norms).mean(dim=1)
+    return 1.0 - (dots / (norm_x.clamp_min(_COS_EPS) * norm_y.clamp_min(_COS_EPS))).mean(dim=1)
 
 
 def nonfinite_count(x: Tensor) -> Tensor:

@@ -163,3 +163,22 @@ def test_chunked_stacking_gives_the_same_statistics(monkeypatch):
     chunked = capture(model, ids, opts)
     for name in vars(whole):
         torch.testing.assert_close(getattr(whole, name), getattr(chunked, name), rtol=1e-6, atol=1e-6)
+
+
+def test_per_point_results_are_the_same_stacked_or_one_by_one():
+    from analysis.capture import _BlockStats
+
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(2, 6, 5, generator=g) for _ in range(4)]
+    ys = [torch.randn(2, 6, 5, generator=g) for _ in range(4)]
+
+    def dots(a, b):
+        return torch.linalg.vecdot(a, b, dim=-1)
+
+    stacked = _BlockStats._per_point(dots, xs, ys, stack=True)
+    single = _BlockStats._per_point(dots, xs, ys, stack=False)
+    assert len(stacked) == len(single) == 4
+    for s, o, a, b in zip(stacked, single, xs, ys, strict=True):
+        assert s.shape == (2, 6)
+        torch.testing.assert_close(s, o)
+        torch.testing.assert_close(o, dots(a, b))
