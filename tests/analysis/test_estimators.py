@@ -11,6 +11,7 @@ import torch
 from analysis.estimators import (
     EstimatorInputError,
     _knn,
+    _kth_smallest,
     _shift_to_bulk,
     bucket_entropy,
     cosine_importance,
@@ -179,6 +180,17 @@ def test_knn_excludes_self():
         + math.log(3)
     )
     torch.testing.assert_close(knn_entropy(x, 1), torch.tensor([expected]), rtol=1e-6, atol=1e-6)
+
+
+def test_kth_smallest_numpy_and_torch_paths_agree():
+    t = torch.randint(0, 6, (3, 7, 20), generator=_gen(43)).float()  # many ties
+    t[:, :, 0] = float("inf")
+    for k in (1, 4, 19, 20):
+        expected = torch.sort(t, dim=-1).values[..., k - 1]
+        for use_numpy in (True, False):
+            got = _kth_smallest(t, k, use_numpy=use_numpy)
+            assert got.shape == (3, 7) and got.dtype == torch.float32
+            torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("sparse_fix", [True, False])
