@@ -96,6 +96,7 @@ class _BlockStats:
         self.z: dict[int, torch.Tensor] = {}
         self.attn: dict[int, torch.Tensor] = {}
         self.stream = None
+        self.workspace = estimators.Workspace()  # reused by every chunk of every batch
 
     def layer_input(self, i: int, h: torch.Tensor) -> None:
         self.inputs[i] = h
@@ -133,7 +134,8 @@ class _BlockStats:
         bad = torch.zeros(len(points), dtype=torch.float64, device=dev)
         for idx in self._chunks(points):
             x = self._stack(points, idx)  # [c*B, N', D]
-            vals = estimators.entropies(x, bins=o.bins, knn_k=o.knn_k, renyi_alpha=o.renyi_alpha)
+            vals = estimators.entropies(x, bins=o.bins, knn_k=o.knn_k, renyi_alpha=o.renyi_alpha,
+                                        workspace=self.workspace)
             # A sample with NaN/inf gets NaN from every estimator. On the CPU the count is
             # made only then; on a GPU the branch would cost a host sync, counting does not.
             if x.device.type != "cpu" or torch.isnan(vals[0]).any():
@@ -182,7 +184,10 @@ class _BlockStats:
         """The used positions of points[i] for i in idx, stacked along the sample axis."""
         if len(idx) == 1:
             return self._used(points[idx[0]])
-        return torch.cat([self._used(points[i]) for i in idx])
+        parts = [self._used(points[i]) for i in idx]
+        b, t, d = parts[0].shape
+        out = self.workspace.take("stack", (len(parts) * b, t, d), parts[0].dtype, parts[0].device)
+        return torch.cat(parts, out=out)
 
     def flush(self) -> None:
         """Fold the batch's points into the accumulator and drop them.

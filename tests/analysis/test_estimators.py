@@ -404,3 +404,29 @@ def test_dispatcher_routes_to_each_estimator():
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(EstimatorInputError, match=message):
         call()
+
+
+def test_workspace_reuses_memory_and_grows():
+    from analysis.estimators import Workspace
+
+    ws = Workspace()
+    a = ws.take("work", (2, 3, 4), torch.float32, torch.device("cpu"))
+    b = ws.take("work", (2, 3, 4), torch.float32, torch.device("cpu"))
+    assert a.data_ptr() == b.data_ptr() and a.shape == (2, 3, 4)
+    small = ws.take("work", (1, 3, 4), torch.float32, torch.device("cpu"))
+    assert small.data_ptr() == a.data_ptr()  # a smaller request reuses the same memory
+    other = ws.take("ids", (2, 3, 4), torch.int32, torch.device("cpu"))
+    assert other.data_ptr() != a.data_ptr() and other.dtype == torch.int32
+    big = ws.take("work", (4, 3, 4), torch.float32, torch.device("cpu"))
+    assert big.shape == (4, 3, 4)
+
+
+def test_entropies_with_a_reused_workspace_match_fresh_calls():
+    from analysis.estimators import Workspace
+
+    ws = Workspace()
+    for seed, shape in ((50, (3, 30, 8)), (51, (5, 30, 8)), (52, (2, 30, 8))):
+        x = torch.randn(*shape, generator=_gen(seed)) * 3
+        fresh = entropies(x, bins=10, knn_k=4, renyi_alpha=4.0)
+        reused = entropies(x, bins=10, knn_k=4, renyi_alpha=4.0, workspace=ws)
+        torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
