@@ -169,9 +169,13 @@ class _BlockStats:
         """
         dev = self.acc.z_entropy.device
         skip = self.opts.skip_first
-        dots = self._per_point(
-            lambda x, y: torch.linalg.vecdot(self._used(x).float(), self._used(y.to(x.device)).float(), dim=-1),
-            xs, ys)
+        def dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [B', N'] per-token x.y
+            x, y = self._used(x).float(), self._used(y.to(x.device)).float()
+            # The product goes to reused scratch: vecdot would allocate a fresh [B, N', D].
+            product = self.workspace.take("product", x.shape, x.dtype, x.device)
+            return torch.mul(x, y, out=product).sum(dim=-1)
+
+        dots = self._per_point(dot, xs, ys)
         # One call over all pairs: [P*B, N'] rows.
         imp = estimators.cosine_from_parts(
             torch.cat([d.to(dev) for d in dots]),
