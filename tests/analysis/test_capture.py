@@ -182,3 +182,26 @@ def test_per_point_results_are_the_same_stacked_or_one_by_one():
         assert s.shape == (2, 6)
         torch.testing.assert_close(s, o)
         torch.testing.assert_close(o, dots(a, b))
+
+
+def test_gpu_code_paths_give_the_cpu_results(monkeypatch):
+    # The branches a GPU takes (stacked per-point work, torch.kthvalue, every knn row
+    # recomputed, one big stack) forced on the CPU: the statistics must not change.
+    import functools
+
+    from analysis import capture as capture_mod
+
+    model = tiny_model("llama")
+    ids = tiny_ids(4, 24, seed=7)
+    opts = EstimatorSettings(knn_k=3, batch_size=2)
+    cpu = capture(model, ids, opts)
+    per_point = capture_mod._BlockStats._per_point
+    monkeypatch.setattr(capture_mod._BlockStats, "_per_point",
+                        staticmethod(lambda fn, *lists: per_point(fn, *lists, stack=True)))
+    monkeypatch.setattr(estimators, "_kth_smallest",
+                        functools.partial(estimators._kth_smallest, use_numpy=False))
+    monkeypatch.setattr(estimators, "_knn", functools.partial(estimators._knn, sparse_fix=False))
+    monkeypatch.setattr(capture_mod._BlockStats, "cpu_chunk_bytes", capture_mod._BlockStats.chunk_bytes)
+    gpu_like = capture(model, ids, opts)
+    for name in vars(cpu):
+        torch.testing.assert_close(getattr(gpu_like, name), getattr(cpu, name), rtol=1e-5, atol=1e-5)
