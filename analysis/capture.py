@@ -161,7 +161,8 @@ class _BlockStats:
             return list(out.view(len(lists[0]), b, -1).unbind(0))
         return [fn(*args) for args in zip(*lists, strict=True)]
 
-    def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor], norms: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor],
+                 norms: dict[int, torch.Tensor]) -> torch.Tensor:
         """[P] sums over the batch of the cosine importance of each (X, Y) pair.
 
         ``norms`` maps id(point) to its token norms [B, T], computed once per point and
@@ -231,8 +232,10 @@ class _BlockStats:
         acc.z_nonfinite += bad[: num_layers + 1]
         acc.attn_nonfinite += bad[num_layers + 1:]
         # Token norms of every point, all positions: for the cosines and the sink diagnostic.
-        points = z + attn + [h for h, zi in zip(x, z[:-1], strict=True) if h is not zi]  # inputs differ only across devices
-        token_norms = self._per_point(lambda h: torch.linalg.vector_norm(h, dim=-1, dtype=torch.float32), points)
+        # A layer input is Z_i itself except when layers sit on different devices.
+        points = z + attn + [h for h, zi in zip(x, z[:-1], strict=True) if h is not zi]
+        token_norms = self._per_point(
+            lambda h: torch.linalg.vector_norm(h, dim=-1, dtype=torch.float32), points)
         norms = {id(h): n for h, n in zip(points, token_norms, strict=True)}
         cos = self._cosines(x + x, z[1:] + attn, norms)
         acc.layer_cosine += cos[:num_layers]

@@ -33,7 +33,8 @@ _STD_EPS = 1e-10
 _LOG_K_FLOOR = math.log(1e-10)
 _COS_EPS = 1e-8
 _SNAP_REL = 1e-5
-# Below this fraction of |a|^2 + |b|^2, a Gram distance is recomputed from the difference.
+# knn: a k-th neighbour distance^2 below this fraction of the token's |a|^2 is recomputed
+# from the difference of the two tokens.
 _EXACT_REL = 1e-2
 
 
@@ -41,16 +42,17 @@ class Workspace:
     """Scratch buffers that repeated ``entropies`` calls reuse.
 
     On a CPU, every fresh [B, N, D] temporary costs page faults and cache misses: on the
-    demo model they took about a quarter of the estimators' time. A caller that runs the
-    estimators over many same-sized stacks keeps one Workspace and passes it to each call.
-    A buffer grows to the largest request; a name is never handed out twice within one
-    call, and no result returned to the caller lives in a workspace buffer.
+    demo model up to a quarter of the estimators' time. A caller that runs the estimators
+    over many same-sized stacks keeps one Workspace and passes it to each call. A buffer
+    grows to the largest request; within one call a name is taken again only once its
+    previous contents are dead, and no result returned to the caller lives in a buffer.
     """
 
     def __init__(self) -> None:
         self._flat: dict[tuple[str, torch.dtype, torch.device], Tensor] = {}
 
-    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+             device: torch.device) -> Tensor:
         """An uninitialised tensor of this shape, reusing the memory last taken under ``name``."""
         numel = math.prod(shape)
         key = (name, dtype, torch.device(device))
@@ -212,9 +214,10 @@ def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) 
 def _renyi(x: Tensor, shifted: Tensor, alpha: float, ws: Workspace) -> Tensor:
     """renyi_entropy from x and ``_shift_to_bulk(x)``, without validation or the mask.
 
-    ``shifted`` is overwritten (scaled in place), and so is ws "square". Distances are shift-invariant, so the
-    z-scored tokens' distances are those of shifted / (std + 1e-10), whose Gram form stays
-    accurate when an attention sink squeezes every other token into a tiny z-space cluster.
+    ``shifted`` is overwritten (scaled in place), and so is ws "square". Distances are
+    shift-invariant, so the z-scored tokens' distances are those of shifted / (std + 1e-10),
+    whose Gram form stays accurate when an attention sink squeezes every other token into a
+    tiny z-space cluster.
 
     The N*N distance matrix is symmetric with a zero diagonal, so both the median and the
     kernel mean are taken over the N(N-1)/2 pairs above the diagonal: sorted, the N*N
@@ -279,9 +282,9 @@ def knn_entropy(x: Tensor, k: int) -> Tensor:
     This uses log k where the textbook estimator has digamma(k); the difference,
     log k - digamma(k) ~ 1/(2k), is a constant offset that cancels in H(Y) - H(X).
 
-    Distances come from the Gram matrix of the tokens shifted to the bulk; pairs much closer than
-    their norms (duplicates) get their distance recomputed directly, so an exact
-    duplicate gives exactly 0.
+    Distances come from the Gram matrix of the tokens shifted to the bulk; pairs much
+    closer than their norms (duplicates) get their distance recomputed directly, so an
+    exact duplicate gives exactly 0.
 
     Shapes: x [B, N, D] -> [B] float32. Needs 1 <= k <= N - 1.
     """
@@ -321,9 +324,9 @@ def entropies(
 
     Equal (up to float32 rounding) to stacking ``bucket_entropy(x, bins)``,
     ``knn_entropy(x, knn_k)`` and ``renyi_entropy(x, renyi_alpha)``, but the three share
-    the float32 copy, the shift that keeps Gram distances accurate and the non-finite check, which makes this the
-    one to call on every captured point. Pass the same ``workspace`` to repeated calls to
-    reuse its scratch memory.
+    the float32 copy, the shift that keeps Gram distances accurate and the non-finite
+    check, which makes this the one to call on every captured point. Pass the same
+    ``workspace`` to repeated calls to reuse its scratch memory.
 
     Shapes: x [B, N, D] -> [3, B] float32 (rows in ESTIMATOR_NAMES order).
     """
