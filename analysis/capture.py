@@ -112,18 +112,23 @@ class _BlockStats:
     def _used(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, self.opts.skip_first:, :]
 
-    def _chunks(self, points: list[torch.Tensor]) -> list[list[int]]:
-        """Groups of point indices on one device whose stacked working set fits the budget."""
+    def _chunks(self, points: list[torch.Tensor]) -> list[range]:
+        """Runs of consecutive point indices on one device whose stacked working set fits
+        the budget. Ranges, so that results are stored through slices: indexing a GPU
+        tensor with a Python list copies the list to the device, which syncs the stream."""
         b, t, d = self._used(points[0]).shape
         per_point = 4 * b * (t * d + 2 * t * t)
-        groups: dict[torch.device, list[int]] = {}
-        for idx, p in enumerate(points):
-            groups.setdefault(p.device, []).append(idx)
-        out = []
-        for device, members in groups.items():
+
+        def size(device: torch.device) -> int:
             budget = self.cpu_chunk_bytes if device.type == "cpu" else self.chunk_bytes
-            size = max(1, min(budget, self.chunk_bytes) // max(per_point, 1))
-            out += [members[s:s + size] for s in range(0, len(members), size)]
+            return max(1, min(budget, self.chunk_bytes) // max(per_point, 1))
+
+        out, start = [], 0
+        for i in range(1, len(points) + 1):
+            if (i == len(points) or points[i].device != points[start].device
+                    or i - start >= size(points[start].device)):
+                out.append(range(start, i))
+                start = i
         return out
 
     def _entropies(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,14 +139,15 @@ class _BlockStats:
         bad = torch.zeros(len(points), dtype=torch.float64, device=dev)
         for idx in self._chunks(points):
             x = self._stack(points, idx)  # [c*B, N', D]
+            at = slice(idx.start, idx.stop)
             vals = estimators.entropies(x, bins=o.bins, knn_k=o.knn_k, renyi_alpha=o.renyi_alpha,
                                         workspace=self.workspace)
             # A sample with NaN/inf gets NaN from every estimator. On the CPU the count is
             # made only then; on a GPU the branch would cost a host sync, counting does not.
             if x.device.type != "cpu" or torch.isnan(vals[0]).any():
-                bad[idx] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().to(dev)
+                bad[at] = estimators.nonfinite_count(x).view(len(idx), -1).sum(-1).double().to(dev)
             vals = vals.double().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-            ent[:, idx] = vals.view(len(ESTIMATORS), len(idx), -1).sum(-1).to(dev)
+            ent[:, at] = vals.view(len(ESTIMATORS), len(idx), -1).sum(-1).to(dev)
         return ent, bad
 
     @staticmethod

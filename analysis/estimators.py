@@ -120,8 +120,13 @@ def _gram_sq_dists(a: Tensor, snap_rel: float = 0.0) -> tuple[Tensor, Tensor]:
     return sq, norms_sq
 
 
-def _bucket(x: Tensor, bins: int, ws: Workspace) -> Tensor:
-    """bucket_entropy without validation or the non-finite mask; overwrites ws "work"."""
+def _bucket(x: Tensor, bins: int, ws: Workspace, *, scatter: bool | None = None) -> Tensor:
+    """bucket_entropy without validation or the non-finite mask; overwrites ws "work".
+
+    Counts with torch.bincount on a CPU (fastest there). ``scatter`` (the default on other
+    devices) adds ones by index instead: bincount reads its largest id back to the host,
+    a sync that would stall the side stream the capture runs its estimators on.
+    """
     n_samples, n_tokens, n_dims = x.shape
     lo = x.amin(dim=1, keepdim=True)
     span = x.amax(dim=1, keepdim=True) - lo
@@ -137,7 +142,14 @@ def _bucket(x: Tensor, bins: int, ws: Workspace) -> Tensor:
     # One flat bincount over (sample, dim, bin) ids counts every histogram at once.
     offsets = torch.arange(0, n_samples * n_dims * bins, bins, device=x.device, dtype=id_type)
     flat = idx.add_(offsets.view(n_samples, 1, n_dims)).flatten()
-    counts = torch.bincount(flat, minlength=n_samples * n_dims * bins)
+    size = n_samples * n_dims * bins
+    if scatter is None:
+        scatter = x.device.type != "cpu"
+    if scatter:
+        counts = torch.zeros(size, dtype=id_type, device=x.device)
+        counts.index_add_(0, flat, torch.ones_like(flat))
+    else:
+        counts = torch.bincount(flat, minlength=size)
     p = (counts.view(n_samples, n_dims * bins).float() / n_tokens).clamp_min_(_P_FLOOR)
     return -(p * p.log()).sum(dim=1)
 

@@ -205,3 +205,20 @@ def test_gpu_code_paths_give_the_cpu_results(monkeypatch):
     gpu_like = capture(model, ids, opts)
     for name in vars(cpu):
         torch.testing.assert_close(getattr(gpu_like, name), getattr(cpu, name), rtol=1e-5, atol=1e-5)
+
+
+def test_folding_a_batch_needs_no_data_dependent_host_round_trip():
+    # The whole fold on meta tensors (shapes, no data): it takes the non-CPU branches and
+    # would raise on any op that reads a value back to the host, which on a GPU would stall
+    # the side stream the fold runs on.
+    from analysis.capture import _BlockStats
+
+    layers, b, t, d = 3, 2, 12, 8
+    acc = Accumulator.zeros(layers, t, device="meta")
+    stats = _BlockStats(acc, EstimatorSettings(knn_k=3))
+    for i in range(layers):
+        stats.layer_input(i, torch.empty(b, t, d, device="meta"))
+        stats.attn_output(i, torch.empty(b, t, d, device="meta"))
+        stats.layer_output(i, torch.empty(b, t, d, device="meta"))
+    stats.flush()
+    assert acc.z_entropy.shape == (3, layers + 1) and acc.sink_max_norm.shape == (layers + 1, t)

@@ -430,3 +430,23 @@ def test_entropies_with_a_reused_workspace_match_fresh_calls():
         fresh = entropies(x, bins=10, knn_k=4, renyi_alpha=4.0)
         reused = entropies(x, bins=10, knn_k=4, renyi_alpha=4.0, workspace=ws)
         torch.testing.assert_close(reused, fresh, rtol=0, atol=0)
+
+
+def test_bucket_scatter_counts_equal_bincount():
+    from analysis.estimators import Workspace, _bucket
+
+    x = torch.randn(3, 50, 7, generator=_gen(53))
+    x[1, :, 2] = 4.0  # a constant dimension
+    torch.testing.assert_close(_bucket(x, 9, Workspace(), scatter=True),
+                               _bucket(x, 9, Workspace(), scatter=False), rtol=0, atol=0)
+
+
+def test_non_cpu_path_needs_no_data_dependent_host_round_trip():
+    # Meta tensors have shapes but no data, so any op that reads values back to the host
+    # (.item(), nonzero, bincount's size) raises here; on a GPU such an op would sync the
+    # side stream that the capture runs the estimators on.
+    x = torch.empty(6, 20, 16, device="meta")
+    out = entropies(x, bins=5, knn_k=3, renyi_alpha=4.0)
+    assert out.shape == (3, 6) and out.device.type == "meta"
+    assert cosine_importance(x, x).shape == (6,)
+    assert nonfinite_count(x).shape == (6,)
