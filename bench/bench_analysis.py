@@ -75,7 +75,11 @@ def overhead(model_spec: str, device: str, n: int, t: int, batch_size: int, repe
     return {"model": model_spec, "device": str(loaded.device), "dtype": str(loaded.dtype),
             "N": n, "T": t, "batch_size": batch_size, "repeats": repeats,
             "bare_s": med["bare"], "analysis_s": med["analysis"],
-            "ratio": med["analysis"] / med["bare"], "all_times": times}
+            "ratio": med["analysis"] / med["bare"],
+            # Each repeat times the two back to back, so its own ratio is less exposed to
+            # the machine's slow drift than the ratio of the medians.
+            "paired_ratios": [a / b for a, b in zip(times["analysis"], times["bare"], strict=True)],
+            "all_times": times}
 
 
 def _rss_mb() -> float:
@@ -148,7 +152,9 @@ def main() -> None:
     n = a.samples or (128 if on_gpu else 32)
     res = {"overhead": overhead(a.model, a.device, n, t, a.batch_size, a.repeats), "memory": []}
     print(f"bare forward {res['overhead']['bare_s']:.2f} s, analysis {res['overhead']['analysis_s']:.2f} s, "
-          f"ratio {res['overhead']['ratio']:.2f} (N={n}, T={t}, {res['overhead']['device']})", flush=True)
+          f"ratio {res['overhead']['ratio']:.2f} (N={n}, T={t}, {res['overhead']['device']}); "
+          f"per-repeat ratios {', '.join(f'{r:.2f}' for r in res['overhead']['paired_ratios'])}",
+          flush=True)
     if a.skip_memory:
         return
     for mem_n in (16, 64):
