@@ -11,6 +11,16 @@ PY := $(VENV)/bin/python
 ENTRODROP_ADDRESS ?= 127.0.0.1
 PORT ?= 8501
 ENTRODROP_MODEL ?= demo:smollm2-135m
+# An empty value (`ENTRODROP_ADDRESS= make run`) means the default, not "no address".
+ifeq ($(strip $(ENTRODROP_ADDRESS)),)
+override ENTRODROP_ADDRESS := 127.0.0.1
+endif
+ifeq ($(strip $(PORT)),)
+override PORT := 8501
+endif
+ifeq ($(strip $(ENTRODROP_MODEL)),)
+override ENTRODROP_MODEL := demo:smollm2-135m
+endif
 APP := app/streamlit_app.py
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-x -k entropy"`.
 PYTEST_ARGS ?=
@@ -25,7 +35,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # 0.0.0.0 is not an address a browser can open; show localhost instead.
 URL_HOST := $(if $(filter 0.0.0.0,$(ENTRODROP_ADDRESS)),localhost,$(ENTRODROP_ADDRESS))
 
-.PHONY: help setup setup-browser run test test-fast lint bench clean-cache
+.PHONY: help setup setup-browser check-run-settings run test test-fast lint bench clean-cache
 
 help:
 	@echo "make run         set up, then start the dashboard on http://$(URL_HOST):$(PORT)"
@@ -42,7 +52,12 @@ setup:
 setup-browser:
 	@bash scripts/setup.sh --with-browser
 
-run: setup
+# Checked before the (slow) setup, so that a typo fails at once with one line.
+check-run-settings:
+	@[[ "$(PORT)" =~ ^[0-9]+$$ ]] && (( 10#$(PORT) >= 1 && 10#$(PORT) <= 65535 )) || \
+		{ echo "error: PORT must be a number from 1 to 65535; got '$(PORT)'" >&2; exit 2; }
+
+run: check-run-settings setup
 	@test -f $(APP) || { echo "error: $(APP) not found; is this a complete checkout?" >&2; exit 1; }
 	@echo ""
 	@echo "  EntroDrop Studio: open http://$(URL_HOST):$(PORT) in your browser (Ctrl+C stops it)"

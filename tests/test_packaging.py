@@ -182,7 +182,12 @@ def streamlit_line(dry_run: str) -> str:
 
 def test_make_run_sets_up_then_serves_the_app_on_localhost_by_default():
     dry_run = make_dry_run("run")
-    assert dry_run.splitlines()[0] == "bash scripts/setup.sh"
+    lines = dry_run.splitlines()
+    # The settings check, then the setup, then the server.
+    assert "PORT must be a number" in lines[1]
+    assert lines[2] == "bash scripts/setup.sh"
+    assert lines.index("bash scripts/setup.sh") < next(
+        i for i, ln in enumerate(lines) if "streamlit run" in ln)
     line = streamlit_line(dry_run)
     assert line.startswith(".venv/bin/streamlit run app/streamlit_app.py ")
     assert "--server.address 127.0.0.1 " in line
@@ -285,3 +290,20 @@ def test_gitignore_ignores_venv_and_cache_contents_but_not_cache_readme(tmp_path
     assert ignored("cache/runs/abc/scores.json")
     assert not ignored("cache/README.md")
     assert not ignored("requirements.txt")
+
+
+@pytest.mark.parametrize("empty", ["ENTRODROP_ADDRESS", "PORT", "ENTRODROP_MODEL"])
+def test_run_treats_an_empty_setting_as_the_default(empty):
+    out = make_dry_run("run", **{empty: ""})
+    assert ("--server.address 127.0.0.1 --server.port 8501" in out
+            and "-- --model demo:smollm2-135m" in out)
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000", "85 01"])
+def test_run_rejects_a_bad_port_at_once_with_one_line(port):
+    # Fails before the setup step (which would take minutes on a fresh machine).
+    out = subprocess.run(["make", "--no-print-directory", "run"], cwd=ROOT,
+                         env=clean_env(PORT=port), capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"error: PORT must be a number from 1 to 65535; got '{port}'" in out.stderr
+    assert "setup" not in out.stdout.lower() and "streamlit" not in out.stdout
