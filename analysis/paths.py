@@ -22,7 +22,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Tagged with this process id, like make_temp_dir: remove_stale_temp_files can then
+    # tell a file left by a killed writer from one still being written.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -49,6 +51,16 @@ def remove_stale_temp_dirs(parent: Path, name: str | None = None,
     """Delete the `make_temp_dir` folders in `parent` (for `name`, or for any name) whose
     process no longer runs (killed mid-write); they were never renamed into place, so
     nothing valid is lost."""
+    return _remove_stale(parent, name, suffix, dirs=True)
+
+
+def remove_stale_temp_files(parent: Path) -> list[Path]:
+    """Delete the `atomic_write_bytes` temporary files in `parent` whose process no longer
+    runs (killed between writing and renaming); nothing valid is lost."""
+    return _remove_stale(parent, None, ".tmp", dirs=False)
+
+
+def _remove_stale(parent: Path, name: str | None, suffix: str, dirs: bool) -> list[Path]:
     stem = re.escape(name) if name is not None else ".+"
     pattern = re.compile(r"^\." + stem + r"\.(\d+)\.[^.]+" + re.escape(suffix) + "$")
     removed = []
@@ -56,9 +68,13 @@ def remove_stale_temp_dirs(parent: Path, name: str | None = None,
         return removed  # liveness is checked with kill(pid, 0), a POSIX idiom
     for path in Path(parent).iterdir():
         match = pattern.match(path.name)
-        if match and path.is_dir() and not _pid_alive(int(match.group(1))):
+        if not match or path.is_dir() != dirs or _pid_alive(int(match.group(1))):
+            continue
+        if dirs:
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
 
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from analysis.capture import Accumulator
-from analysis.paths import atomic_write_text, cache_dir
+from analysis.paths import atomic_write_text, cache_dir, remove_stale_temp_files
 from analysis.settings import ESTIMATORS, EstimatorSettings
 
 SCHEMA_VERSION = 1
@@ -109,6 +109,7 @@ class ProfileCache:
 
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else cache_dir() / "profiles"
+        remove_stale_temp_files(self.root)  # left by writers that were killed mid-write
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -60,3 +61,26 @@ def test_cleanup_removes_only_temporary_folders_of_dead_processes(tmp_path):
     assert remove_stale_temp_dirs(tmp_path, "model") == [orphan]
     assert remove_stale_temp_dirs(tmp_path) == [other]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "model"])
+
+
+def test_profile_cache_clears_temp_files_of_killed_writers_only(tmp_path):
+    # A writer killed between writing its temporary file and renaming it leaves
+    # `.<name>.<pid>.<random>.tmp` behind; opening the cache clears those of dead processes
+    # and keeps a live writer's file, folders and the profiles themselves.
+    from analysis.paths import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    root = tmp_path / "profiles"
+    root.mkdir()
+    orphan = root / f".abc.json.{dead_pid}.k2j4h5_x.tmp"
+    orphan.write_text("{half")
+    live = root / f".def.json.{os.getpid()}.q8w7e6r5.tmp"
+    live.write_text("{being written")
+    folder = root / f".dir.{dead_pid}.abcd1234.tmp"
+    folder.mkdir()
+    atomic_write_text(root / "abc.json", "{}")  # a complete write leaves no temp file
+
+    ProfileCache(root)
+    assert sorted(p.name for p in root.iterdir()) == sorted([live.name, folder.name, "abc.json"])
