@@ -10,6 +10,7 @@ leaves a folder that looks valid.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import importlib.util
 import json
@@ -293,9 +294,17 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
         get_architecture(src)
         model = _rebuild_without_quantization(src)
         del src
+        _check_free_space(target.parent, _weight_bytes(model), gguf_path.name)
         _report(progress, 0.8, "writing safetensors")
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:  # the estimate above was too low
+                raise ModelLoadError(
+                    f"the disk holding {target.parent} filled up while converting "
+                    f"{gguf_path.name}; {_FREE_SPACE_HINT}") from e
+            raise
         (tmp / COMPLETE_MARKER).write_text(json.dumps({
             "version": CONVERSION_VERSION, "source": str(gguf_path),
             "source_fingerprint": source_fp, "converted_at": time.time(),
@@ -308,6 +317,27 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
             shutil.rmtree(tmp, ignore_errors=True)
     _report(progress, 0.9, "conversion done")
     return target
+
+
+# Room for the tokenizer and config files, and for the disk's own slack.
+_DISK_MARGIN = 64 * 2**20
+_FREE_SPACE_HINT = "free some space or set ENTRODROP_CACHE_DIR to a folder on a larger disk"
+
+
+def _weight_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (tied weights counted once)."""
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def _check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse to start writing `needed` bytes into `folder` when the disk cannot hold them:
+    a conversion that fills the disk fails halfway, after a minute of work."""
+    free = shutil.disk_usage(folder).free
+    if free < needed + _DISK_MARGIN:
+        raise ModelLoadError(
+            f"not enough free disk space to convert {what}: it needs about "
+            f"{(needed + _DISK_MARGIN) // 2**20} MiB in {folder}, and {free // 2**20} MiB are "
+            f"free; {_FREE_SPACE_HINT}")
 
 
 def _rebuild_without_quantization(model):

@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # transformers' GGUF conversion draws a raw tqdm bar; tqdm reads this when imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     _quiet_libraries()
     parser = build_parser()
     a = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from analysis.calibration import CalibrationError, load_calibration
 from analysis.settings import CalibrationSettings
 from entrodrop import cli
 from tests.reliability.support import (
+    REPO,
     SMALL,
     assert_user_error,
+    cli_env,
     pickle_bin_folder,
     remote_code_folder,
     run_many,
@@ -261,11 +264,43 @@ def test_too_little_disk_space_is_refused_before_writing(tiny_llama_dir, isolate
     with pytest.raises(InsufficientDiskSpaceError, match=r"needs about \d+ MiB but only 1 MiB are free"):
         export_pruned(loaded.model, loaded.tokenizer, tmp_path / "lib", granularity="layer",
                       blocks=[1], manifest={})
+    capsys.readouterr()  # the library's own progress bars, before the CLI silences them
     rc = cli.main(["--quiet", "export", "--model", str(tiny_llama_dir), "--calibration",
                    "builtin:random", *SMALL, "--k", "1", "--out", str(tmp_path / "cli")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "free some space" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing else written
+
+
+def test_gguf_conversion_is_refused_when_the_disk_is_too_full(isolated_cache, tmp_path,
+                                                              monkeypatch):
+    # Guards: converting a GGUF file checks the free space before writing; the library
+    # raises a clear error, the CLI (a real process, its disk faked as full) answers with one
+    # line, and neither leaves a half-written model or a temporary folder behind.
+    from analysis.models import ModelLoadError, load_model
+    from analysis.settings import ModelSettings
+
+    gguf_file = tiny_gguf(tmp_path / "tiny.gguf")
+    with monkeypatch.context() as m:
+        usage = namedtuple("usage", "total used free")
+        m.setattr("shutil.disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
+        with pytest.raises(ModelLoadError, match=r"not enough free disk space to convert "
+                                                 r"tiny\.gguf: it needs about \d+ MiB .* and "
+                                                 r"0 MiB are free"):
+            load_model(ModelSettings(str(gguf_file), device="cpu"))
+    full_disk = ("import collections, shutil, sys\n"
+                 "u = collections.namedtuple('usage', 'total used free')\n"
+                 "shutil.disk_usage = lambda path: u(2**30, 2**30 - 4096, 4096)\n"
+                 "from entrodrop.cli import main\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+    args = ["--quiet", "analyze", "--model", str(gguf_file), "--calibration", "builtin:random",
+            *SMALL, "--out", str(tmp_path / "out.json")]
+    result = subprocess.run([sys.executable, "-c", full_disk, *args], capture_output=True,
+                            text=True, cwd=REPO, env=cli_env(isolated_cache), timeout=300)
+    assert_user_error(result, "not enough free disk space", "ENTRODROP_CACHE_DIR")
+    models = isolated_cache / "models"
+    assert not models.exists() or not [p for p in models.iterdir() if p.name != "_gguf"]
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_nonfinite_hidden_states_are_flagged_by_the_library(overflow_dir, isolated_cache):
