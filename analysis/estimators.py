@@ -135,14 +135,14 @@ def _bucket(x: Tensor, bins: int, ws: Workspace, *, scatter: bool | None = None)
     # (x - lo) * scale >= 0, so truncating to an integer is the floor. In a sample that
     # holds NaN/inf the cast yields junk (the sample ends up NaN); the clamp keeps it a
     # valid bin id for bincount.
-    id_type = torch.int32 if n_samples * n_dims * bins < 2**31 else torch.int64
+    size = n_samples * n_dims * bins
+    id_type = torch.int32 if size < 2**31 else torch.int64
     pos = torch.sub(x, lo, out=ws.take("work", x.shape, x.dtype, x.device)).mul_(scale)
     idx = ws.take("ids", x.shape, id_type, x.device).copy_(pos).clamp_(0, bins - 1)
 
     # One flat bincount over (sample, dim, bin) ids counts every histogram at once.
-    offsets = torch.arange(0, n_samples * n_dims * bins, bins, device=x.device, dtype=id_type)
+    offsets = torch.arange(0, size, bins, device=x.device, dtype=id_type)
     flat = idx.add_(offsets.view(n_samples, 1, n_dims)).flatten()
-    size = n_samples * n_dims * bins
     if scatter is None:
         scatter = x.device.type != "cpu"
     if scatter:
@@ -223,8 +223,8 @@ def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) 
     return n_dims * (r + _LOG_EPS).log().mean(dim=1) + const
 
 
-def _renyi(x: Tensor, shifted: Tensor, alpha: float, ws: Workspace) -> Tensor:
-    """renyi_entropy from x and ``_shift_to_bulk(x)``, without validation or the mask.
+def _renyi(shifted: Tensor, alpha: float, ws: Workspace) -> Tensor:
+    """renyi_entropy from ``_shift_to_bulk(x)``, without validation or the mask.
 
     ``shifted`` is overwritten (scaled in place), and so is ws "square". Distances are
     shift-invariant, so the z-scored tokens' distances are those of shifted / (std + 1e-10),
@@ -236,11 +236,12 @@ def _renyi(x: Tensor, shifted: Tensor, alpha: float, ws: Workspace) -> Tensor:
     entries are the N diagonal zeros followed by each pair's value twice, and the mean
     is (N + 2 * sum over pairs of K^(alpha-1)) / N^2 (K = 1 on the diagonal).
     """
-    n_samples, n_tokens, _ = x.shape
+    n_samples, n_tokens, _ = shifted.shape
     # The variance from the shifted tokens' moments: the shift is a typical token, so its
     # mean stays comparable to the spread and the subtraction loses no useful precision.
     mean = shifted.mean(dim=1, keepdim=True)
-    square = torch.square(shifted, out=ws.take("square", x.shape, x.dtype, x.device))
+    square = torch.square(shifted, out=ws.take("square", shifted.shape, shifted.dtype,
+                                                  shifted.device))
     var = square.mean(dim=1, keepdim=True).sub_(mean.square()).clamp_min_(0.0)
     z = shifted.mul_(1.0 / (var.sqrt_() + _STD_EPS))
     # Snapping duplicates to 0 changes no kernel entry by more than ~1e-5 and makes
@@ -326,7 +327,7 @@ def renyi_entropy(x: Tensor, alpha: float) -> Tensor:
     """
     alpha = _check_alpha(alpha)
     x = _as_states(x)
-    return _nan_where(_bad_samples(x), _renyi(x, _shift_to_bulk(x), alpha, Workspace()))
+    return _nan_where(_bad_samples(x), _renyi(_shift_to_bulk(x), alpha, Workspace()))
 
 
 def entropies(
@@ -352,7 +353,7 @@ def entropies(
     # The bucket's scratch "work" is free again: it takes the shifted tokens.
     shifted = _shift_to_bulk(x, out=ws.take("work", x.shape, x.dtype, x.device))
     h_knn = _knn(x, shifted, knn_k)
-    h_renyi = _renyi(x, shifted, alpha, ws)  # last: it overwrites shifted
+    h_renyi = _renyi(shifted, alpha, ws)  # last: it overwrites shifted
     return _nan_where(_bad_samples(x), torch.stack((h_bucket, h_knn, h_renyi)))
 
 
