@@ -24,7 +24,13 @@ from pathlib import Path
 import torch
 
 from analysis.architectures import get_architecture
-from analysis.paths import cache_dir, make_temp_dir, remove_stale_temp_dirs
+from analysis.paths import (
+    cache_dir,
+    disk_shortfall,
+    make_temp_dir,
+    remove_stale_temp_dirs,
+    tensor_bytes,
+)
 from analysis.settings import ModelSettings
 
 Progress = Callable[[float, str], None]
@@ -294,7 +300,14 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
         get_architecture(src)
         model = _rebuild_without_quantization(src)
         del src
-        _check_free_space(target.parent, _weight_bytes(model), gguf_path.name)
+        # A conversion that fills the disk would fail halfway, after a minute of work.
+        shortfall = disk_shortfall(target.parent, tensor_bytes(model.state_dict().values()))
+        if shortfall is not None:
+            need, free = shortfall
+            raise ModelLoadError(
+                f"not enough free disk space to convert {gguf_path.name}: it needs about "
+                f"{need // 2**20} MiB in {target.parent}, and {free // 2**20} MiB are free; "
+                f"{_FREE_SPACE_HINT}")
         _report(progress, 0.8, "writing safetensors")
         try:
             model.save_pretrained(tmp, safe_serialization=True)
@@ -319,25 +332,7 @@ def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None
     return target
 
 
-# Room for the tokenizer and config files, and for the disk's own slack.
-_DISK_MARGIN = 64 * 2**20
 _FREE_SPACE_HINT = "free some space or set ENTRODROP_CACHE_DIR to a folder on a larger disk"
-
-
-def _weight_bytes(model) -> int:
-    """Bytes of the model's parameters and buffers (tied weights counted once)."""
-    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-
-
-def _check_free_space(folder: Path, needed: int, what: str) -> None:
-    """Refuse to start writing `needed` bytes into `folder` when the disk cannot hold them:
-    a conversion that fills the disk fails halfway, after a minute of work."""
-    free = shutil.disk_usage(folder).free
-    if free < needed + _DISK_MARGIN:
-        raise ModelLoadError(
-            f"not enough free disk space to convert {what}: it needs about "
-            f"{(needed + _DISK_MARGIN) // 2**20} MiB in {folder}, and {free // 2**20} MiB are "
-            f"free; {_FREE_SPACE_HINT}")
 
 
 def _rebuild_without_quantization(model):

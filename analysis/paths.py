@@ -1,4 +1,4 @@
-"""Where the runtime cache lives, and atomic file writes."""
+"""Where the runtime cache lives, atomic file writes, and room on the disk for them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Room for configs, tokenizers and file headers on top of the weights.
+DISK_MARGIN = 64 * 2**20
 
 
 def cache_dir() -> Path:
@@ -16,6 +18,28 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("ENTRODROP_CACHE_DIR") or REPO_ROOT / "cache")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes the tensors hold, counting shared storage (tied weights) once."""
+    seen, total = set(), 0
+    for t in tensors:
+        if not t.is_meta:
+            ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            if ident in seen:
+                continue
+            seen.add(ident)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def disk_shortfall(folder: Path, needed_bytes: int) -> tuple[int, int] | None:
+    """(bytes needed including DISK_MARGIN, bytes free) when the disk holding `folder`
+    cannot take `needed_bytes` more, else None. Writers check before they start, so that a
+    full disk fails at once with a message instead of halfway through a write."""
+    free = shutil.disk_usage(folder).free
+    need = needed_bytes + DISK_MARGIN
+    return (need, free) if free < need else None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -29,7 +29,7 @@ import transformers
 from torch import nn
 
 from analysis.architectures import Architecture, get_architecture
-from analysis.paths import make_temp_dir, remove_stale_temp_dirs
+from analysis.paths import disk_shortfall, make_temp_dir, remove_stale_temp_dirs, tensor_bytes
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
 from pruning.modeling_template import replace_attention
@@ -39,8 +39,6 @@ MODELING_NAME = "modeling_entrodrop.py"
 DROPPED_ATTN_KEY = "entrodrop_dropped_attn"
 # attn exports carry their own model_type: this prefix + the family's (see architectures.py).
 EXPORT_MODEL_TYPE_PREFIX = "entrodrop_"
-# Room for config, tokenizer and safetensors headers on top of the weights.
-_DISK_MARGIN = 64 * 2**20
 
 Progress = Callable[[float, str], None]
 
@@ -79,7 +77,7 @@ def export_size_estimate(model: nn.Module, granularity: Granularity,
     """Bytes of weights the export writes: the kept tensors, tied ones counted once."""
     arch, drop = _checked(model, granularity, blocks)
     state = pruned_state_dict(model, arch, granularity, drop)
-    return _tensor_bytes(state.values())
+    return tensor_bytes(state.values())
 
 
 def pruned_state_dict(model: nn.Module, arch: Architecture, granularity: Granularity,
@@ -126,7 +124,7 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
     report(0.0, "checking the target folder")
     state = pruned_state_dict(model, arch, granularity, drop)
     with staged_output_dir(out_dir, overwrite=overwrite,
-                           needed_bytes=_tensor_bytes(state.values())) as tmp:
+                           needed_bytes=tensor_bytes(state.values())) as tmp:
         report(0.1, "building the pruned model")
         config = copy.deepcopy(model.config)
         prepare = None
@@ -275,14 +273,13 @@ def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
     out_dir = Path(out_dir)
     parent = check_export_target(out_dir, overwrite=overwrite)
     remove_stale_temp_dirs(parent, out_dir.name)
-    if needed_bytes is not None:
-        free = shutil.disk_usage(parent).free
-        if free < needed_bytes + _DISK_MARGIN:
-            raise InsufficientDiskSpaceError(
-                f"the export needs about {_mib(needed_bytes + _DISK_MARGIN)} MiB but only "
-                f"{_mib(free)} MiB are free on the disk holding {parent}; free some space "
-                f"or choose another disk"
-            )
+    shortfall = disk_shortfall(parent, needed_bytes) if needed_bytes is not None else None
+    if shortfall is not None:
+        need, free = shortfall
+        raise InsufficientDiskSpaceError(
+            f"the export needs about {_mib(need)} MiB but only {_mib(free)} MiB are free on "
+            f"the disk holding {parent}; free some space or choose another disk"
+        )
     try:
         tmp = make_temp_dir(parent, out_dir.name)
     except OSError as err:
@@ -384,18 +381,6 @@ def _weights_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
-
-
-def _tensor_bytes(tensors) -> int:
-    seen, total = set(), 0
-    for t in tensors:
-        if not t.is_meta:
-            ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-            if ident in seen:
-                continue
-            seen.add(ident)
-        total += t.numel() * t.element_size()
-    return total
 
 
 def _mib(n: int) -> int:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from analysis.architectures import get_architecture, get_submodule
+from analysis.paths import tensor_bytes
 from analysis.taylor import NeuronScores, intermediate_size, mlp_modules
 from pruning.apply import active_pruning
 from pruning.export import (
@@ -134,7 +135,8 @@ def export_width_pruned(
     setattr(_width_config(config, plan.config_key), plan.config_key, plan.width)
 
     out_dir = Path(out_dir)
-    with staged_output_dir(out_dir, overwrite=overwrite, needed_bytes=_bytes(state)) as tmp:
+    with staged_output_dir(out_dir, overwrite=overwrite,
+                           needed_bytes=tensor_bytes(state.values())) as tmp:
         fresh = save_clean_checkpoint(model, tmp, config=config, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -177,15 +179,6 @@ def _model_card(name: str, record: dict) -> str:
     ]
     return "\n".join(lines)
 
-
-def _bytes(state: dict[str, torch.Tensor]) -> int:
-    seen, total = set(), 0
-    for t in state.values():
-        ident = (t.device, t.data_ptr(), tuple(t.shape))
-        if ident not in seen:
-            seen.add(ident)
-            total += t.numel() * t.element_size()
-    return total
 
 
 @dataclass
