@@ -7,13 +7,18 @@ def _errors(at) -> list[str]:
     return [e.value for e in at.error]
 
 
-def test_missing_local_model_gives_error_and_app_stays_usable(ui):
+def _load_failing_model(ui, source: str, field: str, value: str):
+    """Ask the Model page to load `value` from `source`; returns the app and its errors."""
     at = ui.start("model")
-    at.radio(key="model_source").set_value("local").run()
-    at.text_input(key="model_path").set_value("/nonexistent/tiny-model").run()
+    at.radio(key="model_source").set_value(source).run()
+    at.text_input(key=field).set_value(value).run()
     at.button(key="load_model").click().run()
     assert not at.exception
-    (error,) = _errors(at)
+    return at, _errors(at)
+
+
+def test_missing_local_model_gives_error_and_app_stays_usable(ui):
+    at, (error,) = _load_failing_model(ui, "local", "model_path", "/nonexistent/tiny-model")
     assert "Loading the model failed" in error and "does not exist" in error
     # Still usable: another page renders without errors.
     at.switch_page("views/calibration.py").run()
@@ -21,22 +26,13 @@ def test_missing_local_model_gives_error_and_app_stays_usable(ui):
 
 
 def test_hub_id_offline_says_what_to_do(ui):
-    at = ui.start("model")
-    at.radio(key="model_source").set_value("hub").run()
-    at.text_input(key="hub_id").set_value("no-such-org/no-such-model").run()
-    at.button(key="load_model").click().run()
-    assert not at.exception
-    (error,) = _errors(at)
+    _, (error,) = _load_failing_model(ui, "hub", "hub_id", "no-such-org/no-such-model")
     assert "not available offline" in error and "demo:smollm2-135m" in error
 
 
 def test_folder_without_config_gives_error(ui, tmp_path):
-    at = ui.start("model")
-    at.radio(key="model_source").set_value("local").run()
-    at.text_input(key="model_path").set_value(str(tmp_path)).run()
-    at.button(key="load_model").click().run()
-    assert not at.exception
-    assert "no config.json" in _errors(at)[0]
+    _, errors = _load_failing_model(ui, "local", "model_path", str(tmp_path))
+    assert "no config.json" in errors[0]
 
 
 def test_loading_the_tiny_model_shows_its_figures(ui):
