@@ -12,8 +12,10 @@ from typing import Literal
 
 from torch import nn
 
+from analysis.errors import EntroDropError
 
-class UnsupportedArchitecture(ValueError):
+
+class UnsupportedArchitecture(EntroDropError):
     """The model's family is not in the table; the message names what was found."""
 
 
@@ -128,3 +130,27 @@ def _getattr_path(obj, path: str):
 
 def get_submodule(layer: nn.Module, path: str) -> nn.Module:
     return _getattr_path(layer, path)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements the model holds, counting shared storage once."""
+    return sum(p.numel() for p in _unique_parameters(model))
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of parameter storage, counting shared (tied) weights once."""
+    return sum(p.numel() * p.element_size() for p in _unique_parameters(model))
+
+
+def _unique_parameters(model: nn.Module) -> list[nn.Parameter]:
+    # Tied weights may be distinct Parameter objects over one storage, so identity is not
+    # enough; meta tensors all have data_ptr 0 and are told apart by identity instead.
+    seen: set = set()
+    unique = []
+    for p in model.parameters():
+        ptr = p.data_ptr()
+        key = (p.device, ptr, p.dtype, tuple(p.shape)) if ptr else id(p)
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique

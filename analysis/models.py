@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from analysis.architectures import get_architecture
+from analysis.errors import EntroDropError
 from analysis.paths import (
     cache_dir,
     disk_shortfall,
@@ -39,7 +40,7 @@ COMPLETE_MARKER = "entrodrop-converted.json"
 CONVERSION_VERSION = 1
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(EntroDropError):
     """A model spec cannot be loaded; the message says why and what to do next."""
 
 

@@ -1,7 +1,11 @@
-"""Profiles: the JSON record of one analysis, and the results cache in `cache/profiles/`.
+"""Profiles: the typed record of one analysis, and the results cache in `cache/profiles/`.
 
-A profile is plain JSON (never pickle) with a schema version. Cache entries also carry a
-checksum of their payload, so a truncated or edited entry is detected and recomputed.
+A `Profile` is what one forward pass over one calibration set measured: the entropy curve
+H(Z_j), j = 0..L, per estimator, and per block (both granularities) the entropy increase
+delta_h per estimator and the cosine importance. It round-trips through plain JSON (never
+pickle) with a schema version; `Profile.scores` is the one place that reads a block score.
+Cache entries also carry a checksum of their payload, so a truncated or edited entry is
+detected and recomputed.
 """
 
 from __future__ import annotations
@@ -9,17 +13,175 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.capture import Accumulator
+from analysis.errors import EntroDropError
 from analysis.paths import atomic_write_text, cache_dir, remove_stale_temp_files
-from analysis.settings import ESTIMATORS, EstimatorSettings
+from analysis.settings import (
+    ESTIMATORS,
+    GRANULARITIES,
+    SCORES,
+    Estimator,
+    EstimatorSettings,
+    Granularity,
+    Score,
+)
 
 SCHEMA_VERSION = 1
 
 
 class CacheEntryInvalid(ValueError):
     """A cache entry exists but cannot be trusted (corrupt, edited, or an older schema)."""
+
+
+class ProfileFormatError(EntroDropError):
+    """A profile record (JSON) lacks a field or holds the wrong type; rerun the analysis."""
+
+
+@dataclass(frozen=True)
+class BlockScores:
+    """Per-block scores of one granularity; every list has one value per block 0..L-1.
+
+    A null (None) is a block whose hidden states were not finite (e.g. fp16 overflow)."""
+
+    delta_h: dict[Estimator, list[float | None]]
+    """dH_i = H(Y_i) - H(X_i) per estimator."""
+    cosine: list[float | None]
+    """1 - mean_t cos(X_t, Y_t): ShortGPT's Block Influence (layer), LLMDrop's (attn)."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The record of one analysis (one model, one calibration set). JSON keys = field names."""
+
+    model: dict
+    """spec, architecture, identity, dtype, device, num_layers."""
+    calibration: dict
+    """spec, samples (N), seqlen (T), seed, fingerprint, recipe."""
+    settings: dict
+    """The estimator settings that shaped the numbers: bins, knn_k, renyi_alpha, skip_first."""
+    entropy_curve: dict[Estimator, list[float | None]]
+    """H(Z_j) for j = 0..L per estimator (L+1 points; Z_0 is the embedding output)."""
+    attn_entropy: dict[Estimator, list[float | None]]
+    """H(A_i) for i = 0..L-1: the residual stream right after layer i's attention sub-block."""
+    blocks: dict[Granularity, BlockScores]
+    s_start: dict[Estimator, int | None]
+    """The automatic S_start of each estimator's curve (None when the curve is unusable)."""
+    sink_max_norm: list[list[float | None]]
+    """Largest activation norm per point (Z_0, then A_i and Z_{i+1} per layer) and position."""
+    nonfinite_blocks: dict[Granularity, list[int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time of the analysis that produced it (0 for records that do not say)."""
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model["num_layers"])
+
+    @property
+    def spec(self) -> str:
+        """The model spec the profile was measured on."""
+        return str(self.model.get("spec"))
+
+    def scores(self, granularity: Granularity, criterion: Score) -> list[float]:
+        """Per-block scores (length L); lower is pruned first, null is read as NaN.
+
+        An estimator name gives its entropy increase delta_h; `cosine` the importance."""
+        if granularity not in GRANULARITIES:
+            raise ProfileFormatError(
+                f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
+        if criterion not in SCORES:
+            raise ProfileFormatError(
+                f"a profile holds scores {', '.join(SCORES)}; got {criterion!r}")
+        block = self.blocks[granularity]
+        values = block.cosine if criterion == "cosine" else block.delta_h[criterion]
+        return _nan_for_null(values)
+
+    def curve(self, estimator: Estimator) -> list[float]:
+        """H(Z_j), j = 0..L, of one estimator; null is read as NaN."""
+        return _nan_for_null(self.entropy_curve[estimator])
+
+    def to_json(self) -> dict:
+        """The JSON record (the CLI's output layout; plain types only)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "calibration": self.calibration,
+            "settings": self.settings,
+            "entropy_curve": self.entropy_curve,
+            "attn_entropy": self.attn_entropy,
+            "blocks": {g: {"delta_h": b.delta_h, "cosine": b.cosine}
+                       for g, b in self.blocks.items()},
+            "s_start": self.s_start,
+            "sink": {"max_norm": self.sink_max_norm},
+            "nonfinite_blocks": self.nonfinite_blocks,
+            "warnings": self.warnings,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Profile:
+        """Read a record written by `to_json`; ProfileFormatError names what is missing."""
+        if not isinstance(data, Mapping):
+            raise ProfileFormatError(f"a profile must be a JSON object; got {type(data).__name__}")
+        found = data.get("schema_version")
+        if found != SCHEMA_VERSION:
+            raise ProfileFormatError(
+                f"profile schema {found!r} is not {SCHEMA_VERSION}; rerun the analysis")
+        try:
+            num_layers = int(data["model"]["num_layers"])
+            blocks = {g: BlockScores(
+                delta_h={e: _values(data["blocks"][g]["delta_h"][e], num_layers)
+                         for e in ESTIMATORS},
+                cosine=_values(data["blocks"][g]["cosine"], num_layers))
+                for g in GRANULARITIES}
+            return cls(
+                model=dict(data["model"]),
+                calibration=dict(data["calibration"]),
+                settings=dict(data["settings"]),
+                entropy_curve={e: _values(data["entropy_curve"][e], num_layers + 1)
+                               for e in ESTIMATORS},
+                attn_entropy={e: _values(data["attn_entropy"][e], num_layers)
+                              for e in ESTIMATORS},
+                blocks=blocks,
+                s_start={e: data["s_start"][e] for e in ESTIMATORS},
+                sink_max_norm=[list(row) for row in data["sink"]["max_norm"]],
+                nonfinite_blocks={g: list(v) for g, v in data.get("nonfinite_blocks", {}).items()},
+                warnings=list(data.get("warnings", [])),
+                seconds=float(data.get("seconds", 0.0)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProfileFormatError(
+                f"profile record is incomplete or malformed ({type(e).__name__}: {e}); "
+                "rerun the analysis") from None
+
+
+def _values(values, length: int) -> list[float | None]:
+    out = [None if v is None else float(v) for v in values]
+    if len(out) != length:
+        raise ValueError(f"expected {length} values, got {len(out)}")
+    return out
+
+
+def _nan_for_null(values: Sequence[float | None]) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in values]
+
+
+def auto_s_start_of(curve: Sequence[float | None]) -> int | None:
+    """j* = argmin_j H(Z_j) over j = 0..floor(L/2) (ties to the smallest j), skipping
+    non-finite and null points; None when no searched point is finite. `curve` holds L+1
+    points. Layers 0..j*-1 are Stage 1; layer j* is the first that may be pruned."""
+    values = _nan_for_null(curve)
+    if len(values) < 2:
+        return None
+    best: int | None = None
+    for j in range((len(values) - 1) // 2 + 1):
+        if math.isfinite(values[j]) and (best is None or values[j] < values[best]):
+            best = j
+    return best
 
 
 def _clean(values) -> list[float | None]:
@@ -33,8 +195,8 @@ def build_profile(
     model_info: dict,
     calibration_info: dict,
     opts: EstimatorSettings,
-) -> dict:
-    """Turn accumulated sums into the profile record (means over samples, dH per block)."""
+) -> Profile:
+    """Turn accumulated sums into a Profile (means over samples, dH per block)."""
     n = float(acc.samples)
     if n <= 0:
         raise ValueError("no calibration samples were processed")
@@ -65,33 +227,22 @@ def build_profile(
             f"{nonfinite_blocks['layer']} and attn blocks {nonfinite_blocks['attn']}; their "
             "scores are null. Re-run with dtype bfloat16 or float32."
         )
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model": {**model_info, "num_layers": num_layers},
-        "calibration": calibration_info,
-        "settings": {"bins": opts.bins, "knn_k": opts.knn_k, "renyi_alpha": opts.renyi_alpha,
-                     "skip_first": opts.skip_first},
-        "entropy_curve": curve,
-        "attn_entropy": attn_h,
-        "blocks": {
-            "layer": {"delta_h": layer_dh, "cosine": _clean((acc.layer_cosine / n).tolist())},
-            "attn": {"delta_h": attn_dh, "cosine": _clean((acc.attn_cosine / n).tolist())},
+    return Profile(
+        model={**model_info, "num_layers": num_layers},
+        calibration=calibration_info,
+        settings={"bins": opts.bins, "knn_k": opts.knn_k, "renyi_alpha": opts.renyi_alpha,
+                  "skip_first": opts.skip_first},
+        entropy_curve=curve,
+        attn_entropy=attn_h,
+        blocks={
+            "layer": BlockScores(layer_dh, _clean((acc.layer_cosine / n).tolist())),
+            "attn": BlockScores(attn_dh, _clean((acc.attn_cosine / n).tolist())),
         },
-        "s_start": {name: _auto_s_start_or_none(curve[name]) for name in ESTIMATORS},
-        "sink": {"max_norm": [_clean(row) for row in acc.sink_max_norm.tolist()]},
-        "nonfinite_blocks": nonfinite_blocks,
-        "warnings": warnings,
-    }
-
-
-def _auto_s_start_or_none(curve: list[float | None]) -> int | None:
-    """auto_s_start of a curve whose non-finite points are null; None if none is usable."""
-    from pruning.stages import StageError, auto_s_start
-
-    try:
-        return auto_s_start([float("nan") if v is None else v for v in curve])
-    except StageError:
-        return None
+        s_start={name: auto_s_start_of(curve[name]) for name in ESTIMATORS},
+        sink_max_norm=[_clean(row) for row in acc.sink_max_norm.tolist()],
+        nonfinite_blocks=nonfinite_blocks,
+        warnings=warnings,
+    )
 
 
 def profile_key(parts: dict) -> str:
@@ -114,7 +265,7 @@ class ProfileCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> Profile | None:
         """The cached profile, None if absent. Raises CacheEntryInvalid for a bad entry."""
         path = self.path(key)
         if not path.is_file():
@@ -131,9 +282,13 @@ class ProfileCache:
         payload = entry.get("payload")
         if entry.get("key") != key or not isinstance(payload, dict) or entry.get("checksum") != _checksum(payload):
             raise CacheEntryInvalid(f"cache entry {path.name} fails its checksum; recomputing")
-        return payload
+        try:
+            return Profile.from_json(payload)
+        except ProfileFormatError as e:
+            raise CacheEntryInvalid(f"cache entry {path.name}: {e}; recomputing") from e
 
-    def put(self, key: str, payload: dict) -> Path:
+    def put(self, key: str, profile: Profile) -> Path:
+        payload = profile.to_json()
         entry = {"schema_version": SCHEMA_VERSION, "key": key, "checksum": _checksum(payload),
                  "payload": payload}
         path = self.path(key)

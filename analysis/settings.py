@@ -8,25 +8,56 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from analysis.errors import EntroDropError
+
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Granularity = Literal["layer", "attn"]
+"""The two kinds of block every analysis measures (SPEC: blocks and the residual stream)."""
 Estimator = Literal["bucket", "knn", "renyi"]
-Criterion = Literal["bucket", "knn", "renyi", "cosine"]
-StagePolicy = Literal["auto", "reference", "manual"]
+Score = Literal["bucket", "knn", "renyi", "cosine"]
+"""A per-block score held by a profile: an estimator's delta_h, or the cosine importance."""
 
+DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "mps")
+DTYPES: tuple[DType, ...] = ("auto", "float32", "bfloat16", "float16")
 ESTIMATORS: tuple[Estimator, ...] = ("bucket", "knn", "renyi")
-CRITERIA: tuple[Criterion, ...] = ("bucket", "knn", "renyi", "cosine")
+SCORES: tuple[Score, ...] = (*ESTIMATORS, "cosine")
 GRANULARITIES: tuple[Granularity, ...] = ("layer", "attn")
 
+# Defaults, defined once: the CLI, the dashboard and the library read them from here.
+DEFAULT_MODEL = "demo:smollm2-135m"
+DEFAULT_CALIBRATION = "builtin:licenses"
+DEFAULT_SEED = 2024
+"""The research code's sampler seed."""
+DEFAULT_BINS = 20
+"""Histogram bins of the research code for Llama (its Mistral variant uses 80)."""
+DEFAULT_KNN_K = 25
+DEFAULT_RENYI_ALPHA = 4.0
+DEFAULT_SKIP_FIRST = 1
+DEFAULT_BATCH_SIZE = 4
+# N windows of T tokens. A GPU affords the research code's 128 x 256; a CPU gets a set
+# that analyses SmolLM2-135M in seconds.
+DEFAULT_SAMPLES = {"cpu": 32, "gpu": 128}
+DEFAULT_SEQLEN = {"cpu": 128, "gpu": 256}
 
-class SettingsError(ValueError):
+
+def default_samples(on_gpu: bool) -> int:
+    """N, the default number of calibration windows on this kind of device."""
+    return DEFAULT_SAMPLES["gpu" if on_gpu else "cpu"]
+
+
+def default_seqlen(on_gpu: bool) -> int:
+    """T, the default tokens per calibration window on this kind of device."""
+    return DEFAULT_SEQLEN["gpu" if on_gpu else "cpu"]
+
+
+class SettingsError(EntroDropError):
     """A setting is out of range; the message names the field and the allowed range."""
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    spec: str = "demo:smollm2-135m"
+    spec: str = DEFAULT_MODEL
     """`demo:<name>`, a local HF folder, a local `.gguf` file, or a hub id."""
     device: Device = "auto"
     """`auto` picks cuda, then mps, then cpu."""
@@ -40,29 +71,29 @@ class ModelSettings:
     def validate(self) -> ModelSettings:
         if not self.spec or not self.spec.strip():
             raise SettingsError("model spec is empty")
-        _choice("device", self.device, ("auto", "cpu", "cuda", "mps"))
-        _choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _choice("device", self.device, DEVICES)
+        _choice("dtype", self.dtype, DTYPES)
         return self
 
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    spec: str = "builtin:licenses"
+    spec: str = DEFAULT_CALIBRATION
     """`builtin:<name>`, `preset:<c4|wikitext2|law|medicine>`, or a file path
     (.txt, .jsonl, .csv, .parquet, .npy)."""
     samples: int | None = None
     """N, the number of windows. None: 32 on CPU, 128 on GPU."""
     seqlen: int | None = None
     """T, tokens per window. None: 128 on CPU, 256 on GPU."""
-    seed: int = 2024
+    seed: int = DEFAULT_SEED
     """Seed of the window sampler (the research code uses 2024)."""
     text_column: str | None = None
     """Column holding the text in .jsonl/.csv/.parquet files. None: guess (`text`, ...)."""
 
     def resolved(self, on_gpu: bool) -> CalibrationSettings:
         """Fill N and T with the device defaults."""
-        n = self.samples if self.samples is not None else (128 if on_gpu else 32)
-        t = self.seqlen if self.seqlen is not None else (256 if on_gpu else 128)
+        n = self.samples if self.samples is not None else default_samples(on_gpu)
+        t = self.seqlen if self.seqlen is not None else default_seqlen(on_gpu)
         return CalibrationSettings(self.spec, n, t, self.seed, self.text_column).validate()
 
     def validate(self) -> CalibrationSettings:
@@ -77,15 +108,15 @@ class CalibrationSettings:
 
 @dataclass(frozen=True)
 class EstimatorSettings:
-    bins: int = 20
+    bins: int = DEFAULT_BINS
     """B, histogram bins per dimension for `bucket` (research code: 20 Llama, 80 Mistral)."""
-    knn_k: int = 25
-    """k, the neighbour used by the `knn` estimator."""
-    renyi_alpha: float = 4.0
+    knn_k: int = DEFAULT_KNN_K
+    """The neighbour used by the `knn` estimator (the k-th nearest other token)."""
+    renyi_alpha: float = DEFAULT_RENYI_ALPHA
     """alpha of the Renyi entropy (must not be 1)."""
-    skip_first: int = 1
+    skip_first: int = DEFAULT_SKIP_FIRST
     """Positions left out of every statistic (attention sink). 0 reproduces the research code."""
-    batch_size: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE
     """Calibration windows per forward pass."""
 
     def validate(self, seqlen: int | None = None) -> EstimatorSettings:

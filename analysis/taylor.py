@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from analysis.architectures import MLPLayout, get_architecture, get_submodule
+from analysis.errors import EntroDropError
 
 TaylorCriterion = Literal["taylor-entropy", "taylor-ce", "magnitude"]
 TAYLOR_CRITERIA: tuple[TaylorCriterion, ...] = ("taylor-entropy", "taylor-ce", "magnitude")
 
 
-class TaylorError(ValueError):
+class TaylorError(EntroDropError):
     """Bad input to the neuron scoring; the message names the argument and the fix."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from analysis.architectures import Architecture, get_architecture
+from analysis.errors import EntroDropError
 from analysis.settings import GRANULARITIES, Granularity
 from pruning.modeling_template import IdentityAttention
 
@@ -25,7 +26,7 @@ _STATE_ATTR = "_entrodrop_pruning"
 _KNOWN_PER_LAYER_FIELDS = ("layer_types", "mlp_layer_types", "no_rope_layers")
 
 
-class PruningError(ValueError):
+class PruningError(EntroDropError):
     """Pruning was asked for something impossible; the message says what and what to do."""
 
 

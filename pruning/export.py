@@ -28,7 +28,8 @@ import torch
 import transformers
 from torch import nn
 
-from analysis.architectures import Architecture, get_architecture
+from analysis.architectures import Architecture, count_parameters, get_architecture
+from analysis.errors import EntroDropError
 from analysis.paths import disk_shortfall, make_temp_dir, remove_stale_temp_dirs, tensor_bytes
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
@@ -43,7 +44,7 @@ EXPORT_MODEL_TYPE_PREFIX = "entrodrop_"
 Progress = Callable[[float, str], None]
 
 
-class ExportError(ValueError):
+class ExportError(EntroDropError):
     """An export cannot be written; the message says why and what to do."""
 
 
@@ -65,11 +66,6 @@ class InsufficientDiskSpaceError(ExportError):
 
 class UnsupportedExportError(ExportError):
     """This model cannot be exported in the requested form."""
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters, counting tied (shared) parameters once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def export_size_estimate(model: nn.Module, granularity: Granularity,

@@ -7,51 +7,22 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from analysis.settings import CRITERIA, GRANULARITIES, Criterion, Granularity
+from analysis.errors import EntroDropError
+from analysis.settings import SCORES, Score
 from pruning.stages import StagePlan
 
+Criterion = Score
+"""What orders the blocks for pruning. Today every criterion is a score a profile holds:
+an estimator's delta_h (bucket, knn, renyi) or the cosine importance."""
+CRITERIA: tuple[Criterion, ...] = SCORES
+BASELINE: Criterion = "cosine"
+"""The criterion every other is compared with (ShortGPT for layers, LLMDrop for attn)."""
 
-class RankingError(ValueError):
+
+class RankingError(EntroDropError):
     """Invalid scores, profile or budget; the message says what was wrong and what to do."""
-
-
-def scores_for(profile: Mapping, granularity: Granularity, criterion: Criterion) -> list[float]:
-    """Per-block scores (length L) of one granularity and criterion, from an analysis profile.
-
-    Entropy criteria (bucket, knn, renyi) read profile["blocks"][granularity]["delta_h"]
-    [criterion], the entropy increase dH_i = H(Y_i) - H(X_i). `cosine` reads
-    profile["blocks"][granularity]["cosine"], the importance 1 - mean_t cos(X_t, Y_t).
-    Lower is pruned first in both cases. A null score (a block whose hidden states were
-    not finite, e.g. fp16 overflow) is read as NaN, which `prune_order` puts last.
-    """
-    if granularity not in GRANULARITIES:
-        raise RankingError(
-            f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}"
-        )
-    if criterion not in CRITERIA:
-        raise RankingError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
-    if criterion == "cosine":
-        path: tuple[str, ...] = ("blocks", granularity, "cosine")
-    else:
-        path = ("blocks", granularity, "delta_h", criterion)
-    node: object = profile
-    for depth, key in enumerate(path):
-        if not isinstance(node, Mapping) or key not in node:
-            where = "".join(f"[{k!r}]" for k in path[:depth])
-            raise RankingError(
-                f"analysis profile has no profile{where}[{key!r}] (needed for "
-                f"granularity={granularity!r}, criterion={criterion!r}); rerun the analysis "
-                "with this estimator enabled"
-            )
-        node = node[key]
-    try:
-        return [float("nan") if v is None else float(v) for v in node]  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        raise RankingError(
-            f"profile scores for {granularity}/{criterion} are not a list of numbers"
-        ) from None
 
 
 def prune_order(scores: Sequence[float], plan: StagePlan) -> list[int]:

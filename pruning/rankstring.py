@@ -15,12 +15,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from analysis.errors import EntroDropError
 from pruning.ranking import RankingError, block_list
 
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
-class RankStringError(ValueError):
+class RankStringError(EntroDropError):
     """A malformed rank string or order; the message says what was wrong."""
 
 

@@ -7,20 +7,24 @@ curve H(Z_j) with L+1 points, j = 0..L (Z_0 is the embedding output).
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from analysis.settings import StagePolicy
+from analysis.errors import EntroDropError
+from analysis.profile import auto_s_start_of
 
+StagePolicy = Literal["auto", "reference", "manual"]
+"""auto: S_start from the entropy curve; reference: the research code's fixed frozen blocks
+0, 1 and L-1; manual: the user's S_start."""
 STAGE_POLICIES: tuple[StagePolicy, ...] = ("auto", "reference", "manual")
 
 # The research code freezes these blocks (plus the last one) and detects nothing.
 REFERENCE_FROZEN_HEAD = 2
 
 
-class StageError(ValueError):
+class StageError(EntroDropError):
     """Invalid input to the stage planner; the message says what was wrong and what to do."""
 
 
@@ -43,11 +47,7 @@ def auto_s_start(curve: Sequence[float]) -> int:
             f"entropy curve needs at least 2 points (H(Z_0)..H(Z_L) with L >= 1); got {len(values)}"
         )
     last = num_layers // 2
-    best_j: int | None = None
-    for j in range(last + 1):
-        v = values[j]
-        if math.isfinite(v) and (best_j is None or v < values[best_j]):
-            best_j = j
+    best_j = auto_s_start_of(values)
     if best_j is None:
         raise StageError(
             f"entropy curve has no finite value in j=0..{last}; rerun the analysis or "

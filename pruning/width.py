@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from analysis.architectures import get_architecture, get_submodule
+from analysis.errors import EntroDropError
 from analysis.paths import tensor_bytes
 from analysis.taylor import NeuronScores, intermediate_size, mlp_modules
 from pruning.apply import active_pruning
@@ -37,7 +38,7 @@ KeepMode = Literal["per_layer", "uniform"]
 _STATE_ATTR = "_entrodrop_width"
 
 
-class WidthPruningError(ValueError):
+class WidthPruningError(EntroDropError):
     """Bad width-pruning input; the message names what was wrong and what to do."""
 
 

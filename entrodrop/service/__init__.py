@@ -1,0 +1,61 @@
+"""The one service layer that the CLI and the dashboard both call.
+
+One function per operation; this is the only place that takes `MODEL_LOCK`. Callers build
+settings (`analysis.settings`), get typed results back (`Profile`, `Decision`, dicts of
+figures), and catch `USER_ERRORS` to show a one-line message.
+"""
+
+from __future__ import annotations
+
+from analysis.errors import EntroDropError
+from entrodrop.service.analysis import (
+    AnalysisResult,
+    analysis_request,
+    analyze,
+    cache_parts,
+    calibration_sources,
+    held_out_windows,
+    preview_windows,
+    profile_model,
+)
+from entrodrop.service.blocks import (
+    DEFAULT_STAGE_ESTIMATOR,
+    decision,
+    export_blocks,
+    generate,
+    parameter_savings,
+    quality_over_k,
+    speed,
+    stage_plan,
+)
+from entrodrop.service.models import (
+    MODEL_LOCK,
+    ModelRegistry,
+    Progress,
+    devices,
+    load,
+    model_summary,
+)
+from entrodrop.service.width import (
+    export_width,
+    hidden_size,
+    width_curves,
+    width_keep,
+    width_ratio_range,
+    width_scores,
+)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    EntroDropError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+)
+"""Errors that mean the user asked for something impossible; each carries a message that
+says what and what to do next. Anything else is a bug."""
+
+__all__ = [
+    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "ModelRegistry",
+    "Progress", "analysis_request", "analyze", "cache_parts", "calibration_sources",
+    "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
+    "hidden_size", "load", "model_summary", "parameter_savings", "preview_windows",
+    "profile_model", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",
+    "width_ratio_range", "width_scores",
+]

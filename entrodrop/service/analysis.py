@@ -1,0 +1,188 @@
+"""Analysis: settings -> model -> calibration -> capture -> Profile, with the results cache.
+
+Repeated requests are served from `cache/profiles/` without loading the model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from analysis.calibration import (
+    Calibration,
+    list_sources,
+    load_calibration,
+    load_held_out,
+    preview,
+    source_fingerprint,
+)
+from analysis.capture import capture
+from analysis.models import LoadedModel, load_model, model_identity, resolve_device, resolve_dtype
+from analysis.profile import CacheEntryInvalid, Profile, ProfileCache, build_profile, profile_key
+from analysis.settings import AnalysisRequest, CalibrationSettings, EstimatorSettings, ModelSettings
+from entrodrop.service.models import MODEL_LOCK, Progress
+
+
+@dataclass
+class AnalysisResult:
+    runs: list[Profile]
+    """One profile per calibration set, in request order."""
+    messages: list[str] = field(default_factory=list)
+    """What happened: cache hits, recomputed entries, warnings."""
+    from_cache: list[bool] = field(default_factory=list)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    """The part of `messages` a user must see even in quiet mode."""
+
+    def warn(self, text: str) -> None:
+        self.messages.append(text)
+        self.warnings.append(text)
+
+    def to_json(self) -> dict:
+        """The CLI's output layout: the first run at the top level, all runs under `runs`."""
+        runs = [p.to_json() for p in self.runs]
+        return {**runs[0], "runs": runs}
+
+
+def _on_gpu(model: ModelSettings) -> bool:
+    return resolve_device(model.device).type in ("cuda", "mps")
+
+
+def cache_parts(model: ModelSettings, cal: CalibrationSettings, opts: EstimatorSettings) -> dict:
+    """Everything that defines a profile, computed without loading the model."""
+    device = resolve_device(model.device)
+    return {
+        "model": model.spec,
+        "identity": model_identity(model.spec),
+        "dtype": str(resolve_dtype(model.dtype, device)),
+        "calibration": asdict(cal),
+        "source": source_fingerprint(cal),
+        "estimators": {k: v for k, v in asdict(opts).items() if k != "batch_size"},
+    }
+
+
+def analysis_request(model: ModelSettings, cals: Sequence[CalibrationSettings],
+                     estimators: EstimatorSettings, *, use_cache: bool = True) -> AnalysisRequest:
+    """A validated request; every setting is checked before any expensive work."""
+    model.validate()
+    if not cals:
+        raise ValueError("choose at least one calibration source")
+    for cal in cals:
+        cal.validate()
+        estimators.validate(seqlen=cal.seqlen)
+    return AnalysisRequest(model=model, calibrations=tuple(cals), estimators=estimators,
+                           use_cache=use_cache)
+
+
+def analyze(
+    request: AnalysisRequest,
+    *,
+    loaded: LoadedModel | None = None,
+    get_model: Callable[[ModelSettings], LoadedModel] | None = None,
+    progress: Progress | None = None,
+    cache: ProfileCache | None = None,
+) -> AnalysisResult:
+    """Profile the model on each calibration set; cached profiles are returned as they are."""
+    started = time.perf_counter()
+    request.model.validate()
+    on_gpu = loaded.on_gpu if loaded is not None else _on_gpu(request.model)
+    cals = [c.validate().resolved(on_gpu) for c in request.calibrations]
+    if not cals:
+        raise ValueError("at least one calibration set is needed")
+    for cal in cals:
+        request.estimators.validate(seqlen=cal.seqlen)
+    cache = cache or ProfileCache()
+    result = AnalysisResult(runs=[None] * len(cals))  # type: ignore[list-item]
+    keys: list[str | None] = [None] * len(cals)
+    if request.use_cache:
+        for idx, cal in enumerate(cals):
+            keys[idx] = profile_key(cache_parts(request.model, cal, request.estimators))
+            try:
+                hit = cache.get(keys[idx])
+            except CacheEntryInvalid as e:
+                result.warn(str(e))
+                cache.discard(keys[idx])
+                hit = None
+            if hit is not None:
+                result.runs[idx] = hit
+                result.messages.append(f"{cal.spec}: loaded from cache")
+    result.from_cache = [r is not None for r in result.runs]
+    todo = [i for i, r in enumerate(result.runs) if r is None]
+    if todo:
+        if loaded is None:
+            loaded = (get_model or (lambda s: load_model(s, progress=progress)))(request.model)
+        for n_done, idx in enumerate(todo):
+            cal = cals[idx]
+
+            def stage(frac: float, msg: str, n_done=n_done, spec=cal.spec) -> None:
+                if progress is not None:
+                    progress((n_done + frac) / len(todo), f"{spec}: {msg}")
+
+            stage(0.0, "preparing calibration windows")
+            with MODEL_LOCK:
+                calibration = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=on_gpu)
+                profile = profile_model(loaded, calibration, request.estimators, progress=stage)
+            if keys[idx] is not None:
+                cache.put(keys[idx], profile)
+            result.runs[idx] = profile
+            for w in profile.warnings:
+                result.warn(f"{cal.spec}: warning: {w}")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def profile_model(
+    loaded: LoadedModel,
+    calibration: Calibration,
+    opts: EstimatorSettings,
+    *,
+    progress: Progress | None = None,
+) -> Profile:
+    """One forward pass over the calibration windows -> Profile."""
+    t0 = time.perf_counter()
+    acc = capture(loaded.model, calibration.input_ids, opts, progress=progress)
+    n, t = calibration.input_ids.shape
+    profile = build_profile(
+        acc,
+        model_info={"spec": loaded.spec, "architecture": loaded.architecture,
+                    "identity": loaded.identity, "dtype": str(loaded.dtype).replace("torch.", ""),
+                    "device": str(loaded.device)},
+        calibration_info={"spec": calibration.spec, "samples": n, "seqlen": t,
+                          "seed": calibration.recipe.get("seed"),
+                          "fingerprint": calibration.fingerprint(), "recipe": calibration.recipe},
+        opts=opts,
+    )
+    return _with_seconds(profile, time.perf_counter() - t0)
+
+
+def _with_seconds(profile: Profile, seconds: float) -> Profile:
+    from dataclasses import replace
+
+    return replace(profile, seconds=seconds)
+
+
+def held_out_windows(cal: CalibrationSettings, loaded: LoadedModel, samples: int):
+    """`samples` held-out windows [N, T] of the calibration source, disjoint from the
+    windows the scores were computed on."""
+    cal = cal.validate().resolved(loaded.on_gpu)
+    with MODEL_LOCK:
+        return load_held_out(cal, loaded.tokenizer, samples, model=loaded.model,
+                             on_gpu=loaded.on_gpu).input_ids
+
+
+def preview_windows(loaded: LoadedModel, cal: CalibrationSettings, n: int = 3) -> dict:
+    """The first n windows of a calibration set, decoded, with how they were made."""
+    with MODEL_LOCK:
+        calibration = load_calibration(cal.validate(), loaded.tokenizer, model=loaded.model,
+                                       on_gpu=loaded.on_gpu)
+    recipe = calibration.recipe
+    return {"spec": cal.spec, "shape": list(calibration.input_ids.shape),
+            "mode": recipe.get("mode"), "documents": recipe.get("documents"),
+            "text_column": recipe.get("text_column"),
+            "windows": preview(calibration, loaded.tokenizer, n=n)}
+
+
+def calibration_sources() -> list[dict]:
+    """The built-in and preset calibration sources: name, kind, description."""
+    return list_sources()
