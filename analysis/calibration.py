@@ -1043,3 +1043,7 @@ __all__ = [
     "BUILTINS", "Calibration", "CalibrationError", "DEFAULT_MAX_BYTES", "PRESETS",
     "list_sources", "load_calibration", "load_heldout", "preview", "source_fingerprint",
 ]
+
+
+# Transitional: the calibration package (in progress) names it load_held_out.
+load_held_out = load_heldout
