@@ -95,7 +95,7 @@ class Profile:
                 f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
         if criterion not in SCORES:
             raise ProfileFormatError(
-                f"a profile holds scores {', '.join(SCORES)}; got {criterion!r}")
+                f"criterion must be one of {', '.join(SCORES)}; got {criterion!r}")
         block = self.blocks[granularity]
         values = block.cosine if criterion == "cosine" else block.delta_h[criterion]
         return _nan_for_null(values)

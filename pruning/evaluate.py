@@ -242,7 +242,7 @@ def _check_ids(model: nn.Module, input_ids) -> torch.Tensor:
         raise EvaluationError(
             f"input_ids has shape {(n, t)}; need N >= 1 windows of T >= 2 tokens"
         )
-    vocab = vocab_size(model)
+    vocab = model_vocab_size(model)
     lo, hi = int(input_ids.min()), int(input_ids.max())
     if lo < 0 or (vocab is not None and hi >= vocab):
         raise EvaluationError(
@@ -267,14 +267,14 @@ def positive_int(name: str, value) -> None:
         raise EvaluationError(f"{name} must be an integer >= 1; got {value!r}")
 
 
-def vocab_size(model: nn.Module) -> int | None:
+def model_vocab_size(model: nn.Module) -> int | None:
     try:
         return int(model.get_input_embeddings().num_embeddings)
     except (AttributeError, NotImplementedError):
         return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
-def max_positions(model: nn.Module) -> int | None:
+def model_max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     if config is None:
         return None

@@ -21,8 +21,9 @@ from pruning.evaluate import (
     Variant,
     eval_mode,
     json_safe,
-    max_positions,
     model_device,
+    model_max_positions,
+    model_vocab_size,
     positive_int,
 )
 
@@ -77,9 +78,9 @@ def measure_speed(
         raise EvaluationError(f"warmup must be an integer >= 0; got {warmup!r}")
     if not callable(variant):
         raise EvaluationError("variant must be a zero-argument callable returning a context manager")
-    vocab = vocab_size if vocab_size is not None else vocab_size(model)
+    vocab = vocab_size if vocab_size is not None else model_vocab_size(model)
     positive_int("vocab_size", vocab)
-    limit = max_positions(model)
+    limit = model_max_positions(model)
     if limit is not None and prompt_len + new_tokens > limit:
         raise EvaluationError(
             f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the model's "

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import pruning.export as export_module
+from analysis.architectures import count_parameters
 from pruning.apply import BlockSelectionError, active_pruning, pruned
 from pruning.export import (
     ExportError,
@@ -21,7 +22,6 @@ from pruning.export import (
     TargetIsFileError,
     TargetNotWritableError,
     UnsupportedExportError,
-    count_parameters,
     export_pruned,
     export_size_estimate,
     save_clean_checkpoint,

@@ -3,46 +3,21 @@ import math
 import numpy as np
 import pytest
 
-from pruning.ranking import RankingError, prune_order, prune_set, scores_for
+from pruning.ranking import RankingError, prune_order, prune_set
 from pruning.stages import plan_stages
+from tests.profiles import make_profile
 
 L = 6
 
 
 def _profile():
-    return {
-        "entropy_curve": {"bucket": [9.0, 8.0, 7.0, 7.5, 8.0, 8.5, 9.0]},
-        "blocks": {
-            "layer": {
-                "delta_h": {"bucket": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "knn": [6, 5, 4, 3, 2, 1]},
-                "cosine": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
-            },
-            "attn": {"delta_h": {"knn": np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])}, "cosine": []},
-        },
-    }
-
-
-def test_scores_for_reads_the_right_entries():
-    p = _profile()
-    assert scores_for(p, "layer", "bucket") == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
-    assert scores_for(p, "layer", "knn") == [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
-    assert scores_for(p, "layer", "cosine") == [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
-    got = scores_for(p, "attn", "knn")
-    assert got == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] and all(type(v) is float for v in got)
-
-
-def test_scores_for_missing_keys():
-    p = _profile()
-    with pytest.raises(RankingError, match=r"\['delta_h'\]\['renyi'\].*rerun the analysis"):
-        scores_for(p, "layer", "renyi")
-    with pytest.raises(RankingError, match=r"no profile\['blocks'\]\['attn'\]"):
-        scores_for({"blocks": {"layer": {}}}, "attn", "cosine")
-    with pytest.raises(RankingError, match=r"no profile\['blocks'\]"):
-        scores_for({}, "layer", "bucket")
-    with pytest.raises(RankingError, match="granularity must be one of"):
-        scores_for(p, "mlp", "bucket")
-    with pytest.raises(RankingError, match="criterion must be one of"):
-        scores_for(p, "layer", "entropy")
+    return make_profile(
+        L,
+        curve={"bucket": [9.0, 8.0, 7.0, 7.5, 8.0, 8.5, 9.0]},
+        delta_h={"layer": {"bucket": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "knn": [6, 5, 4, 3, 2, 1]},
+                 "attn": {"knn": np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])}},
+        cosine={"layer": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]},
+    )
 
 
 def test_prune_order_ascending_over_prunable_only():
@@ -60,7 +35,7 @@ def test_prune_order_ties_broken_by_index():
 
 def test_prune_order_cosine_is_ascending_importance():
     plan = plan_stages(L, policy="reference")  # prunable 2, 3, 4
-    cosine = scores_for(_profile(), "layer", "cosine")
+    cosine = _profile().scores("layer", "cosine")
     # lowest importance first: block 4 (0.5), then 3 (0.6), then 2 (0.7)
     assert prune_order(cosine, plan) == [4, 3, 2]
 
@@ -96,7 +71,7 @@ def test_prune_set_first_k_and_bounds():
 
 def test_end_to_end_from_profile():
     p = _profile()
-    plan = plan_stages(L, curve=p["entropy_curve"]["bucket"])  # j* = 2
-    order = prune_order(scores_for(p, "layer", "knn"), plan)
+    plan = plan_stages(L, curve=p.curve("bucket"))  # j* = 2
+    order = prune_order(p.scores("layer", "knn"), plan)
     assert order == [4, 3, 2]
     assert prune_set(order, 2) == [4, 3]
