@@ -27,11 +27,11 @@ from pruning.evaluate import (
     positive_int,
 )
 
-# ---------------------------------------------------------------------------- speed
-
 
 @dataclass(frozen=True)
 class Speed:
+    """Base and pruned model measured side by side; each timing is a median over repeats."""
+
     prefill_tokens_per_s_base: float
     prefill_tokens_per_s_pruned: float
     prefill_ratio: float
@@ -42,14 +42,16 @@ class Speed:
     """base / pruned decode latency, i.e. a speed ratio; > 1 means faster."""
     params_base: int
     params_pruned: int
+    """Parameter elements, tied weights counted once."""
     weight_bytes_base: int
     weight_bytes_pruned: int
     device: str
+    """Where it ran, with the GPU's name on CUDA."""
     repeats: int
 
     def to_dict(self) -> dict:
+        """Plain JSON: non-finite figures become None."""
         return json_safe(asdict(self))
-
 
 
 def measure_speed(

@@ -64,13 +64,17 @@ class StagePlan:
     """
 
     num_layers: int
+    """L, the number of decoder layers (blocks 0..L-1 at either granularity)."""
     s_start: int
     """First Stage-2 block; blocks 0..s_start-1 are Stage 1 and never pruned."""
     policy: StagePolicy
+    """How s_start was chosen."""
     allow_last: bool
     """Whether block L-1 may be pruned (always False under the 'reference' policy)."""
     frozen: tuple[int, ...]
+    """Blocks never pruned: Stage 1, and the last block unless allowed."""
     prunable: tuple[int, ...]
+    """Blocks a budget k may take, ascending."""
 
 
 def plan_stages(

@@ -85,3 +85,9 @@ def save_tiny(model_type: str, folder, seed: int = 0):
     tiny_model(model_type, seed=seed).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+def reference_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """The model's own logits [B, T, V] for `ids`, without a KV cache or gradients."""
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits

@@ -14,7 +14,7 @@ from pruning.evaluate import (
     quality_curves,
     token_kl,
 )
-from tests.tiny_models import MODEL_TYPES, VOCAB, tiny_ids, tiny_model
+from tests.tiny_models import MODEL_TYPES, VOCAB, reference_logits, tiny_ids, tiny_model
 
 
 @contextmanager
@@ -41,11 +41,6 @@ def zeroed_mlp(model, layer_idx=1):
     finally:
         with torch.no_grad():
             down.weight.copy_(saved)
-
-
-def reference_logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ from analysis.architectures import count_parameters
 from pruning.apply import pruned
 from pruning.evaluate import EvaluationError
 from pruning.speed import Speed, generate_side_by_side, measure_speed
-from tests.tiny_models import VOCAB, tiny_model
-
-
-def reference_logits(model, ids):
-    with torch.no_grad():
-        return model(input_ids=ids, use_cache=False).logits
+from tests.tiny_models import VOCAB, reference_logits, tiny_model
 
 
 @pytest.fixture(scope="module")
