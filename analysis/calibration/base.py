@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from analysis.errors import EntroDropError
 
-class CalibrationError(ValueError):
+
+class CalibrationError(EntroDropError):
     """Calibration data cannot be built; the message says what, why and what to do."""
 
 
