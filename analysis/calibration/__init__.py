@@ -5,7 +5,7 @@ file path (`specs`). Built-in text (`builtin`), presets (`presets`) and files (`
 documents, from which `sampling` cuts windows the way the research code does; `synthetic`
 makes random and self-generated windows. `load_calibration` ties them together.
 
-Held-out windows (`load_heldout`, `load_calibration(heldout=n)`) come from the same source
+Held-out windows (`load_held_out`, `load_calibration(held_out=n)`) come from the same source
 and never overlap a ranking window; `builtin:selfgen` and `builtin:random` draw fresh
 sequences instead.
 """
@@ -13,12 +13,15 @@ sequences instead.
 from analysis.calibration.base import Calibration, CalibrationError, preview
 from analysis.calibration.builtin import BUILTINS
 from analysis.calibration.files import DEFAULT_MAX_BYTES
-from analysis.calibration.load import load_calibration, load_heldout
+from analysis.calibration.load import load_calibration, load_held_out
 from analysis.calibration.presets import PRESETS
 from analysis.calibration.sources import source_fingerprint
 from analysis.calibration.specs import list_sources
 
+# The old spelling, only until entrodrop/service.py imports load_held_out; not public API.
+load_heldout = load_held_out
+
 __all__ = [
     "BUILTINS", "Calibration", "CalibrationError", "DEFAULT_MAX_BYTES", "PRESETS",
-    "list_sources", "load_calibration", "load_heldout", "preview", "source_fingerprint",
+    "list_sources", "load_calibration", "load_held_out", "preview", "source_fingerprint",
 ]

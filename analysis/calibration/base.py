@@ -47,16 +47,18 @@ class Calibration:
         h.update(ids.numpy().astype("<i8", copy=False).tobytes())
         return h.hexdigest()
 
-    def split(self, n_heldout: int) -> tuple[Calibration, Calibration]:
+    def split(self, n_held_out: int) -> tuple[Calibration, Calibration]:
         """(first N - n rows, last n rows). For pre-tokenized files, which have no further
         text to draw held-out windows from."""
         n = self.samples
-        if isinstance(n_heldout, bool) or not isinstance(n_heldout, int) or not 0 < n_heldout < n:
+        if (isinstance(n_held_out, bool) or not isinstance(n_held_out, int)
+                or not 0 < n_held_out < n):
+            # The wording predates the rename to n_held_out; callers and tests match on it.
             raise CalibrationError(
-                f"split needs 0 < n_heldout < N = {n}; got {n_heldout!r}. Keep at least one "
+                f"split needs 0 < n_heldout < N = {n}; got {n_held_out!r}. Keep at least one "
                 "window on each side."
             )
-        cut = n - n_heldout
+        cut = n - n_held_out
         windows = self.recipe.get("windows")
         parts = []
         for role, rows in (("ranking", slice(0, cut)), ("heldout", slice(cut, n))):

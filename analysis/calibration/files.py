@@ -264,7 +264,7 @@ def _read_npy(path: Path) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
-def pretokenized_windows(source: Source, tokenizer, model, heldout: int, base: dict):
+def pretokenized_windows(source: Source, tokenizer, model, held_out: int, base: dict):
     ids = source.input_ids
     n, t = ids.shape
     if n < 1 or t < 2:
@@ -278,7 +278,7 @@ def pretokenized_windows(source: Source, tokenizer, model, heldout: int, base: d
             f"tokenizer's vocabulary [0, {vocab}). The file was tokenized for another model; "
             "re-tokenize it, or give the text instead."
         )
-    if heldout:
+    if held_out:
         raise CalibrationError(
             "a pre-tokenized file has no text beyond its rows, so no held-out windows can be "
             "drawn from it. Use Calibration.split(n) to hold out some of its rows, or give "

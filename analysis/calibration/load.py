@@ -17,21 +17,22 @@ def load_calibration(
     *,
     model=None,
     on_gpu: bool = False,
-    heldout: int = 0,
+    held_out: int = 0,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Calibration | tuple[Calibration, Calibration]:
-    """The N x T ranking windows; with `heldout=n`, also n disjoint held-out windows.
+    """The N x T ranking windows; with `held_out=n`, also n disjoint held-out windows.
 
     Raises `CalibrationError` for bad sources and `analysis.settings.SettingsError` for N
-    or T out of range. Returns `(ranking, heldout)` when `heldout > 0`.
+    or T out of range. Returns `(ranking, held_out)` when `held_out > 0`.
     """
-    if isinstance(heldout, bool) or not isinstance(heldout, int) or heldout < 0:
-        raise CalibrationError(f"heldout must be a non-negative integer; got {heldout!r}")
-    ranking, held = _load(settings, tokenizer, model, on_gpu, heldout, max_bytes)
-    return (ranking, held) if heldout else ranking
+    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+        # The wording predates the rename to held_out; callers and tests match on it.
+        raise CalibrationError(f"heldout must be a non-negative integer; got {held_out!r}")
+    ranking, held = _load(settings, tokenizer, model, on_gpu, held_out, max_bytes)
+    return (ranking, held) if held_out else ranking
 
 
-def load_heldout(
+def load_held_out(
     settings: CalibrationSettings,
     tokenizer,
     n: int,
@@ -46,7 +47,7 @@ def load_heldout(
     return _load(settings, tokenizer, model, on_gpu, n, max_bytes)[1]
 
 
-def _load(settings, tokenizer, model, on_gpu, heldout, max_bytes):
+def _load(settings, tokenizer, model, on_gpu, held_out, max_bytes):
     if tokenizer is None:
         raise CalibrationError("a tokenizer is needed to build calibration windows; load the "
                                "model's tokenizer first")
@@ -60,13 +61,13 @@ def _load(settings, tokenizer, model, on_gpu, heldout, max_bytes):
             "reader_version": READER_VERSION}
 
     if kind == "builtin" and name == "random":
-        return random_windows(resolved, tokenizer, model, heldout, base)
+        return random_windows(resolved, tokenizer, model, held_out, base)
     if kind == "builtin" and name == "selfgen":
-        return selfgen_windows(resolved, tokenizer, model, heldout, base)
+        return selfgen_windows(resolved, tokenizer, model, held_out, base)
 
     source = open_source(kind, name, resolved, max_bytes)
     base.update(source.info)
     base["source_fingerprint"] = fingerprint_of(source, resolved)
     if source.input_ids is not None:
-        return pretokenized_windows(source, tokenizer, model, heldout, base)
-    return document_windows(source, resolved, tokenizer, heldout, base)
+        return pretokenized_windows(source, tokenizer, model, held_out, base)
+    return document_windows(source, resolved, tokenizer, held_out, base)

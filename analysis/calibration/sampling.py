@@ -121,9 +121,9 @@ def _windows_to_calibration(spec: str, docs: _TokenizedDocs, windows, t: int, so
     return Calibration(spec, torch.tensor(rows, dtype=torch.long), recipe)
 
 
-def document_windows(source: Source, settings: CalibrationSettings, tokenizer, heldout: int,
+def document_windows(source: Source, settings: CalibrationSettings, tokenizer, held_out: int,
                      base: dict) -> tuple[Calibration, Calibration | None]:
-    """The ranking windows of a source's documents and, with `heldout`, the held-out ones."""
+    """The ranking windows of a source's documents and, with `held_out`, the held-out ones."""
     n, t, seed = settings.samples, settings.seqlen, settings.seed
     docs = _TokenizedDocs(source.documents, tokenizer)
     rng = random.Random(seed)
@@ -143,19 +143,19 @@ def document_windows(source: Source, settings: CalibrationSettings, tokenizer, h
     base.update(mode=mode, documents_tokenized=tokenized)
     ranking = _windows_to_calibration(settings.spec, docs, windows, t, source, mode,
                                       {**base, "role": "ranking"})
-    if not heldout:
+    if not held_out:
         return ranking, None
 
     held_rng = random.Random(f"entrodrop-heldout:{seed}")
     try:
-        held = _draw(docs, t, heldout, held_rng, occupied, max_attempts=200 * heldout + 2000)
+        held = _draw(docs, t, held_out, held_rng, occupied, max_attempts=200 * held_out + 2000)
     except _NoRoom as err:
         raise CalibrationError(
-            f"{settings.spec}: found only {err.found} of {heldout} held-out windows of T={t} "
+            f"{settings.spec}: found only {err.found} of {held_out} held-out windows of T={t} "
             f"tokens that do not overlap the N={n} ranking windows. Use a larger source, "
             "fewer samples, fewer held-out windows or a smaller seqlen."
         ) from None
-    held_recipe = {**base, "role": "heldout", "samples": heldout,
+    held_recipe = {**base, "role": "heldout", "samples": held_out,
                    "heldout_seed": f"entrodrop-heldout:{seed}",
                    "ranking_fingerprint": ranking.fingerprint()}
     return ranking, _windows_to_calibration(settings.spec, docs, held, t, source, mode,

@@ -29,7 +29,7 @@ SELFGEN_TOP_K = 50
 SELFGEN_BATCH = 32
 
 
-def random_windows(settings: CalibrationSettings, tokenizer, model, heldout: int, base: dict):
+def random_windows(settings: CalibrationSettings, tokenizer, model, held_out: int, base: dict):
     vocab = vocab_size(tokenizer, model)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     allowed = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
@@ -44,15 +44,15 @@ def random_windows(settings: CalibrationSettings, tokenizer, model, heldout: int
     recipe = {**base, "mode": "random", "role": "ranking", "allowed_tokens": int(allowed.numel()),
               "source_fingerprint": source_fingerprint(settings)}
     ranking = Calibration(settings.spec, draw(n, settings.seed), recipe)
-    if not heldout:
+    if not held_out:
         return ranking, None
     held_seed = _derived_seed(settings.seed, "heldout")
-    held = Calibration(settings.spec, draw(heldout, held_seed),
-                       {**recipe, "role": "heldout", "samples": heldout, "heldout_seed": held_seed})
+    held = Calibration(settings.spec, draw(held_out, held_seed),
+                       {**recipe, "role": "heldout", "samples": held_out, "heldout_seed": held_seed})
     return ranking, held
 
 
-def selfgen_windows(settings: CalibrationSettings, tokenizer, model, heldout: int, base: dict):
+def selfgen_windows(settings: CalibrationSettings, tokenizer, model, held_out: int, base: dict):
     if model is None:
         raise CalibrationError(
             "builtin:selfgen generates its text with the model being analysed, but no model "
@@ -64,11 +64,11 @@ def selfgen_windows(settings: CalibrationSettings, tokenizer, model, heldout: in
               "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
               "source_fingerprint": source_fingerprint(settings)}
     ranking = Calibration(settings.spec, _generate(model, tokenizer, n, t, settings.seed), recipe)
-    if not heldout:
+    if not held_out:
         return ranking, None
     held_seed = _derived_seed(settings.seed, "heldout")
-    held = Calibration(settings.spec, _generate(model, tokenizer, heldout, t, held_seed),
-                       {**recipe, "role": "heldout", "samples": heldout, "heldout_seed": held_seed})
+    held = Calibration(settings.spec, _generate(model, tokenizer, held_out, t, held_seed),
+                       {**recipe, "role": "heldout", "samples": held_out, "heldout_seed": held_seed})
     return ranking, held
 
 

@@ -11,7 +11,7 @@ import torch
 from analysis.calibration import (
     CalibrationError,
     load_calibration,
-    load_heldout,
+    load_held_out,
     source_fingerprint,
 )
 from tests.analysis.calibration.support import assert_windows_from, settings, words
@@ -102,11 +102,11 @@ def test_pretokenized_errors(tok, tmp_path):
         load_calibration(settings(floats), tok)
 
 
-def test_heldout_of_pretokenized_points_to_split(tok, tmp_path):
+def test_held_out_of_pretokenized_points_to_split(tok, tmp_path):
     path = tmp_path / "ids.npy"
     np.save(path, np.arange(40, dtype=np.int64).reshape(4, 10) % 90 + 4)
     with pytest.raises(CalibrationError, match="Calibration.split"):
-        load_heldout(settings(path), tok, 2)
+        load_held_out(settings(path), tok, 2)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.calibration import CalibrationError, load_calibration, load_heldout
+from analysis.calibration import CalibrationError, load_calibration, load_held_out
 from analysis.settings import CalibrationSettings, SettingsError
 from tests.analysis.calibration.support import settings
 
@@ -26,11 +26,11 @@ def test_default_n_and_t_follow_the_device(tok):
     assert cpu.input_ids.shape == (32, 128) and gpu.input_ids.shape == (128, 256)
 
 
-def test_bad_heldout_count(tok, docs_file):
+def test_bad_held_out_count(tok, docs_file):
     with pytest.raises(CalibrationError, match="non-negative"):
-        load_calibration(settings(docs_file[0]), tok, heldout=-1)
+        load_calibration(settings(docs_file[0]), tok, held_out=-1)
     with pytest.raises(CalibrationError, match=">= 1"):
-        load_heldout(settings(docs_file[0]), tok, 0)
+        load_held_out(settings(docs_file[0]), tok, 0)
 
 
 def test_recipes_are_json_safe(tok, docs_file, tmp_path):

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from analysis.calibration import CalibrationError, load_calibration, load_heldout
+from analysis.calibration import CalibrationError, load_calibration, load_held_out
 from tests.analysis.calibration.support import encode, settings, words
 
 
@@ -83,14 +83,14 @@ def big_txt(tmp_path):
     return path
 
 
-def test_heldout_windows_never_overlap_ranking_windows(tok, big_txt):
+def test_held_out_windows_never_overlap_ranking_windows(tok, big_txt):
     s = settings(big_txt, n=16, t=40)
-    ranking, held = load_calibration(s, tok, heldout=12)
+    ranking, held = load_calibration(s, tok, held_out=12)
     assert held.input_ids.shape == (12, 40)
     assert held.recipe["role"] == "heldout" and ranking.recipe["role"] == "ranking"
     # Asking for held-out windows does not change the ranking windows.
     assert ranking.fingerprint() == load_calibration(s, tok).fingerprint()
-    assert held.fingerprint() == load_heldout(s, tok, 12).fingerprint()
+    assert held.fingerprint() == load_held_out(s, tok, 12).fingerprint()
     # Positions: no held-out window overlaps a ranking window of the same document.
     for _, doc, start in held.recipe["windows"]:
         for _, rdoc, rstart in ranking.recipe["windows"]:
@@ -101,8 +101,8 @@ def test_heldout_windows_never_overlap_ranking_windows(tok, big_txt):
                    for row in held.input_ids.tolist() for i in range(29))
 
 
-def test_heldout_without_room_is_a_clear_error(tok, tmp_path):
+def test_held_out_without_room_is_a_clear_error(tok, tmp_path):
     path = tmp_path / "one.txt"
     path.write_text(words(7, 60), encoding="utf-8")
     with pytest.raises(CalibrationError, match=r"held-out windows .* do not overlap"):
-        load_heldout(settings(path, n=8, t=40), tok, 4)
+        load_held_out(settings(path, n=8, t=40), tok, 4)

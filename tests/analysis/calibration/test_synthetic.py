@@ -16,7 +16,7 @@ def test_random_source_is_seeded_and_avoids_special_tokens(tok):
     c = load_calibration(settings("builtin:random", n=8, t=50, seed=7), tok)
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
     assert int(a.input_ids.min()) >= 4 and int(a.input_ids.max()) < 100
-    _, held = load_calibration(settings("builtin:random", n=8, t=50), tok, heldout=3)
+    _, held = load_calibration(settings("builtin:random", n=8, t=50), tok, held_out=3)
     assert held.input_ids.shape == (3, 50) and not torch.equal(held.input_ids, a.input_ids[:3])
 
 
@@ -30,7 +30,7 @@ def test_selfgen_generates_seeded_text_with_the_model(tok):
     s = settings("builtin:selfgen", n=9, t=5)
     a = load_calibration(s, tok, model=model)
     assert model.training  # the caller's mode is restored
-    again, held = load_calibration(s, tok, model=model.eval(), heldout=2)
+    again, held = load_calibration(s, tok, model=model.eval(), held_out=2)
     other = load_calibration(settings("builtin:selfgen", n=9, t=5, seed=3), tok, model=model)
     assert a.input_ids.shape == (9, 5) and a.fingerprint() == again.fingerprint()
     assert a.fingerprint() != other.fingerprint()
