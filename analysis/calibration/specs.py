@@ -18,26 +18,20 @@ from analysis.calibration.presets import PRESETS
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
+    """(kind, name): ("builtin", name), ("preset", name) or ("file", path)."""
     spec = (spec or "").strip()
     if not spec:
         raise CalibrationError("the calibration spec is empty; use builtin:licenses, "
                                "builtin:pydocs, a preset:<name> or a file path")
-    if spec.startswith("builtin:"):
-        name = spec.split(":", 1)[1].strip()
-        if name not in BUILTINS:
-            raise CalibrationError(
-                f"unknown builtin source {spec!r}; available: "
-                + ", ".join(f"builtin:{b}" for b in BUILTINS)
-            )
-        return "builtin", name
-    if spec.startswith("preset:"):
-        name = spec.split(":", 1)[1].strip()
-        if name not in PRESETS:
-            raise CalibrationError(
-                f"unknown preset {spec!r}; available: "
-                + ", ".join(f"preset:{p}" for p in PRESETS)
-            )
-        return "preset", name
+    for kind, names, noun in (("builtin", BUILTINS, "builtin source"),
+                              ("preset", PRESETS, "preset")):
+        prefix = f"{kind}:"
+        if spec.startswith(prefix):
+            name = spec[len(prefix):].strip()
+            if name not in names:
+                raise CalibrationError(f"unknown {noun} {spec!r}; available: "
+                                       + ", ".join(prefix + n for n in names))
+            return kind, name
     return "file", spec
 
 

@@ -7,6 +7,7 @@ from the ranking seed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 
@@ -35,7 +36,7 @@ def random_windows(settings: CalibrationSettings, tokenizer, model, held_out: in
     allowed = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
     if allowed.numel() == 0:
         raise CalibrationError("builtin:random: the tokenizer has no non-special tokens")
-    n, t = settings.samples, settings.seqlen
+    t = settings.seqlen
 
     def draw(count: int, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -43,13 +44,7 @@ def random_windows(settings: CalibrationSettings, tokenizer, model, held_out: in
 
     recipe = {**base, "mode": "random", "role": "ranking", "allowed_tokens": int(allowed.numel()),
               "source_fingerprint": source_fingerprint(settings)}
-    ranking = Calibration(settings.spec, draw(n, settings.seed), recipe)
-    if not held_out:
-        return ranking, None
-    held_seed = _derived_seed(settings.seed, "heldout")
-    held = Calibration(settings.spec, draw(held_out, held_seed),
-                       {**recipe, "role": "heldout", "samples": held_out, "heldout_seed": held_seed})
-    return ranking, held
+    return _ranking_and_held_out(settings, recipe, held_out, draw)
 
 
 def selfgen_windows(settings: CalibrationSettings, tokenizer, model, held_out: int, base: dict):
@@ -58,16 +53,24 @@ def selfgen_windows(settings: CalibrationSettings, tokenizer, model, held_out: i
             "builtin:selfgen generates its text with the model being analysed, but no model "
             "was given. Pass model=..., or pick builtin:licenses / builtin:pydocs."
         )
-    n, t = settings.samples, settings.seqlen
+    t = settings.seqlen
     recipe = {**base, "mode": "generated", "role": "ranking", "prompts": list(SELFGEN_PROMPTS),
               "top_k": SELFGEN_TOP_K, "temperature": 1.0,
               "model": str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""),
               "source_fingerprint": source_fingerprint(settings)}
-    ranking = Calibration(settings.spec, _generate(model, tokenizer, n, t, settings.seed), recipe)
+    return _ranking_and_held_out(settings, recipe, held_out,
+                                 lambda count, seed: _generate(model, tokenizer, count, t, seed))
+
+
+def _ranking_and_held_out(settings: CalibrationSettings, recipe: dict, held_out: int,
+                          make: Callable[[int, int], torch.Tensor]):
+    """`make(count, seed)` rows: N from the seed, and `held_out` fresh ones from a seed
+    derived from it (made sources have no text to keep apart, only seeds)."""
+    ranking = Calibration(settings.spec, make(settings.samples, settings.seed), recipe)
     if not held_out:
         return ranking, None
     held_seed = _derived_seed(settings.seed, "heldout")
-    held = Calibration(settings.spec, _generate(model, tokenizer, held_out, t, held_seed),
+    held = Calibration(settings.spec, make(held_out, held_seed),
                        {**recipe, "role": "heldout", "samples": held_out, "heldout_seed": held_seed})
     return ranking, held
 
