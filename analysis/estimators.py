@@ -1,9 +1,15 @@
 """Entropy estimators and the cosine baseline, as pure batched tensor functions.
 
-Every function takes hidden states ``x`` of shape [B, N, D] (B samples, N tokens, D dims),
-computes in float32 on ``x``'s device whatever the input dtype, and returns a float32
-tensor of shape [B]: one value per sample. Nothing loops over tokens or dimensions in
-Python; the estimators run on every captured hidden state of a forward pass.
+Every function takes hidden states ``x`` of shape [B, T, D] (a batch of B windows of T
+tokens each, D hidden dims), computes in float32 on ``x``'s device whatever the input
+dtype, and returns a float32 tensor of shape [B]: one value per window (sample). Nothing
+loops over tokens or dimensions in Python; the estimators run on every captured hidden
+state of a forward pass.
+
+Names, as in the rest of the project: N is the number of windows in a calibration set,
+T the tokens per window, B a batch of windows, D the hidden size; ``k`` is only ever the
+pruning budget, so the knn neighbour count is ``knn_k``. SPEC.md writes N for the tokens
+of one sample; that N is T here.
 
 Positions to leave out (``skip_first``, the attention sink) are the caller's business:
 slice ``x[:, skip_first:]`` before calling.
@@ -33,7 +39,7 @@ _STD_EPS = 1e-10
 _LOG_K_FLOOR = math.log(1e-10)
 _COS_EPS = 1e-8
 _SNAP_REL = 1e-5
-# knn: a k-th neighbour distance^2 below this fraction of the token's |a|^2 is recomputed
+# knn: a knn_k-th neighbour distance^2 below this fraction of the token's |a|^2 is recomputed
 # from the difference of the two tokens.
 _EXACT_REL = 1e-2
 
@@ -41,7 +47,7 @@ _EXACT_REL = 1e-2
 class Workspace:
     """Scratch buffers that repeated ``entropies`` calls reuse.
 
-    On a CPU, every fresh [B, N, D] temporary costs page faults and cache misses: on the
+    On a CPU, every fresh [B, T, D] temporary costs page faults and cache misses: on the
     demo model up to a quarter of the estimators' time. A caller that runs the estimators
     over many same-sized stacks keeps one Workspace and passes it to each call. A buffer
     grows to the largest request; within one call a name is taken again only once its
@@ -67,20 +73,20 @@ class EstimatorInputError(ValueError):
 
 
 def _as_states(x: Tensor, name: str = "x", min_tokens: int = 1) -> Tensor:
-    """Check the [B, N, D] shape and return a detached float32 view/copy."""
+    """Check the [B, T, D] shape and return a detached float32 view/copy."""
     if not isinstance(x, Tensor):
         raise EstimatorInputError(
-            f"{name} must be a torch.Tensor of shape [B, N, D]; got {type(x)}"
+            f"{name} must be a torch.Tensor of shape [B, T, D]; got {type(x)}"
         )
     if x.dim() != 3:
         raise EstimatorInputError(
-            f"{name} must have shape [B, N, D] (samples, tokens, dims); got shape {tuple(x.shape)}"
+            f"{name} must have shape [B, T, D] (samples, tokens, dims); got shape {tuple(x.shape)}"
         )
     if x.is_complex():
         raise EstimatorInputError(f"{name} must be real-valued; got dtype {x.dtype}")
     if x.shape[1] < min_tokens:
         raise EstimatorInputError(
-            f"{name} has N={x.shape[1]} tokens per sample; this estimator needs at least "
+            f"{name} has T={x.shape[1]} tokens per sample; this estimator needs at least "
             f"{min_tokens} (use longer windows or a smaller skip_first)"
         )
     if x.shape[2] < 1:
@@ -91,7 +97,7 @@ def _as_states(x: Tensor, name: str = "x", min_tokens: int = 1) -> Tensor:
 def _bad_samples(x: Tensor) -> Tensor:
     """[B] bool: True where the sample holds any non-finite entry."""
     # A sum over a sample is non-finite iff it holds NaN/inf (or overflows float32, which
-    # hidden states never approach); a plain reduction makes no [B, N, D] temporary.
+    # hidden states never approach); a plain reduction makes no [B, T, D] temporary.
     return ~torch.isfinite(x.sum(dim=(1, 2)))
 
 
@@ -100,7 +106,7 @@ def _nan_where(bad: Tensor, h: Tensor) -> Tensor:
 
 
 def _gram_sq_dists(a: Tensor, snap_rel: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Squared L2 distances [B, N, N] between the tokens of each sample, and |a_i|^2 [B, N].
+    """Squared L2 distances [B, T, T] between the tokens of each sample, and |a_i|^2 [B, T].
 
     Uses the Gram-matrix identity |a|^2 + |b|^2 - 2 a.b: one batched matmul, where
     computing the differences directly is ~15x slower on CPU. Its rounding error is about
@@ -110,7 +116,7 @@ def _gram_sq_dists(a: Tensor, snap_rel: float = 0.0) -> tuple[Tensor, Tensor]:
     0. The diagonal is exactly 0. On CUDA this assumes full-precision float32 matmuls
     (PyTorch's default; TF32 would make the error ~1e-3).
     """
-    # vector_norm(...)^2 instead of square().sum(): no [B, N, D] temporary, ~10x faster on CPU.
+    # vector_norm(...)^2 instead of square().sum(): no [B, T, D] temporary, ~10x faster on CPU.
     norms_sq = torch.linalg.vector_norm(a, dim=-1).square()
     norm_sum = norms_sq.unsqueeze(2) + norms_sq.unsqueeze(1)
     sq = torch.baddbmm(norm_sum, a, a.transpose(1, 2), alpha=-2.0).clamp_min_(0.0)
@@ -155,7 +161,7 @@ def _bucket(x: Tensor, bins: int, ws: Workspace, *, scatter: bool | None = None)
 
 
 def _shift_to_bulk(x: Tensor, out: Tensor | None = None) -> Tensor:
-    """x minus, per sample, the token nearest the mean [B, N, D] (written to ``out`` if given).
+    """x minus, per sample, the token nearest the mean [B, T, D] (written to ``out`` if given).
 
     Gram-matrix distances are accurate near the origin. The mean itself is a poor origin
     when one huge attention-sink token drags it far from every other token; the token
@@ -163,15 +169,15 @@ def _shift_to_bulk(x: Tensor, out: Tensor | None = None) -> Tensor:
     """
     mean = x.mean(dim=1, keepdim=True)  # [B, 1, D]
     # |x_i - m|^2 = |x_i|^2 - 2 x_i.m + const: only the argmin is needed.
-    # (bmm rather than vecdot: a matrix-vector product needs no [B, N, D] temporary.)
+    # (bmm rather than vecdot: a matrix-vector product needs no [B, T, D] temporary.)
     to_mean = torch.linalg.vector_norm(x, dim=-1).square() - 2.0 * torch.bmm(
         x, mean.transpose(1, 2)).squeeze(-1)
     ref = to_mean.argmin(dim=1).view(-1, 1, 1).expand(-1, 1, x.shape[2])
     return torch.sub(x, torch.gather(x, 1, ref), out=out)
 
 
-def _kth_smallest(t: Tensor, k: int, *, use_numpy: bool | None = None) -> Tensor:
-    """The k-th smallest value (1-based) along the last dim: [..., M] -> [...].
+def _kth_smallest(t: Tensor, rank: int, *, use_numpy: bool | None = None) -> Tensor:
+    """The rank-th smallest value (1-based) along the last dim: [..., M] -> [...].
 
     On a CPU, numpy's introselect (np.partition) is 3-5x faster than torch.kthvalue,
     which also tracks indices; elsewhere torch.kthvalue runs on the device.
@@ -179,15 +185,15 @@ def _kth_smallest(t: Tensor, k: int, *, use_numpy: bool | None = None) -> Tensor
     if use_numpy is None:
         use_numpy = t.device.type == "cpu"
     if use_numpy:
-        part = np.partition(t.detach().contiguous().numpy(), k - 1, axis=-1)
-        return torch.from_numpy(part[..., k - 1].copy())
-    return t.kthvalue(k, dim=-1).values
+        part = np.partition(t.detach().contiguous().numpy(), rank - 1, axis=-1)
+        return torch.from_numpy(part[..., rank - 1].copy())
+    return t.kthvalue(rank, dim=-1).values
 
 
-def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) -> Tensor:
+def _knn(x: Tensor, shifted: Tensor, knn_k: int, *, sparse_fix: bool | None = None) -> Tensor:
     """knn_entropy from x and ``_shift_to_bulk(x)``, without validation or the mask.
 
-    The k-th neighbour distance comes from Gram-matrix distances of the shifted tokens.
+    The knn_k-th neighbour distance comes from Gram-matrix distances of the shifted tokens.
     Where that distance is small next to the token's norm (exact or near duplicates,
     where the Gram form's rounding would dominate), r is recomputed from the difference
     of the two tokens, so it keeps full float32 accuracy (an exact duplicate gives
@@ -202,14 +208,14 @@ def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) 
     if sparse_fix is None:
         sparse_fix = x.device.type == "cpu"
     if sparse_fix:
-        r2 = _kth_smallest(sq, k)  # [B, N]
+        r2 = _kth_smallest(sq, knn_k)  # [B, T]
         r = r2.sqrt()
         b, i = (r2 <= _EXACT_REL * norms_sq).nonzero(as_tuple=True)
         if b.numel():
-            nb = sq[b, i].kthvalue(k, dim=-1).indices
+            nb = sq[b, i].kthvalue(knn_k, dim=-1).indices
             r[b, i] = torch.linalg.vector_norm(x[b, i] - x[b, nb], dim=-1)
     else:
-        kth = sq.kthvalue(k, dim=-1)
+        kth = sq.kthvalue(knn_k, dim=-1)
         neighbour = torch.gather(x, 1, kth.indices.unsqueeze(-1).expand(-1, -1, n_dims))
         exact = torch.linalg.vector_norm(x - neighbour, dim=-1)
         r = torch.where(kth.values <= _EXACT_REL * norms_sq, exact, kth.values.sqrt())
@@ -218,7 +224,7 @@ def _knn(x: Tensor, shifted: Tensor, k: int, *, sparse_fix: bool | None = None) 
         0.5 * n_dims * math.log(math.pi)
         - math.lgamma(0.5 * n_dims + 1.0)
         + math.log(n_tokens)
-        - math.log(k)
+        - math.log(knn_k)
     )
     return n_dims * (r + _LOG_EPS).log().mean(dim=1) + const
 
@@ -231,10 +237,10 @@ def _renyi(shifted: Tensor, alpha: float, ws: Workspace) -> Tensor:
     whose Gram form stays accurate when an attention sink squeezes every other token into a
     tiny z-space cluster.
 
-    The N*N distance matrix is symmetric with a zero diagonal, so both the median and the
-    kernel mean are taken over the N(N-1)/2 pairs above the diagonal: sorted, the N*N
-    entries are the N diagonal zeros followed by each pair's value twice, and the mean
-    is (N + 2 * sum over pairs of K^(alpha-1)) / N^2 (K = 1 on the diagonal).
+    The T*T distance matrix is symmetric with a zero diagonal, so both the median and the
+    kernel mean are taken over the T(T-1)/2 pairs above the diagonal: sorted, the T*T
+    entries are the T diagonal zeros followed by each pair's value twice, and the mean
+    is (T + 2 * sum over pairs of K^(alpha-1)) / T^2 (K = 1 on the diagonal).
     """
     n_samples, n_tokens, _ = shifted.shape
     # The variance from the shifted tokens' moments: the shift is a typical token, so its
@@ -248,7 +254,7 @@ def _renyi(shifted: Tensor, alpha: float, ws: Workspace) -> Tensor:
     # sigma == 0 (and H = 0 for identical tokens) exact rather than rounding noise.
     sq, _ = _gram_sq_dists(z, snap_rel=_SNAP_REL)
     rows, cols = torch.triu_indices(n_tokens, n_tokens, 1, device=z.device)
-    pairs = sq.flatten(1).index_select(1, rows * n_tokens + cols)  # [B, N(N-1)/2]
+    pairs = sq.flatten(1).index_select(1, rows * n_tokens + cols)  # [B, T(T-1)/2]
 
     middle = (n_tokens * n_tokens - 1) // 2  # torch.median's (lower) middle position
     if middle < n_tokens:  # the middle entry is a diagonal zero
@@ -269,51 +275,52 @@ def bucket_entropy(x: Tensor, bins: int) -> Tensor:
     """Histogram entropy summed over dimensions.
 
     For each sample b and dimension d, split [min_t x[b,t,d], max_t x[b,t,d]] into ``bins``
-    equal-width bins (a value equal to the max goes into the last bin), count the N tokens
-    per bin, p = max(count / N, 1e-10), and
+    equal-width bins (a value equal to the max goes into the last bin), count the T tokens
+    per bin, p = max(count / T, 1e-10), and
 
         H_b = sum_d ( -sum_bins p log p ).
 
     A constant dimension (max == min) puts every token in the first bin: entropy 0 apart
     from the 1e-10 floor of the empty bins (about 2.3e-9 each).
 
-    Shapes: x [B, N, D] -> [B] float32.
+    Shapes: x [B, T, D] -> [B] float32.
     """
     _check_bins(bins)
     x = _as_states(x)
     return _nan_where(_bad_samples(x), _bucket(x, bins, Workspace()))
 
 
-def knn_entropy(x: Tensor, k: int) -> Tensor:
-    """Kozachenko-Leonenko k-nearest-neighbour entropy, in the research code's form.
+def knn_entropy(x: Tensor, knn_k: int) -> Tensor:
+    """Kozachenko-Leonenko nearest-neighbour entropy, in the research code's form.
 
-    With r_i the L2 distance from token i to its k-th nearest *other* token of the same
+    With r_i the L2 distance from token i to its knn_k-th nearest *other* token of the same
     sample (self is excluded; exact duplicates count, at distance 0),
 
-        H_b = D * mean_i log(r_i + 1e-10) + (D/2) log(pi) - lgamma(D/2 + 1) + log N - log k.
+        H_b = D * mean_i log(r_i + 1e-10) + (D/2) log(pi) - lgamma(D/2 + 1) + log T - log knn_k.
 
-    This uses log k where the textbook estimator has digamma(k); the difference,
-    log k - digamma(k) ~ 1/(2k), is a constant offset that cancels in H(Y) - H(X).
+    This uses log knn_k where the textbook estimator has digamma(knn_k); the difference,
+    log knn_k - digamma(knn_k) ~ 1/(2 knn_k), is a constant offset that cancels in
+    H(Y) - H(X).
 
     Distances come from the Gram matrix of the tokens shifted to the bulk; pairs much
     closer than their norms (duplicates) get their distance recomputed directly, so an
     exact duplicate gives exactly 0.
 
-    Shapes: x [B, N, D] -> [B] float32. Needs 1 <= k <= N - 1.
+    Shapes: x [B, T, D] -> [B] float32. Needs 1 <= knn_k <= T - 1.
     """
-    _check_knn_k(k)
+    _check_knn_k(knn_k)
     x = _as_states(x, min_tokens=2)
-    _check_k_below_n(k, x.shape[1])
-    return _nan_where(_bad_samples(x), _knn(x, _shift_to_bulk(x), k))
+    _check_knn_k_below_tokens(knn_k, x.shape[1])
+    return _nan_where(_bad_samples(x), _knn(x, _shift_to_bulk(x), knn_k))
 
 
 def renyi_entropy(x: Tensor, alpha: float) -> Tensor:
     """Renyi entropy of order alpha from a Gaussian kernel matrix.
 
-    Per sample: z-score each dimension over the N tokens, z = (x - mean) / (std + 1e-10)
-    with the *biased* std (divide by N). d_ij is the L2 distance between z_i and z_j over
-    all N*N pairs, the zero diagonal included; sigma is the median of those N*N entries
-    (torch.median: the lower middle value when N*N is even). Then
+    Per sample: z-score each dimension over the T tokens, z = (x - mean) / (std + 1e-10)
+    with the *biased* std (divide by T). d_ij is the L2 distance between z_i and z_j over
+    all T*T pairs, the zero diagonal included; sigma is the median of those T*T entries
+    (torch.median: the lower middle value when T*T is even). Then
 
         K_ij = max(exp(-d_ij^2 / (2 sigma^2)), 1e-10)
         H_b  = log(mean_ij K_ij^(alpha - 1)) / (1 - alpha).
@@ -323,7 +330,7 @@ def renyi_entropy(x: Tensor, alpha: float) -> Tensor:
     zero, e.g. all tokens identical), K takes its sigma -> 0 limit: 1 where d_ij == 0 and
     the 1e-10 floor elsewhere. Identical tokens therefore give H = 0.
 
-    Shapes: x [B, N, D] -> [B] float32. Needs alpha > 0, alpha != 1.
+    Shapes: x [B, T, D] -> [B] float32. Needs alpha > 0, alpha != 1.
     """
     alpha = _check_alpha(alpha)
     x = _as_states(x)
@@ -341,13 +348,13 @@ def entropies(
     check, which makes this the one to call on every captured point. Pass the same
     ``workspace`` to repeated calls to reuse its scratch memory.
 
-    Shapes: x [B, N, D] -> [3, B] float32 (rows in ESTIMATOR_NAMES order).
+    Shapes: x [B, T, D] -> [3, B] float32 (rows in ESTIMATOR_NAMES order).
     """
     _check_bins(bins)
     _check_knn_k(knn_k)
     alpha = _check_alpha(renyi_alpha)
     x = _as_states(x, min_tokens=2)
-    _check_k_below_n(knn_k, x.shape[1])
+    _check_knn_k_below_tokens(knn_k, x.shape[1])
     ws = workspace if workspace is not None else Workspace()
     h_bucket = _bucket(x, bins, ws)
     # The bucket's scratch "work" is free again: it takes the shifted tokens.
@@ -362,15 +369,15 @@ def _check_bins(bins) -> None:
         raise EstimatorInputError(f"bins must be a positive integer; got {bins!r}")
 
 
-def _check_knn_k(k) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise EstimatorInputError(f"knn_k must be a positive integer; got {k!r}")
+def _check_knn_k(knn_k) -> None:
+    if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
+        raise EstimatorInputError(f"knn_k must be a positive integer; got {knn_k!r}")
 
 
-def _check_k_below_n(k: int, n_tokens: int) -> None:
-    if k >= n_tokens:
+def _check_knn_k_below_tokens(knn_k: int, n_tokens: int) -> None:
+    if knn_k >= n_tokens:
         raise EstimatorInputError(
-            f"knn_k={k} must be smaller than the tokens per sample (N={n_tokens}); "
+            f"knn_k={knn_k} must be smaller than the tokens per sample (T={n_tokens}); "
             "lower knn_k, use longer windows or a smaller skip_first"
         )
 
@@ -390,13 +397,13 @@ def cosine_importance(x: Tensor, y: Tensor) -> Tensor:
 
     so a zero vector has cosine 0 with anything. Range [0, 2]; 0 means Y == X up to scale.
 
-    Shapes: x [B, N, D], y [B, N, D] -> [B] float32.
+    Shapes: x [B, T, D], y [B, T, D] -> [B] float32.
     """
     x = _as_states(x, "x")
     y = _as_states(y, "y")
     if x.shape != y.shape:
         raise EstimatorInputError(
-            f"x and y must have the same shape [B, N, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
+            f"x and y must have the same shape [B, T, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     return cosine_from_parts(
         torch.linalg.vecdot(x, y, dim=-1),
@@ -414,21 +421,21 @@ def cosine_from_parts(dots: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
     A NaN/inf entry in x or y makes its token's dot product NaN or inf and its norm inf
     or NaN, so the ratio, and the sample's importance, is NaN without a separate check.
 
-    Shapes: dots, norm_x, norm_y [B, N] float32 -> [B] float32.
+    Shapes: dots, norm_x, norm_y [B, T] float32 -> [B] float32.
     """
-    # Dividing the [B, N] dot products, not the [B, N, D] vectors, saves two full copies.
+    # Dividing the [B, T] dot products, not the [B, T, D] vectors, saves two full copies.
     return 1.0 - (dots / (norm_x.clamp_min(_COS_EPS) * norm_y.clamp_min(_COS_EPS))).mean(dim=1)
 
 
 def nonfinite_count(x: Tensor) -> Tensor:
     """Number of NaN / +-inf entries per sample.
 
-    Shapes: x [B, N, D] (any float dtype) -> [B] int64. Counts are integers, so this is
+    Shapes: x [B, T, D] (any float dtype) -> [B] int64. Counts are integers, so this is
     the one function here that does not return float32.
     """
     if not isinstance(x, Tensor) or x.dim() != 3:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x)
-        raise EstimatorInputError(f"x must be a tensor of shape [B, N, D]; got {shape}")
+        raise EstimatorInputError(f"x must be a tensor of shape [B, T, D]; got {shape}")
     return (~torch.isfinite(x.detach())).flatten(1).sum(dim=1)
 
 
@@ -440,7 +447,7 @@ def entropy(
     knn_k: int = 25,
     renyi_alpha: float = 4.0,
 ) -> Tensor:
-    """Run the estimator called ``name`` ("bucket", "knn" or "renyi") on x [B, N, D] -> [B].
+    """Run the estimator called ``name`` ("bucket", "knn" or "renyi") on x [B, T, D] -> [B].
 
     Only the parameter of the chosen estimator is used; the defaults match
     ``EstimatorSettings``.

@@ -5,7 +5,7 @@ tokens minus the attention sink, SmolLM2-135M hidden size) and prints ms per cal
 ``entropies`` (all three at once, as the capture calls them) on one 8 MiB CPU stack of
 [16, 127, 576] with a reused Workspace.
 
-    python bench/bench_estimators.py [--threads N] [--repeats R] [--dtype float32|bfloat16|float16]
+    python bench/bench_estimators.py [--threads THREADS] [--repeats R] [--dtype float32|bfloat16|float16]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
     cases: dict[str, Callable[[], torch.Tensor]] = {
         "bucket (bins=20)": lambda: bucket_entropy(x, 20),
         "bucket (bins=80)": lambda: bucket_entropy(x, 80),
-        "knn (k=25)": lambda: knn_entropy(x, 25),
+        "knn (knn_k=25)": lambda: knn_entropy(x, 25),
         "renyi (alpha=4)": lambda: renyi_entropy(x, 4.0),
         "cosine": lambda: cosine_importance(x, y),
         "nonfinite_count": lambda: nonfinite_count(x),

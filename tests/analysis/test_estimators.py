@@ -76,12 +76,12 @@ def test_bucket_constant_data_gives_zero_without_nan():
 
 
 def test_bucket_two_level_and_one_hot_dimensions():
-    n = 10
-    x = torch.zeros(1, n, 3)
-    x[0, n // 2 :, 0] = 1.0  # half 0, half 1: log 2
-    x[0, 0, 1] = 5.0  # one-hot over tokens: binary entropy of 1/N
+    n_tokens = 10
+    x = torch.zeros(1, n_tokens, 3)
+    x[0, n_tokens // 2 :, 0] = 1.0  # half 0, half 1: log 2
+    x[0, 0, 1] = 5.0  # one-hot over tokens: binary entropy of 1/T
     # dim 2 stays constant: 0
-    expected = math.log(2) + _binary_entropy(1 / n)
+    expected = math.log(2) + _binary_entropy(1 / n_tokens)
     torch.testing.assert_close(
         bucket_entropy(x, bins=20), torch.tensor([expected]), atol=1e-5, rtol=0
     )
@@ -107,19 +107,19 @@ def test_bucket_max_value_falls_in_last_bin():
 
 @pytest.mark.parametrize("dims", [2, 4])
 def test_knn_gaussian_matches_closed_form(dims):
-    n, k = 2000, 25
+    n_tokens, knn_k = 2000, 25
     a = torch.randn(dims, dims, generator=_gen(10 + dims), dtype=torch.float64)
     cov = a @ a.T + 0.5 * torch.eye(dims, dtype=torch.float64)
     chol = torch.linalg.cholesky(cov).float()
-    x = torch.randn(4, n, dims, generator=_gen(20 + dims)) @ chol.T
+    x = torch.randn(4, n_tokens, dims, generator=_gen(20 + dims)) @ chol.T
     h_gauss = 0.5 * (dims * math.log(2 * math.pi * math.e) + torch.logdet(cov).item())
-    # The estimator uses log k where Kozachenko-Leonenko has digamma(k), so it sits
-    # log k - digamma(k) ~ 1/(2k) ~ 0.02 below the true entropy, whatever D is
-    # (log N - digamma(N) ~ 2.5e-4 is negligible). What is left is the finite-sample
-    # bias and noise of KL with k=25, N=2000: over 20 seeds, -0.04 +- 0.03 per sample for
+    # The estimator uses log knn_k where Kozachenko-Leonenko has digamma(knn_k), so it sits
+    # log knn_k - digamma(knn_k) ~ 1/(2 knn_k) ~ 0.02 below the true entropy, whatever D is
+    # (log T - digamma(T) ~ 2.5e-4 is negligible). What is left is the finite-sample
+    # bias and noise of KL with knn_k=25, T=2000: over 20 seeds, -0.04 +- 0.03 per sample for
     # D=2 and D=4, so the mean of 4 samples stays well within 0.1.
-    shift = math.log(k) - torch.special.digamma(torch.tensor(float(k))).item()
-    h = knn_entropy(x, k)
+    shift = math.log(knn_k) - torch.special.digamma(torch.tensor(float(knn_k))).item()
+    h = knn_entropy(x, knn_k)
     assert h.shape == (4,)
     assert abs(h.mean().item() - (h_gauss - shift)) < 0.1
 
@@ -132,20 +132,20 @@ def test_knn_scaling_adds_d_log_c():
     )
 
 
-def _knn_reference(x: torch.Tensor, k: int) -> np.ndarray:
+def _knn_reference(x: torch.Tensor, knn_k: int) -> np.ndarray:
     """Float64 brute force of the SPEC formula, one sample at a time."""
     out = []
     for sample in x.double().numpy():
-        n, d = sample.shape
+        n_tokens, d = sample.shape
         dist = np.sqrt(((sample[:, None, :] - sample[None, :, :]) ** 2).sum(-1))
         np.fill_diagonal(dist, np.inf)
-        r = np.sort(dist, axis=1)[:, k - 1]
+        r = np.sort(dist, axis=1)[:, knn_k - 1]
         out.append(
             d * np.mean(np.log(r + 1e-10))
             + d / 2 * math.log(math.pi)
             - math.lgamma(d / 2 + 1)
-            + math.log(n)
-            - math.log(k)
+            + math.log(n_tokens)
+            - math.log(knn_k)
         )
     return np.array(out)
 
@@ -153,19 +153,20 @@ def _knn_reference(x: torch.Tensor, k: int) -> np.ndarray:
 def test_knn_matches_brute_force_with_an_attention_sink_outlier():
     x = torch.randn(2, 50, 16, generator=_gen(4)) * 3 + 200.0
     x[:, 0] *= 150.0  # a sink-like token far from everything
-    for k in (1, 5, 25):
-        expected = torch.from_numpy(_knn_reference(x, k)).float()
-        torch.testing.assert_close(knn_entropy(x, k), expected, rtol=1e-5, atol=1e-4)
+    for knn_k in (1, 5, 25):
+        expected = torch.from_numpy(_knn_reference(x, knn_k)).float()
+        torch.testing.assert_close(knn_entropy(x, knn_k), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_knn_exact_duplicates_give_zero_distance():
-    # Every token appears twice, far from the origin: with k=1, every r_i is exactly 0,
+    # Every token appears twice, far from the origin: with knn_k=1, every r_i is exactly 0,
     # so H = D * log(1e-10) + constants. A Gram-only distance would leave rounding noise.
     half = torch.randn(1, 20, 8, generator=_gen(5)) + 1000.0
     x = torch.cat([half, half], dim=1)
-    n, d = 40, 8
+    n_tokens, d = 40, 8
     expected = (
-        d * math.log(1e-10) + d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1) + math.log(n)
+        d * math.log(1e-10) + d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1)
+        + math.log(n_tokens)
     )
     torch.testing.assert_close(knn_entropy(x, 1), torch.tensor([expected]), rtol=1e-6, atol=1e-3)
 
@@ -185,10 +186,10 @@ def test_knn_excludes_self():
 def test_kth_smallest_numpy_and_torch_paths_agree():
     t = torch.randint(0, 6, (3, 7, 20), generator=_gen(43)).float()  # many ties
     t[:, :, 0] = float("inf")
-    for k in (1, 4, 19, 20):
-        expected = torch.sort(t, dim=-1).values[..., k - 1]
+    for rank in (1, 4, 19, 20):
+        expected = torch.sort(t, dim=-1).values[..., rank - 1]
         for use_numpy in (True, False):
-            got = _kth_smallest(t, k, use_numpy=use_numpy)
+            got = _kth_smallest(t, rank, use_numpy=use_numpy)
             assert got.shape == (3, 7) and got.dtype == torch.float32
             torch.testing.assert_close(got, expected)
 
@@ -200,10 +201,10 @@ def test_knn_recompute_paths_agree_on_duplicates_and_near_pairs(sparse_fix):
     base = torch.randn(2, 30, 12, generator=_gen(40)) * 5 + 300.0
     base[:, 10:15] = base[:, 0:5]
     base[:, 15:20] = base[:, 5:10] + 1e-4
-    for k in (1, 3, 8):
+    for knn_k in (1, 3, 8):
         x = base.clone()
-        got = _knn(x, _shift_to_bulk(x), k, sparse_fix=sparse_fix)
-        expected = torch.from_numpy(_knn_reference(x, k)).float()
+        got = _knn(x, _shift_to_bulk(x), knn_k, sparse_fix=sparse_fix)
+        expected = torch.from_numpy(_knn_reference(x, knn_k)).float()
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
 
 
@@ -211,10 +212,10 @@ def test_knn_recompute_paths_agree_on_duplicates_and_near_pairs(sparse_fix):
 
 
 def _renyi_reference(sample: np.ndarray, alpha: float) -> float:
-    """Float64 numpy version of the SPEC formula for one [N, D] sample."""
+    """Float64 numpy version of the SPEC formula for one [T, D] sample."""
     z = (sample - sample.mean(0)) / (sample.std(0) + 1e-10)
     dist = np.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1))
-    sigma = np.median(dist)  # N*N is odd here, so no lower/upper-middle ambiguity
+    sigma = np.median(dist)  # T*T is odd here, so no lower/upper-middle ambiguity
     kern = np.maximum(np.exp(-(dist**2) / (2 * sigma**2)), 1e-10)
     return float(np.log(np.mean(kern ** (alpha - 1))) / (1 - alpha))
 
@@ -238,11 +239,11 @@ def test_renyi_larger_case_matches_numpy():
     )
 
 
-@pytest.mark.parametrize("n", [3, 4, 30])  # N = 2: sigma = 0, tested below
-def test_renyi_median_is_the_lower_middle_of_all_n_squared_entries(n):
-    # The estimator takes sigma from the pairs above the diagonal; for even N*N it must
+@pytest.mark.parametrize("n_tokens", [3, 4, 30])  # T = 2: sigma = 0, tested below
+def test_renyi_median_is_the_lower_middle_of_all_t_squared_entries(n_tokens):
+    # The estimator takes sigma from the pairs above the diagonal; for even T*T it must
     # still be torch.median's lower middle of the full matrix, diagonal zeros included.
-    x = torch.randn(3, n, 5, generator=_gen(41 + n), dtype=torch.float64)
+    x = torch.randn(3, n_tokens, 5, generator=_gen(41 + n_tokens), dtype=torch.float64)
     z = (x - x.mean(1, keepdim=True)) / (x.std(1, unbiased=False, keepdim=True) + 1e-10)
     d = torch.cdist(z, z)
     sigma = d.flatten(1).median(dim=1).values.view(-1, 1, 1)
@@ -391,14 +392,14 @@ def test_dispatcher_routes_to_each_estimator():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: bucket_entropy(torch.zeros(4, 5), 10), r"shape \[B, N, D\]"),
+        (lambda: bucket_entropy(torch.zeros(4, 5), 10), r"shape \[B, T, D\]"),
         (lambda: bucket_entropy(torch.zeros(1, 5, 2), 0), "bins must be a positive integer"),
         (lambda: knn_entropy(torch.zeros(1, 5, 2), 5), "knn_k=5 must be smaller"),
         (lambda: knn_entropy(torch.zeros(1, 1, 2), 1), "at least 2"),
         (lambda: knn_entropy(torch.zeros(1, 5, 2), 0), "knn_k must be a positive integer"),
         (lambda: renyi_entropy(torch.zeros(1, 5, 2), 1.0), "renyi_alpha"),
         (lambda: renyi_entropy(torch.zeros(1, 5, 2), -2.0), "renyi_alpha"),
-        (lambda: nonfinite_count(torch.zeros(5)), r"shape \[B, N, D\]"),
+        (lambda: nonfinite_count(torch.zeros(5)), r"shape \[B, T, D\]"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, message):
