@@ -263,8 +263,9 @@ def measure(a: argparse.Namespace) -> dict:
     )
     from entrodrop import service
     from pruning.apply import pruned
-    from pruning.evaluate import evaluate_quality, measure_speed
+    from pruning.evaluate import evaluate_quality
     from pruning.export import export_pruned
+    from pruning.speed import measure_speed
 
     m: dict = {"devices": describe_devices(), "generate": {}, "quality": {}, "export": {},
                "info": {}}
@@ -290,7 +291,7 @@ def measure(a: argparse.Namespace) -> dict:
         cal = CalibrationSettings(a.calibration, samples=a.samples, seqlen=a.seqlen)
         opts = EstimatorSettings(batch_size=8)
 
-        def analyze(lm, **kw) -> dict:
+        def analyze(lm, **kw):
             request = AnalysisRequest(settings(**kw), (cal,), opts, use_cache=False)
             return service.analyze(request, loaded=lm).runs[0]
 
@@ -298,8 +299,8 @@ def measure(a: argparse.Namespace) -> dict:
         bf16 = analyze(loaded, dtype="bfloat16")
         m["info"]["analysis_bf16_seconds"] = f"{time.perf_counter() - t0:.2f}"
         fp32 = analyze(fp32_loaded, dtype="float32")
-        m["curves"] = {"bf16": bf16["entropy_curve"], "fp32": fp32["entropy_curve"]}
-        m["nonfinite_blocks_bf16"] = bf16["nonfinite_blocks"]
+        m["curves"] = {"bf16": bf16.entropy_curve, "fp32": fp32.entropy_curve}
+        m["nonfinite_blocks_bf16"] = bf16.nonfinite_blocks
         if fp32_loaded is not auto:
             del fp32_loaded
 
@@ -309,11 +310,11 @@ def measure(a: argparse.Namespace) -> dict:
             dm = analyze(mapped, device_map_auto=True)
             m["device_map"] = {
                 "devices": sorted({str(v) for v in getattr(mapped.model, "hf_device_map", {}).values()}),
-                "curves": dm["entropy_curve"],
+                "curves": dm.entropy_curve,
             }
             del mapped
 
-        n_layers = bf16["model"]["num_layers"]
+        n_layers = bf16.num_layers
         # The H100 run's blocks, kept inside a smaller model.
         probe = {g: sorted({min(b, n_layers - 1) for b in blocks})
                  for g, blocks in (("layer", (3, 5)), ("attn", (0, 4)))}
@@ -323,22 +324,22 @@ def measure(a: argparse.Namespace) -> dict:
                 m["generate"][g] = _cache_vs_nocache(loaded.model, ids, a.new_tokens)
 
         plan = service.stage_plan(bf16)
-        held = service.heldout_windows(cal, loaded, 8)
+        held = service.held_out_windows(cal, loaded, 8)
         for g in ("layer", "attn"):
-            k = min(4, len(service.decide(bf16, g, "knn", 0, plan)["order"]))
-            d = service.decide(bf16, g, "knn", k, plan)
+            k = min(4, len(service.decision(bf16, g, "knn", 0, plan).order))
+            blocks = list(service.decision(bf16, g, "knn", k, plan).blocks)
             q = evaluate_quality(loaded.model, held,
-                                 {"pruned": lambda d=d, g=g: pruned(loaded.model, g, d["blocks"])})
+                                 {"pruned": lambda b=blocks, g=g: pruned(loaded.model, g, b)})
             m["quality"][f"{g}_k{k}"] = q["pruned"].to_dict()
             if a.speed_repeats > 0:
-                s = measure_speed(loaded.model, lambda d=d, g=g: pruned(loaded.model, g, d["blocks"]),
+                s = measure_speed(loaded.model, lambda b=blocks, g=g: pruned(loaded.model, g, b),
                                   repeats=a.speed_repeats)
                 m["info"][f"speed_{g}_k{k}"] = s.to_dict()
             out = export_pruned(loaded.model, loaded.tokenizer, work / f"export-{g}", granularity=g,
-                                blocks=d["blocks"], manifest={"check": "gpu"})
+                                blocks=blocks, manifest={"check": "gpu"})
             re = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
                                                       trust_remote_code=(g == "attn")).to(loaded.device)
-            with torch.inference_mode(), pruned(loaded.model, g, d["blocks"]):
+            with torch.inference_mode(), pruned(loaded.model, g, blocks):
                 ref = loaded.model(held[:2].to(loaded.device)).logits.float()
             with torch.inference_mode():
                 got = re.to(loaded.dtype)(held[:2].to(loaded.device)).logits.float()
