@@ -9,12 +9,16 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import datetime, timezone
 
 import plotly.io as pio
 
+from analysis.settings import GRANULARITIES
 from app import charts
-from entrodrop import dashboard as db
+from app.logic.prune_view import PruneView, build_view, ranking_rows, view_to_json
+from app.logic.runs import calibration_matrix, robustness, run_label, views_for_runs
+from pruning.manifest import RANK_STRING_NOTE
 
 
 def snapshot() -> dict:
@@ -39,37 +43,37 @@ def figures(snap: Mapping) -> list[tuple[str, object, str]]:
     record = snap.get("analysis")
     if not record:
         return []
-    runs = record["runs"]
+    runs = record.runs
     index = min(snap.get("run_index", 0), len(runs) - 1)
     profile = runs[index]
     settings = dict(snap["view_settings"])
-    view = db.build_view(profile, **settings)
+    view = build_view(profile, **settings)
     out: list[tuple[str, object, str]] = []
-    estimators = snap.get("curve_estimators") or list(profile["entropy_curve"])
+    estimators = snap.get("curve_estimators") or list(profile.entropy_curve)
     out.append(("Entropy dynamics", charts.entropy_curve_figure(
-        profile["entropy_curve"], estimators, view.plan.s_start),
+        profile.entropy_curve, estimators, view.plan.s_start),
         "H(Z_j) for j = 0..L; Stage 1 (shaded) is never pruned; S_start is the first "
         "block that may be pruned."))
     other = {}
-    for gran in ("layer", "attn"):
-        other[gran] = db.build_view(profile, **{**settings, "granularity": gran,
-                                                "k": min(view.k, view.max_k)}).pruned
+    for gran in GRANULARITIES:
+        other[gran] = build_view(profile, **{**settings, "granularity": gran,
+                                             "k": min(view.k, view.max_k)}).pruned
     out.append(("Score per block", charts.delta_h_figure(
-        {g: view_scores(profile, g, view.criterion) for g in ("layer", "attn")}, other,
+        {g: profile.scores(g, view.criterion) for g in GRANULARITIES}, other,
         view.criterion, view.plan.s_start, view.plan.frozen),
         "dH_i = H(Y_i) - H(X_i) per block; the lowest are pruned first."))
     out.append(("Attention-sink diagnostic", charts.sink_figure(
-        profile["sink"]["max_norm"], int(profile["settings"]["skip_first"])),
+        profile.sink_max_norm, int(profile.settings["skip_first"])),
         "log10 of max over samples of ||Z_j[t]|| per point j and position t."))
     if len(runs) > 1:
-        views = db.views_for_runs(runs, **settings)
-        names = [db.run_label(r, i) for i, r in enumerate(runs)]
-        matrix = db.calibration_matrix(runs, granularity=view.granularity,
-                                       criterion=view.criterion, mode="normalised", views=views)
+        views = views_for_runs(runs, **settings)
+        names = [run_label(r, i) for i, r in enumerate(runs)]
+        matrix = calibration_matrix(runs, granularity=view.granularity,
+                                    criterion=view.criterion, mode="normalised", views=views)
         out.append(("Calibration heatmap", charts.calibration_heatmap_figure(
             names, matrix, [v.pruned for v in views], "normalised", index),
             "Each calibration set's scores, min-max normalised per set."))
-        agree = db.robustness(runs, views)
+        agree = robustness(runs, views)
         out.append(("Robustness", charts.agreement_figure(agree["names"], agree["jaccard"]),
                     "Jaccard index of the prune sets chosen on each calibration set."))
     budget = snap.get("budget")
@@ -85,11 +89,6 @@ def figures(snap: Mapping) -> list[tuple[str, object, str]]:
     return out
 
 
-def view_scores(profile: Mapping, granularity: str, criterion: str) -> list:
-    block = profile["blocks"][granularity]
-    return block["cosine"] if criterion == "cosine" else block["delta_h"][criterion]
-
-
 def build_html(snap: Mapping) -> str:
     """The report as one HTML string."""
     parts = []
@@ -100,14 +99,14 @@ def build_html(snap: Mapping) -> str:
         first = False
         parts.append(f"<section><h2>{html.escape(title)}</h2><p>{html.escape(text)}</p>"
                      f"{div}</section>")
-    record = snap.get("analysis") or {}
+    record = snap.get("analysis")
     tables = ""
+    settings = {"view": snap.get("view_settings"), "request": None, "messages": None}
     if record:
-        profile = record["runs"][min(snap.get("run_index", 0), len(record["runs"]) - 1)]
-        view = db.build_view(profile, **dict(snap["view_settings"]))
-        tables = _prune_table(view) + _pre("Prune list (JSON)", db.view_to_json(view, profile))
-    settings = {"view": snap.get("view_settings"), "request": record.get("request"),
-                "messages": record.get("messages")}
+        profile = record.runs[min(snap.get("run_index", 0), len(record.runs) - 1)]
+        view = build_view(profile, **dict(snap["view_settings"]))
+        tables = _prune_table(view) + _pre("Prune list (JSON)", view_to_json(view, profile))
+        settings.update(request=asdict(record.request), messages=record.messages)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     body = "\n".join(parts) or "<p>No analysis has been run yet.</p>"
     return (
@@ -120,11 +119,11 @@ def build_html(snap: Mapping) -> str:
     )
 
 
-def _prune_table(view: db.PruneView) -> str:
+def _prune_table(view: PruneView) -> str:
     head = (f"<tr><th>rank</th><th>{view.criterion} block</th><th>score</th>"
             f"<th>{view.baseline} block</th><th>score</th></tr>")
     rows = []
-    for r in db.ranking_rows(view):
+    for r in ranking_rows(view):
         cls = " class='p'" if r["pruned"] else ""
         rows.append(f"<tr{cls}><td>{r['rank']}</td><td>{r['block']}</td><td>{_fmt(r['score'])}"
                     f"</td><td>{r['baseline_block']}</td><td>{_fmt(r['baseline_score'])}</td></tr>")
@@ -133,7 +132,7 @@ def _prune_table(view: db.PruneView) -> str:
     return (f"<section><h2>Prune list (K = {view.k}, {view.granularity})</h2>"
             f"<p>Overlap {c.overlap} of {view.k}, Jaccard {c.jaccard:.3f}, Kendall tau {tau}. "
             f"Shaded rows are pruned.</p><table>{head}{''.join(rows)}</table>"
-            f"<p>{html.escape(db.RANK_STRING_NOTE)}</p><pre>{view.rank_string()}</pre></section>")
+            f"<p>{html.escape(RANK_STRING_NOTE)}</p><pre>{view.rank_string()}</pre></section>")
 
 
 def _fmt(v) -> str:

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.settings import CRITERIA, ESTIMATORS, GRANULARITIES
+from analysis.profile import Profile
+from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import state
-from entrodrop import dashboard as db
+from app.logic.prune_view import build_view
+from app.logic.runs import run_label
+from entrodrop import service
+from pruning.ranking import CRITERIA
 from pruning.stages import STAGE_POLICIES, max_k
 
 CRITERION_LABELS = {
@@ -40,24 +44,24 @@ def render() -> None:
             st.info("No analysis yet: choose data on the Calibration page and run it.",
                     icon=":material/info:")
             return
-        hits = sum(record["from_cache"])
-        st.caption(f"Analysis: {len(record['runs'])} calibration run(s), {hits} from cache.")
+        hits = sum(record.from_cache)
+        st.caption(f"Analysis: {len(record.runs)} calibration run(s), {hits} from cache.")
         st.markdown("### Pruning")
-        _pruning_controls(record["runs"])
+        _pruning_controls(record.runs)
         _report_button()
 
 
-def _pruning_controls(runs: list[dict]) -> None:
+def _pruning_controls(runs: list[Profile]) -> None:
     ss = st.session_state
     if len(runs) > 1:
         ss["run_index"] = min(int(ss["run_index"]), len(runs) - 1)
         st.selectbox("Calibration set for ranking", range(len(runs)), key="run_index",
                      persist_state="session",
-                     format_func=lambda i: db.run_label(runs[i], i))
+                     format_func=lambda i: run_label(runs[i], i))
     else:
         ss["run_index"] = 0
     profile = runs[int(ss["run_index"])]
-    num_layers = db.num_layers_of(profile)
+    num_layers = profile.num_layers
     st.selectbox("Granularity", GRANULARITIES, key="granularity", persist_state="session",
                  help="layer: remove whole decoder layers. attn: make the attention sub-block "
                       "the identity and keep the MLP.")
@@ -76,8 +80,9 @@ def _pruning_controls(runs: list[dict]) -> None:
                 disabled=ss["stage_policy"] == "reference")
     ss["s_start"] = min(max(int(ss["s_start"]), 0), num_layers - 1)
     with state.guard("Planning the stages"):
-        plan = db.stage_plan(profile, policy=ss["stage_policy"], s_start=ss["s_start"],
-                             allow_last=ss["allow_last"], stage_estimator=ss["stage_estimator"])
+        plan = service.stage_plan(profile, policy=ss["stage_policy"], s_start=ss["s_start"],
+                                  allow_last=ss["allow_last"],
+                                  stage_estimator=ss["stage_estimator"])
         if ss["stage_policy"] != "manual":
             ss["s_start"] = min(plan.s_start, num_layers - 1)
         limit = max_k(plan)
@@ -90,7 +95,7 @@ def _pruning_controls(runs: list[dict]) -> None:
         else:
             st.warning("No block can be pruned with this S_start; move it left.")
         settings = state.view_settings()
-        ss["_view"] = db.build_view(profile, **settings)
+        ss["_view"] = build_view(profile, **settings)
         view = ss["_view"]
         st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
                    f"K={view.k}: **{_blocks(view.pruned)}**")

@@ -1,14 +1,14 @@
 """Per-session state, shared caches and error display for the dashboard pages.
 
 Per-user choices live only in `st.session_state` (one browser session never sees another's).
-What is shared between sessions is read-only or guarded: the loaded models (one
-`ModelRegistry` in `st.cache_resource`, GPU work under `entrodrop.service.MODEL_LOCK`) and
-computed results (`st.cache_data`, keyed by what defines them).
+What is shared between sessions is read-only or guarded: the loaded models (the service's
+`ModelRegistry` in `st.cache_resource`; every operation on them goes through
+`entrodrop.service`, which serialises them) and computed results (`st.cache_data`, keyed by
+what defines them). The session's analysis is an `AnalysisRecord` of typed `Profile`s.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -18,12 +18,32 @@ from typing import Any
 
 import streamlit as st
 
-from analysis.settings import CalibrationSettings, EstimatorSettings, ModelSettings
-from entrodrop import dashboard as db
+from analysis.models import LoadedModel
+from analysis.profile import Profile
+from analysis.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BINS,
+    DEFAULT_CALIBRATION,
+    DEFAULT_KNN_K,
+    DEFAULT_MODEL,
+    DEFAULT_RENYI_ALPHA,
+    DEFAULT_SEED,
+    DEFAULT_SKIP_FIRST,
+    ESTIMATORS,
+    AnalysisRequest,
+    CalibrationSettings,
+    EstimatorSettings,
+    ModelSettings,
+    default_samples,
+    default_seqlen,
+)
+from app.logic import inputs
+from app.logic.errors import describe_error, record_internal_error
+from app.logic.prune_view import PruneView
+from app.logic.runs import AnalysisRecord, request_key
+from entrodrop import service
 
-log = logging.getLogger("entrodrop.app")
-
-DEFAULT_SOURCES = ["builtin:licenses"]
+DEFAULT_SOURCES = [DEFAULT_CALIBRATION]
 
 # Session defaults. The widgets bound to these keys use persist_state="session", so a value
 # survives while its page is not shown (other pages read it).
@@ -33,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "demo_name": "smollm2-135m",
     "model_path": "",
     "hub_id": "",
-    "model_spec": db.DEFAULT_MODEL,
+    "model_spec": DEFAULT_MODEL,
     "device": "auto",
     "dtype": "auto",
     "trust_remote_code": False,
@@ -43,24 +63,24 @@ DEFAULTS: dict[str, Any] = {
     "cal_uploaded": [],
     "cal_samples": None,
     "cal_seqlen": None,
-    "cal_seed": 2024,
+    "cal_seed": DEFAULT_SEED,
     "cal_text_column": "",
-    "est_bins": 20,
-    "est_knn_k": 25,
-    "est_renyi_alpha": 4.0,
-    "est_skip_first": 1,
-    "est_batch_size": 4,
+    "est_bins": DEFAULT_BINS,
+    "est_knn_k": DEFAULT_KNN_K,
+    "est_renyi_alpha": DEFAULT_RENYI_ALPHA,
+    "est_skip_first": DEFAULT_SKIP_FIRST,
+    "est_batch_size": DEFAULT_BATCH_SIZE,
     # shared pruning choices (sidebar)
     "granularity": "attn",
     "criterion": "knn",
     "run_index": 0,
     "stage_policy": "auto",
-    "stage_estimator": "bucket",
+    "stage_estimator": service.DEFAULT_STAGE_ESTIMATOR,
     "s_start": 0,
     "allow_last": False,
     "k": 0,
     # page options
-    "curve_estimators": ["bucket", "knn", "renyi"],
+    "curve_estimators": list(ESTIMATORS),
     "heatmap_mode": "normalised",
     "budget_heldout": 8,
     "gen_prompt": "The capital of France is",
@@ -80,12 +100,12 @@ def init_session() -> None:
     """Fill the defaults once per session, with the model from the command line or env."""
     ss = st.session_state
     if "_initialised" not in ss:
-        spec = db.startup_model_spec(sys.argv[1:], os.environ)
+        spec = inputs.startup_model_spec(sys.argv[1:], os.environ)
         for key, value in DEFAULTS.items():
             if key not in ss:
                 ss[key] = list(value) if isinstance(value, list) else value
         ss["model_spec"] = spec
-        source = db.model_source_of(spec)
+        source = inputs.model_source_of(spec)
         ss["model_source"] = source
         if source == "demo":
             ss["demo_name"] = spec[len("demo:"):]
@@ -95,8 +115,8 @@ def init_session() -> None:
             ss["hub_id"] = spec
         devices = device_info()
         on_gpu = devices["auto_device"] != "cpu"
-        ss["cal_samples"] = ss["cal_samples"] or (128 if on_gpu else 32)
-        ss["cal_seqlen"] = ss["cal_seqlen"] or (256 if on_gpu else 128)
+        ss["cal_samples"] = ss["cal_samples"] or default_samples(on_gpu)
+        ss["cal_seqlen"] = ss["cal_seqlen"] or default_seqlen(on_gpu)
         ss["_initialised"] = True
 
 
@@ -104,17 +124,15 @@ def init_session() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def model_registry() -> db.ModelRegistry:
+def model_registry() -> service.ModelRegistry:
     """One registry for the whole server: every session shares the loaded models."""
-    return db.ModelRegistry(max_models=2)
+    return service.ModelRegistry(max_models=2)
 
 
 @st.cache_resource(show_spinner=False, ttl=30)
 def device_info() -> dict:
     """GPU names and free memory; refreshed every 30 s."""
-    from analysis.models import describe_devices
-
-    return describe_devices()
+    return service.devices()
 
 
 class _Miss(Exception):
@@ -196,60 +214,60 @@ def estimator_settings() -> EstimatorSettings:
 
 def calibration_settings() -> tuple[CalibrationSettings, ...]:
     ss = st.session_state
-    return db.calibration_settings(ss["cal_sources"], samples=int(ss["cal_samples"]),
-                                   seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
-                                   text_column=ss["cal_text_column"])
+    return inputs.calibration_settings(ss["cal_sources"], samples=int(ss["cal_samples"]),
+                                       seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
+                                       text_column=ss["cal_text_column"])
 
 
-def analysis_request():
-    return db.analysis_request(model_settings(), calibration_settings(), estimator_settings())
+def analysis_request() -> AnalysisRequest:
+    return service.analysis_request(model_settings(), calibration_settings(),
+                                    estimator_settings())
 
 
-def loaded_model(progress: db.Progress | None = None):
+def loaded_model(progress: service.Progress | None = None) -> LoadedModel:
     """The current model, loaded (once per server) if needed."""
     return model_registry().get(model_settings().validate(), progress)
 
 
-def peek_model():
+def peek_model() -> LoadedModel | None:
     try:
         return model_registry().peek(model_settings().validate())
     except ValueError:
         return None
 
 
-def run_analysis(request, progress: db.Progress | None = None) -> dict:
-    """The analysis of `request`: from st.cache_data when this server has run it before,
-    else through the service (which reads its own disk cache before loading the model)."""
-    key = db.request_key(request)
+# --------------------------------------------------------------------------- the analysis
 
-    def compute() -> dict:
-        registry = model_registry()
-        return db.run_analysis(request, get_model=lambda s: registry.get(s, progress),
-                               progress=progress)
 
-    result = cache_compute("analysis", key, compute)
+def analyse(request: AnalysisRequest, progress: service.Progress | None = None) -> AnalysisRecord:
+    """`service.analyze(request)` as this session's analysis: from st.cache_data when this
+    server has run it before, else through the service (which reads its own disk cache
+    before loading the model from the shared registry)."""
+    key = request_key(request)
+    registry = model_registry()
+    result = cache_compute("analysis", key, lambda: service.analyze(
+        request, get_model=lambda s: registry.get(s, progress), progress=progress))
     return adopt_analysis(request, key, result)
 
 
-def adopt_analysis(request, key: str, result: dict) -> dict:
-    from dataclasses import asdict
-
-    record = {"key": key, "request": asdict(request), **result}
+def adopt_analysis(request: AnalysisRequest, key: str,
+                   result: service.AnalysisResult) -> AnalysisRecord:
+    record = AnalysisRecord.of(request, key, result)
     st.session_state["analysis"] = record
     st.session_state["run_index"] = 0
     return record
 
 
-def analysis() -> dict | None:
+def analysis() -> AnalysisRecord | None:
     return st.session_state.get("analysis")
 
 
-def runs() -> list[dict]:
+def runs() -> list[Profile]:
     record = analysis()
-    return record["runs"] if record else []
+    return record.runs if record else []
 
 
-def current_run() -> dict | None:
+def current_run() -> Profile | None:
     all_runs = runs()
     if not all_runs:
         return None
@@ -257,12 +275,12 @@ def current_run() -> dict | None:
     return all_runs[min(max(index, 0), len(all_runs) - 1)]
 
 
-def view() -> db.PruneView | None:
+def view() -> PruneView | None:
     """The prune view the sidebar built in this run (None before any analysis)."""
     return st.session_state.get("_view")
 
 
-def require_view() -> tuple[dict, db.PruneView]:
+def require_view() -> tuple[Profile, PruneView]:
     """(current profile, prune view), or a message saying what is missing and st.stop()."""
     profile, current = current_run(), view()
     if profile is None:
@@ -295,18 +313,23 @@ def set_manual_s_start(value: int) -> None:
 # --------------------------------------------------------------------------- errors
 
 
+def show_error(what: str, exc: Exception) -> None:
+    """One st.error: a user error's message (what to do next), or for a bug one line
+    saying where its traceback was logged. Never a traceback on the page."""
+    message = describe_error(exc)
+    if message is None:
+        st.error(record_internal_error(what, exc), icon=":material/error:")
+    else:
+        st.error(f"**{what} failed.** {message}", icon=":material/error:")
+
+
 @contextmanager
 def guard(what: str) -> Iterator[None]:
-    """Show any failure inside as one st.error (what to do next), never a traceback."""
+    """Show any failure inside as one st.error; the rest of the page still renders."""
     try:
         yield
     except Exception as exc:  # Streamlit's rerun/stop signals are BaseExceptions, not caught
-        message = db.describe_error(exc)
-        if message is None:
-            log.exception("%s failed", what)
-            message = (f"unexpected {type(exc).__name__}: {exc}. The app is still usable; "
-                       "the details are in the server log. Please report this.")
-        st.error(f"**{what} failed.** {message}", icon=":material/error:")
+        show_error(what, exc)
 
 
 def progress_bar(label: str):

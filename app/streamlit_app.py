@@ -34,7 +34,14 @@ PAGES = [
     st.Page("views/width.py", title="Width pruning", icon=":material/compress:"),
 ]
 
-state.init_session()
+# The last resort: whatever escapes a page's own guards is still one st.error (a bug's
+# traceback goes to the error log), never a traceback on the page.
+with state.guard("Starting the session"):
+    state.init_session()
+if not st.session_state.get("_initialised"):
+    st.stop()
 page = st.navigation(PAGES)
-sidebar.render()
-page.run()
+with state.guard("Drawing the sidebar"):
+    sidebar.render()
+with state.guard(f"Drawing the {page.title} page"):
+    page.run()

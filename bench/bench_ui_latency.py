@@ -53,8 +53,8 @@ def main() -> int:
     _check(at)
     record = at.session_state["analysis"]
     limit = at.slider(key="k").max
-    print(f"model {a.model}, {record['runs'][0]['model']['num_layers']} layers; analysis "
-          f"{analysis_s:.1f} s (from cache: {record['from_cache']}); K from 0 to {limit}")
+    print(f"model {a.model}, {record.runs[0].num_layers} layers; analysis "
+          f"{analysis_s:.1f} s (from cache: {record.from_cache}); K from 0 to {limit}")
 
     results = {}
     for page in a.pages:
@@ -74,7 +74,7 @@ def main() -> int:
         status = "ok" if results[page]["median_ms"] < TARGET_MS else "SLOW"
         print(f"  {page:<12} median {results[page]['median_ms']:6.1f} ms   max "
               f"{results[page]['max_ms']:6.1f} ms   [{status}]")
-    assert at.session_state["analysis"]["key"] == record["key"]  # K never re-ran anything
+    assert at.session_state["analysis"].key == record.key  # K never re-ran anything
     worst = max(r["median_ms"] for r in results.values())
     print(json.dumps({"bench": "ui_latency", "model": a.model, "target_ms": TARGET_MS,
                       "worst_median_ms": round(worst, 1),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, state
-from entrodrop import dashboard as db
+from app.logic.runs import budget_ks, json_key, profile_fingerprint
+from entrodrop import service
 
 ss = st.session_state
 st.title("Budget")
@@ -14,7 +15,7 @@ profile, view = state.require_view()
 record = state.analysis()
 
 index = int(ss["run_index"])
-ks = db.budget_ks(view.max_k)
+ks = budget_ks(view.max_k)
 
 st.subheader("Quality against K")
 st.markdown(
@@ -25,21 +26,23 @@ st.markdown(
 st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="budget_heldout",
                 persist_state="session")
 st.caption(f"K values: {ks}. Computed once per profile and settings, then cached.")
-budget_key = db.json_key(db.profile_fingerprint(profile), view.granularity, view.order,
-                         view.baseline_order, ks, int(ss["budget_heldout"]),
-                         record["request"]["model"], record["request"]["calibrations"][index])
+cal = record.request.calibrations[index]
+budget_key = json_key(profile_fingerprint(profile), view.granularity, view.order,
+                      view.baseline_order, ks, int(ss["budget_heldout"]),
+                      record.request.model, cal)
 rows = state.cache_lookup("budget", budget_key)
 if st.button("Compute quality curves", key="run_budget", type="primary",
              icon=":material/query_stats:"):
     with state.guard("Computing the quality curves"):
         bar, update = state.progress_bar("Quality curves")
         loaded = state.loaded_model(update)
-        cal = db.request_calibration(record, index)
 
         def compute():
-            ids = db.held_out_ids(loaded, cal, int(ss["budget_heldout"]))
-            return db.quality_budget(loaded, ids, view, ks,
-                                     batch_size=int(ss["est_batch_size"]), progress=update)
+            ids = service.held_out_windows(cal, loaded, int(ss["budget_heldout"]))
+            orders = {view.criterion: view.order, view.baseline: view.baseline_order}
+            return service.quality_over_k(loaded, ids, orders, view.granularity, ks,
+                                          batch_size=int(ss["est_batch_size"]),
+                                          progress=update)
 
         rows = state.cache_compute("budget", budget_key, compute)
         bar.progress(1.0, text="Quality curves done")
@@ -67,7 +70,11 @@ if loaded is None:
             icon=":material/info:")
 else:
     with state.guard("Counting parameters"):
-        saved = db.parameter_savings(loaded, view.granularity, view.pruned)
+        # Cached: counting prunes the shared model for a moment, under the service's lock.
+        saved = state.cache_compute(
+            "savings", json_key(loaded.identity, str(loaded.dtype), view.granularity,
+                                view.pruned),
+            lambda: service.parameter_savings(loaded, view.granularity, view.pruned))
         p1, p2, p3 = st.columns(3)
         p1.metric("Parameters", f"{saved['params_pruned'] / 1e6:.2f} M",
                   f"-{saved['saved_fraction'] * 100:.1f} %", delta_color="inverse")
@@ -75,13 +82,13 @@ else:
                   f"-{(saved['bytes_base'] - saved['bytes_pruned']) / 2**20:.1f} MiB",
                   delta_color="inverse")
         p3.metric("Blocks pruned", f"{view.k} {view.granularity}")
-    speed_key = db.json_key(view.granularity, view.pruned, loaded.identity)
+    speed_key = json_key(view.granularity, view.pruned, loaded.identity)
     if st.button("Measure speed", key="run_speed", icon=":material/timer:",
                  help="Prefill throughput and decode latency, base and pruned interleaved."):
         with state.guard("Measuring speed"):
             with st.spinner("Timing the base and the pruned model…"):
                 prompt_len = min(128, int(ss["cal_seqlen"]))
-                ss["speed_result"] = {"key": speed_key, **db.speed_for(
+                ss["speed_result"] = {"key": speed_key, **service.speed(
                     loaded, view.granularity, view.pruned, prompt_len=prompt_len,
                     new_tokens=16)}
     speed = ss.get("speed_result")
@@ -107,7 +114,7 @@ if st.button("Generate", key="run_generate", icon=":material/edit_note:"):
         loaded = state.loaded_model(update)
         bar.empty()
         with st.spinner("Generating with the unpruned and the pruned model…"):
-            ss["generation"] = db.generate_for(
+            ss["generation"] = service.generate(
                 loaded, view.granularity, view.pruned, ss["gen_prompt"],
                 max_new_tokens=int(ss["gen_tokens"]), chat=bool(ss.get("gen_chat")))
             ss["generation"]["blocks"] = list(view.pruned)

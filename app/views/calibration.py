@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.settings import ESTIMATORS
 from app import state
-from entrodrop import dashboard as db
+from app.logic import inputs
+from app.logic.runs import request_key, run_label
+from entrodrop import service
 
 ss = st.session_state
 st.title("Calibration")
@@ -22,9 +25,9 @@ def _on_upload() -> None:
     if upload is None:
         return
     try:
-        path = str(db.save_upload(upload.name, upload.getvalue(),
-                                  max_bytes=db.upload_limit_bytes()))
-    except db.UploadError as exc:
+        path = str(inputs.save_upload(upload.name, upload.getvalue(),
+                                      max_bytes=inputs.upload_limit_bytes()))
+    except inputs.UploadError as exc:
         ss["cal_upload_error"] = str(exc)
         return
     ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
@@ -41,8 +44,9 @@ def _on_add_path() -> None:
 
 
 with state.guard("Listing the calibration sources"):
-    options = db.source_options(ss["cal_uploaded"])
-    descriptions = db.source_descriptions()
+    sources = service.calibration_sources()
+    options = inputs.source_options(sources, ss["cal_uploaded"])
+    descriptions = {s["name"]: s["description"] for s in sources}
     ss["cal_sources"] = [s for s in ss["cal_sources"] if s in options]
     st.multiselect("Calibration sources", options, key="cal_sources", persist_state="session",
                    help="builtin: text already on this machine (offline). preset: the research "
@@ -51,7 +55,7 @@ with state.guard("Listing the calibration sources"):
         st.table([{"source": k, "description": v} for k, v in descriptions.items()
                   if k != "<path>"])
 
-limit_mb = db.upload_limit_bytes() / 2**20
+limit_mb = inputs.upload_limit_bytes() / 2**20
 st.file_uploader(f"Upload a calibration file (.txt, .jsonl, .csv, .parquet; at most "
                  f"{limit_mb:.0f} MB)", type=["txt", "jsonl", "csv", "parquet"],
                  key="cal_upload", on_change=_on_upload, max_upload_size=max(1, int(limit_mb)))
@@ -75,10 +79,10 @@ c3.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="cal_seed"
 check = ss.pop("cal_check_upload", None)
 if check and state.peek_model() is not None:
     with state.guard(f"Reading {check}"):
-        cal = db.calibration_settings([check], samples=int(ss["cal_samples"]),
-                                      seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
-                                      text_column=ss["cal_text_column"])[0]
-        info = db.preview_windows(state.peek_model(), cal, n=1)
+        cal = inputs.calibration_settings([check], samples=int(ss["cal_samples"]),
+                                          seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
+                                          text_column=ss["cal_text_column"])[0]
+        info = service.preview_windows(state.peek_model(), cal, n=1)
         column = f", text column `{info['text_column']}`" if info["text_column"] else ""
         st.success(f"`{check}` is usable: {info['documents']} document(s){column}.",
                    icon=":material/check_circle:")
@@ -122,7 +126,7 @@ if preview_clicked:
         loaded = state.loaded_model(update)
         bar.empty()
         for cal in state.calibration_settings():
-            info = db.preview_windows(loaded, cal, n=3)
+            info = service.preview_windows(loaded, cal, n=3)
             with st.expander(f"{cal.spec}: {info['shape'][0]} × {info['shape'][1]} tokens",
                              expanded=True):
                 for i, text in enumerate(info["windows"]):
@@ -133,15 +137,15 @@ with state.guard("Checking the settings"):
     request = state.analysis_request()
 
 if request is not None:
-    key = db.request_key(request)
+    key = request_key(request)
     current = state.analysis()
     if run_clicked:
         with state.guard("Running the analysis"):
             bar, update = state.progress_bar("Analysis")
-            record = state.run_analysis(request, update)
-            bar.progress(1.0, text=f"Analysis done in {record['seconds']:.1f} s")
+            record = state.analyse(request, update)
+            bar.progress(1.0, text=f"Analysis done in {record.seconds:.1f} s")
             st.rerun()  # the sidebar's pruning controls appear with the new result
-    elif current is None or current["key"] != key:
+    elif current is None or current.key != key:
         hit = state.cache_lookup("analysis", key)
         if hit is not None:
             state.adopt_analysis(request, key, hit)
@@ -150,22 +154,22 @@ if request is not None:
 record = state.analysis()
 if record is not None:
     st.subheader("Result")
-    if request is not None and record["key"] != db.request_key(request):
+    if request is not None and record.key != request_key(request):
         st.warning("These results are for earlier settings; press **Run analysis** to "
                    "analyse the current ones.", icon=":material/history:")
     rows = []
-    for i, (run, cached) in enumerate(zip(record["runs"], record["from_cache"], strict=True)):
-        cal = run["calibration"]
-        rows.append({"set": db.run_label(run, i), "N": cal["samples"], "T": cal["seqlen"],
-                     "layers": run["model"]["num_layers"], "from cache": cached,
-                     "S_start (bucket/knn/renyi)": "/".join(str(run["s_start"][e])
-                                                            for e in ("bucket", "knn", "renyi")),
-                     "seconds": round(run.get("seconds", 0.0), 2)})
+    for i, (run, cached) in enumerate(zip(record.runs, record.from_cache, strict=True)):
+        cal = run.calibration
+        rows.append({"set": run_label(run, i), "N": cal["samples"], "T": cal["seqlen"],
+                     "layers": run.num_layers, "from cache": cached,
+                     "S_start (bucket/knn/renyi)": "/".join(str(run.s_start[e])
+                                                            for e in ESTIMATORS),
+                     "seconds": round(run.seconds, 2)})
     st.dataframe(rows, hide_index=True)
-    for msg in record["messages"]:
+    for msg in record.messages:
         st.caption(msg)
-    for run in record["runs"]:
-        for warning in run.get("warnings", []):
+    for run in record.runs:
+        for warning in run.warnings:
             st.warning(warning, icon=":material/warning:")
     st.page_link("views/dynamics.py", label="See the entropy dynamics",
                  icon=":material/arrow_forward:")

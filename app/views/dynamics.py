@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from analysis.settings import ESTIMATORS
+from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import charts, state
-from app.report import view_scores
-from entrodrop import dashboard as db
+from app.logic.prune_view import build_view
+from app.logic.runs import json_key, profile_fingerprint
 
 ss = st.session_state
 st.title("Entropy dynamics")
@@ -33,10 +33,10 @@ def _on_auto() -> None:
 
 
 st.multiselect("Estimators to plot", ESTIMATORS, key="curve_estimators", persist_state="session")
-fingerprint = db.profile_fingerprint(profile)
+fingerprint = profile_fingerprint(profile)
 estimators = list(ss["curve_estimators"] or ["knn"])
-fig = state.figure("curve", db.json_key(fingerprint, estimators, view.plan.s_start),
-                   lambda: charts.entropy_curve_figure(profile["entropy_curve"], estimators,
+fig = state.figure("curve", json_key(profile.entropy_curve, estimators, view.plan.s_start),
+                   lambda: charts.entropy_curve_figure(profile.entropy_curve, estimators,
                                                        view.plan.s_start))
 st.plotly_chart(fig, key="curve_chart", on_select=_on_curve_select,
                 selection_mode="points", width="stretch")
@@ -50,13 +50,13 @@ s2.button("Auto S_start", key="s_start_auto", on_click=_on_auto,
           help="Back to the automatic S_start (minimum of H over the first half of the depth).")
 st.caption(f"Policy **{view.plan.policy}** · S_start = **{view.plan.s_start}** · frozen "
            f"blocks {list(view.plan.frozen)} · auto S_start per estimator: "
-           + ", ".join(f"{e} {profile['s_start'][e]}" for e in ESTIMATORS))
+           + ", ".join(f"{e} {profile.s_start[e]}" for e in ESTIMATORS))
 with st.expander("What you are seeing", icon=":material/school:"):
     st.markdown(
         "Each point is the entropy of the residual stream $Z_j$ at depth $j$: $Z_0$ is the "
         "embedding output and layer $i$ maps $Z_i$ to $Z_{i+1}$, so a model with $L$ layers "
         "has $L+1$ points. Entropy is estimated per calibration window over its tokens "
-        f"(the first {profile['settings']['skip_first']} positions left out) and averaged. "
+        f"(the first {profile.settings['skip_first']} positions left out) and averaged. "
         "The **automatic S_start** is"
     )
     st.latex(r"j^* = \arg\min_{0 \le j \le \lfloor L/2 \rfloor} H(Z_j)")
@@ -70,12 +70,12 @@ with st.expander("What you are seeing", icon=":material/school:"):
 
 st.subheader("Score per block")
 other = {}
-for gran in ("layer", "attn"):
-    other_view = view if gran == view.granularity else db.build_view(
+for gran in GRANULARITIES:
+    other_view = view if gran == view.granularity else build_view(
         profile, **{**state.view_settings(), "granularity": gran})
     other[gran] = other_view.pruned
 st.plotly_chart(charts.delta_h_figure(
-    {g: view_scores(profile, g, view.criterion) for g in ("layer", "attn")}, other,
+    {g: profile.scores(g, view.criterion) for g in GRANULARITIES}, other,
     view.criterion, view.plan.s_start, view.plan.frozen), key="dh_chart", width="stretch")
 with st.expander("What you are seeing", icon=":material/school:"):
     st.markdown(
@@ -93,7 +93,7 @@ with st.expander("What you are seeing", icon=":material/school:"):
 
 st.subheader("Attention-sink diagnostic")
 sink = state.figure("sink", fingerprint, lambda: charts.sink_figure(
-    profile["sink"]["max_norm"], int(profile["settings"]["skip_first"])))
+    profile.sink_max_norm, int(profile.settings["skip_first"])))
 st.plotly_chart(sink, key="sink_chart", width="stretch")
 with st.expander("What you are seeing", icon=":material/school:"):
     st.markdown("Colour is the largest activation norm over the calibration windows,")

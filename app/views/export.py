@@ -7,15 +7,24 @@ import re
 import streamlit as st
 
 from app import state
-from entrodrop import dashboard as db
+from app.logic.exports import (
+    ENV_EXPORT_ROOT,
+    export_root,
+    export_summary,
+    load_snippet,
+    measured_figures,
+    resolve_export_dir,
+)
+from app.logic.runs import json_key
+from entrodrop import service
 
 ss = st.session_state
 st.title("Export")
 
 profile, view = state.require_view()
 
-root = db.export_root()
-model_name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(profile["model"]["spec"]).split("/")[-1])
+root = export_root()
+model_name = re.sub(r"[^A-Za-z0-9._-]+", "-", profile.spec.split("/")[-1])
 suggested = f"{model_name.strip('-')}-{view.granularity}-{view.criterion}-k{view.k}"
 if not ss["export_name"]:
     ss["export_name"] = suggested
@@ -25,7 +34,7 @@ st.markdown(
     f"**{view.criterion}** removed ({', '.join(map(str, sorted(view.pruned))) or 'none'}), "
     "with its tokenizer and a manifest (`entrodrop.json`) recording how it was made."
 )
-st.caption(f"Export root: `{root}` (set with ${db.ENV_EXPORT_ROOT}).")
+st.caption(f"Export root: `{root}` (set with ${ENV_EXPORT_ROOT}).")
 st.text_input("Export folder name (inside the export root)", key="export_name",
               persist_state="session",
               help="A folder name such as my-model-k4. '..' and paths outside the root "
@@ -39,17 +48,17 @@ if view.granularity == "attn":
 if st.button("Export pruned model", key="run_export", type="primary", icon=":material/save:",
              disabled=view.k == 0):
     with state.guard("Exporting"):
-        target = db.resolve_export_dir(ss["export_name"], root)
+        target = resolve_export_dir(ss["export_name"], root)
         bar, update = state.progress_bar("Export")
         loaded = state.loaded_model(update)
-        measured = db.measured_figures(
+        measured = measured_figures(
             view, ss.get("budget_result"), ss.get("speed_result"),
-            db.json_key(view.granularity, view.pruned, loaded.identity))
-        summary = db.export_view(loaded, view, profile, target,
-                                 overwrite=bool(ss["export_overwrite"]), progress=update,
-                                 measured=measured)
+            json_key(view.granularity, view.pruned, loaded.identity))
+        path = service.export_blocks(loaded, profile, view.decision, target,
+                                     measured=measured, overwrite=bool(ss["export_overwrite"]),
+                                     progress=update)
         bar.progress(1.0, text="Export done")
-        ss["export_result"] = summary
+        ss["export_result"] = export_summary(path)
 if view.k == 0:
     st.caption("Set K above 0 in the sidebar to export a pruned model.")
 
@@ -71,5 +80,5 @@ if result:
     st.caption(f"{result.get('granularity')} blocks removed: {result.get('blocks')} · "
                f"{result['files']} files")
     st.markdown("**Load it**")
-    st.code(db.load_snippet(result["path"], result.get("granularity") or "layer"),
+    st.code(load_snippet(result["path"], result.get("granularity") or "layer"),
             language="python")

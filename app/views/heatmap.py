@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, state
-from entrodrop import dashboard as db
+from app.logic.runs import calibration_matrix, robustness, run_label, views_for_runs
 
 ss = st.session_state
 st.title("Calibration heatmap")
@@ -17,11 +17,10 @@ st.radio("Colour by", ["normalised", "rank"], key="heatmap_mode",
          persist_state="session", horizontal=True,
          format_func={"normalised": "normalised score", "rank": "rank in pruning order"}.get)
 with state.guard("Drawing the heatmap"):
-    views = db.views_for_runs(runs, **state.view_settings())
-    names = [db.run_label(r, i) for i, r in enumerate(runs)]
-    matrix = db.calibration_matrix(runs, granularity=view.granularity,
-                                   criterion=view.criterion, mode=ss["heatmap_mode"],
-                                   views=views)
+    views = views_for_runs(runs, **state.view_settings())
+    names = [run_label(r, i) for i, r in enumerate(runs)]
+    matrix = calibration_matrix(runs, granularity=view.granularity, criterion=view.criterion,
+                                mode=ss["heatmap_mode"], views=views)
     st.plotly_chart(charts.calibration_heatmap_figure(
         names, matrix, [v.pruned for v in views], ss["heatmap_mode"],
         int(ss["run_index"])), key="calibration_heatmap", width="stretch")
@@ -42,7 +41,7 @@ with state.guard("Drawing the heatmap"):
         st.info("Add a second calibration source on the Calibration page to see how much "
                 "the prune set depends on the data.", icon=":material/info:")
     else:
-        agree = db.robustness(runs, views)
+        agree = robustness(runs, views)
         st.plotly_chart(charts.agreement_figure(agree["names"], agree["jaccard"]),
                         key="agreement_chart", width="stretch")
         c1, c2 = st.columns(2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.models import DEMO_MODELS
+from analysis.settings import DEVICES, DTYPES
 from app import state
-from entrodrop import dashboard as db
+from entrodrop import service
 
 SOURCE_LABELS = {"demo": "Bundled demo model", "local": "Local folder or GGUF file",
                  "hub": "Hugging Face hub id"}
@@ -41,9 +42,8 @@ else:
 
 left, right = st.columns(2)
 with left:
-    st.selectbox("Device", ["auto", "cpu", "cuda", "mps"], key="device", persist_state="session")
-    st.selectbox("Data type", ["auto", "float32", "bfloat16", "float16"], key="dtype",
-                 persist_state="session")
+    st.selectbox("Device", DEVICES, key="device", persist_state="session")
+    st.selectbox("Data type", DTYPES, key="dtype", persist_state="session")
 with right:
     st.checkbox("Trust remote code", key="trust_remote_code", persist_state="session",
                 help="Runs Python code shipped with the model. Leave off unless you trust "
@@ -71,7 +71,7 @@ if st.button("Load model", key="load_model", type="primary", icon=":material/dow
 
 loaded = state.peek_model()
 if loaded is not None:
-    summary = db.model_summary(loaded)
+    summary = service.model_summary(loaded)
     st.success(f"Loaded `{loaded.spec}`", icon=":material/check_circle:")
     cols = st.columns([2.2, 1, 1, 1, 1])
     cols[0].metric("Architecture", summary["architecture"])

@@ -8,7 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from app import state
-from entrodrop import dashboard as db
+from app.logic.prune_view import (
+    block_rows,
+    ranking_rows,
+    rows_to_csv,
+    taylor_block_rows,
+    view_to_json,
+)
+from pruning.manifest import RANK_STRING_NOTE
 
 ss = st.session_state
 st.title("Prune list")
@@ -28,7 +35,7 @@ m2.metric("Jaccard", f"{c.jaccard:.2f}")
 m3.metric("Kendall tau", "n/a" if c.kendall_tau is None else f"{c.kendall_tau:.2f}",
           help="Over all prunable blocks, independent of K.")
 
-rows = db.ranking_rows(view)
+rows = ranking_rows(view)
 table = pd.DataFrame({
     "rank": [r["rank"] for r in rows],
     f"{view.criterion} block": [r["block"] for r in rows],
@@ -69,7 +76,7 @@ elif not totals or any(len(t) != view.plan.num_layers for t in totals.values()):
     st.info("Score the neurons on the **Width pruning** page to compare the per-layer sum of "
             "Taylor importance with these orders.", icon=":material/info:")
 else:
-    st.dataframe(pd.DataFrame(db.taylor_block_rows(totals, view)), hide_index=True,
+    st.dataframe(pd.DataFrame(taylor_block_rows(totals, view)), hide_index=True,
                  width="stretch")
     st.caption("A layer's score is the sum over its MLP neurons of |a * dL/da| (L = output "
                "entropy for taylor-entropy); the least important layer is pruned first, under "
@@ -77,16 +84,16 @@ else:
 
 st.subheader("Download")
 d1, d2, d3 = st.columns(3)
-d1.download_button("CSV (one row per block)", db.rows_to_csv(db.block_rows(view)),
+d1.download_button("CSV (one row per block)", rows_to_csv(block_rows(view)),
                    file_name=f"prune-list-{view.granularity}-{view.criterion}-k{view.k}.csv",
                    mime="text/csv", key="download_csv", on_click="ignore")
-d2.download_button("JSON", json.dumps(db.view_to_json(view, profile), indent=2),
+d2.download_button("JSON", json.dumps(view_to_json(view, profile), indent=2),
                    file_name=f"prune-list-{view.granularity}-{view.criterion}-k{view.k}.json",
                    mime="application/json", key="download_json", on_click="ignore")
 d3.download_button("Rank string (research code format)", view.rank_string() + "\n",
                    file_name=f"rank-string-{view.granularity}-{view.criterion}.txt",
                    mime="text/plain", key="download_rank_string", on_click="ignore")
-st.markdown(f"**Rank string** ({view.criterion}). {db.RANK_STRING_NOTE}")
+st.markdown(f"**Rank string** ({view.criterion}). {RANK_STRING_NOTE}")
 st.code(view.rank_string(), language=None)
 with st.expander("What you are seeing", icon=":material/school:"):
     st.markdown(

@@ -6,9 +6,14 @@ import streamlit as st
 
 from analysis.taylor import TAYLOR_CRITERIA
 from app import charts, state
-from entrodrop import dashboard as db
+from app.logic.exports import export_root, folder_summary, load_snippet, resolve_export_dir
+from app.logic.inputs import calibration_settings
+from app.logic.runs import json_key
+from app.logic.width_view import kept_overlap, score_percentiles
+from entrodrop import service
 
 QS = (0, 5, 25, 50, 75, 95, 100)
+MODE = "per_layer"  # every layer keeps round(ratio x hidden size) neurons
 LABELS = {"taylor-entropy": "Taylor, output-entropy loss (no labels)",
           "taylor-ce": "Taylor, next-token cross-entropy (classic)",
           "magnitude": "weight magnitude (no data)"}
@@ -44,20 +49,20 @@ st.number_input("Calibration windows for scoring", min_value=1, max_value=4096, 
                                           f"{ss['cal_seqlen']}.")
 cal = None
 with state.guard("Checking the settings"):
-    cal = db.calibration_settings(ss["cal_sources"][:1], samples=int(ss["width_samples"]),
-                                  seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
-                                  text_column=ss["cal_text_column"])[0]
+    cal = calibration_settings(ss["cal_sources"][:1], samples=int(ss["width_samples"]),
+                               seqlen=int(ss["cal_seqlen"]), seed=int(ss["cal_seed"]),
+                               text_column=ss["cal_text_column"])[0]
 if cal is None:
     st.stop()
 criteria = list(ss["width_criteria"])
-scores_key = db.json_key(state.model_settings(), cal, criteria)
+scores_key = json_key(state.model_settings(), cal, criteria)
 scores = state.cache_lookup("width_scores", scores_key) if criteria else None
 if st.button("Score neurons", key="run_width_scores", type="primary",
              icon=":material/analytics:", disabled=not criteria):
     with state.guard("Scoring the neurons"):
         bar, update = state.progress_bar("Neuron scores")
         loaded = state.loaded_model(update)
-        scores = state.cache_compute("width_scores", scores_key, lambda: db.width_scores(
+        scores = state.cache_compute("width_scores", scores_key, lambda: service.width_scores(
             loaded, cal, criteria, batch_size=int(ss["est_batch_size"]), progress=update))
         bar.progress(1.0, text="Scores done")
 
@@ -68,15 +73,11 @@ if not scores or loaded is None:
             icon=":material/info:")
     st.stop()
 
-from analysis.taylor import NeuronScores  # noqa: E402
-
 # The per-layer sums are a block criterion of their own, shown on the Prune list page.
-ss["width_layer_totals"] = {c: NeuronScores.from_dict(scores[c]).layer_totals() for c in scores
-                            if c != "magnitude"}
+ss["width_layer_totals"] = {c: scores[c].layer_totals() for c in scores if c != "magnitude"}
 drawn = False
 with state.guard("Drawing the neuron importances"):
-    percentiles = {c: db.score_percentiles(NeuronScores.from_dict(scores[c]).scores, QS)
-                   for c in scores}
+    percentiles = {c: score_percentiles(scores[c].scores, QS) for c in scores}
     ss["width_result"] = {"qs": list(QS), "percentiles": percentiles}
     if ss["width_show"] not in scores:
         ss["width_show"] = next(iter(scores))
@@ -85,7 +86,7 @@ with state.guard("Drawing the neuron importances"):
     st.plotly_chart(charts.width_heatmap_figure(percentiles[shown], QS, shown),
                     key="width_heatmap", width="stretch")
 
-    low, high, hidden, inter = db.width_ratio_range(loaded.model)
+    low, high, hidden, inter = service.width_ratio_range(loaded)
     ss["width_ratio"] = float(min(max(float(ss["width_ratio"]), 0.05), high))
     st.slider("Keep ratio (kept neurons per layer = ratio × hidden size)", min_value=0.05,
               max_value=float(high), step=0.05, key="width_ratio", persist_state="session")
@@ -94,8 +95,8 @@ with state.guard("Drawing the neuron importances"):
                f"hidden size {hidden}.")
     if len(scores) > 1:
         names = list(scores)
-        keeps = {c: db.width_keep(scores[c], ss["width_ratio"], hidden) for c in names}
-        overlaps = {f"{names[0]} vs {c}": db.kept_overlap(keeps[names[0]], keeps[c])
+        keeps = {c: service.width_keep(scores[c], ss["width_ratio"], hidden, MODE) for c in names}
+        overlaps = {f"{names[0]} vs {c}": kept_overlap(keeps[names[0]], keeps[c])
                     for c in names[1:]}
         st.plotly_chart(charts.width_overlap_figure(overlaps), key="width_overlap", width="stretch")
     drawn = True
@@ -104,16 +105,16 @@ if not drawn:
 
 st.subheader("Quality over the keep ratio")
 ratios = sorted({round(high * f, 2) for f in (0.25, 0.5, 0.75, 0.9)})
-quality_key = db.json_key(scores_key, ratios, int(ss["budget_heldout"]))
+quality_key = json_key(scores_key, ratios, int(ss["budget_heldout"]))
 rows = state.cache_lookup("width_quality", quality_key)
 if st.button("Compute quality curves", key="run_width_quality", icon=":material/query_stats:"):
     with state.guard("Computing the width quality curves"):
         bar, update = state.progress_bar("Width quality")
 
         def compute():
-            ids = db.held_out_ids(loaded, cal, int(ss["budget_heldout"]))
-            return db.width_quality(loaded, ids, scores, ratios, hidden,
-                                    batch_size=int(ss["est_batch_size"]), progress=update)
+            ids = service.held_out_windows(cal, loaded, int(ss["budget_heldout"]))
+            return service.width_curves(loaded, ids, scores, ratios, mode=MODE,
+                                        batch_size=int(ss["est_batch_size"]), progress=update)
 
         rows = state.cache_compute("width_quality", quality_key, compute)
         bar.progress(1.0, text="Done")
@@ -131,16 +132,14 @@ st.text_input("Export folder name (inside the export root)", key="width_export_n
               persist_state="session")
 if st.button("Export width-pruned model", key="run_width_export", icon=":material/save:"):
     with state.guard("Exporting"):
-        target = db.resolve_export_dir(ss["width_export_name"], db.export_root())
+        target = resolve_export_dir(ss["width_export_name"], export_root())
         with st.spinner("Writing the checkpoint…"):
-            summary = db.export_width(loaded, scores[shown], float(ss["width_ratio"]), hidden,
-                                      target, manifest={"tool": "EntroDrop Studio",
-                                                        "source_model": loaded.spec,
-                                                        "criterion": shown,
-                                                        "ratio": float(ss["width_ratio"]),
-                                                        "calibration": cal.spec},
-                                      overwrite=bool(ss["export_overwrite"]))
+            # The service builds the manifest, exactly as for the CLI's `width` command.
+            path = service.export_width(loaded, scores[shown], cal, shown,
+                                        float(ss["width_ratio"]), target, mode=MODE,
+                                        overwrite=bool(ss["export_overwrite"]))
+        summary = folder_summary(path)
         st.success(f"Exported to `{summary['path']}`: intermediate size "
                    f"{summary['intermediate_size']}, {summary['bytes'] / 2**20:.1f} MiB.",
                    icon=":material/check_circle:")
-        st.code(db.load_snippet(summary["path"], "layer"), language="python")
+        st.code(load_snippet(summary["path"], "layer"), language="python")

@@ -127,15 +127,36 @@ def test_export_path_traversal_is_refused(ui, tmp_path, monkeypatch):
 
 
 def test_out_of_memory_is_reported_with_advice(ui, monkeypatch):
-    from entrodrop import dashboard
+    from entrodrop import service
 
     def boom(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(dashboard, "run_analysis", boom)
+    monkeypatch.setattr(service, "analyze", boom)
     at = ui.start("calibration")
     ui.set_calibration(at, seed=26)
     at.button(key="run_analysis").click().run()
     assert not at.exception
     (error,) = _errors(at)
     assert "Out of memory" in error and "batch size" in error
+
+
+def test_a_bug_shows_one_line_and_its_traceback_goes_to_the_log(ui, monkeypatch, app_dirs):
+    from entrodrop import service
+
+    def bug(loaded):
+        raise KeyError("no such field")
+
+    monkeypatch.setattr(service, "model_summary", bug)  # outside any guard of the page
+    at = ui.start("model")
+    at.button(key="load_model").click().run()
+    assert not at.exception
+    (error,) = _errors(at)
+    log = app_dirs["cache"] / "logs" / "app-errors.log"
+    assert error == ("Internal error: Drawing the Model page failed with KeyError: "
+                     f"'no such field'. The full traceback is in `{log}`")
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "no such field" in text
+    # The rest of the app is unaffected.
+    at.switch_page("views/calibration.py").run()
+    ui.assert_clean(at)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from entrodrop import dashboard as db
+from app.logic.prune_view import build_view
 
 NUM_LAYERS = 6  # the tiny model of conftest.py
 
@@ -24,8 +26,8 @@ def test_page_renders_before_any_analysis(ui, page, app_env):
 
 def test_analysis_then_every_page_renders(ui):
     at = ui.analysed(seed=11)
-    profile = at.session_state["analysis"]["runs"][0]
-    assert profile["model"]["num_layers"] == NUM_LAYERS
+    profile = at.session_state["analysis"].runs[0]
+    assert profile.num_layers == NUM_LAYERS
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()
         ui.assert_clean(at)
@@ -52,7 +54,7 @@ def test_dynamics_page_draws_curve_bars_and_sink_map(ui):
 def test_moving_k_changes_the_highlighted_prune_list(ui):
     at = ui.analysed(seed=13)
     at.switch_page("views/prune_list.py").run()
-    profile = at.session_state["analysis"]["runs"][0]
+    profile = at.session_state["analysis"].runs[0]
     slider = at.slider(key="k")
     view = at.session_state["_view"]
     assert slider.max == view.max_k == len(view.plan.prunable)
@@ -61,8 +63,8 @@ def test_moving_k_changes_the_highlighted_prune_list(ui):
     for k in (1, 3):
         at.slider(key="k").set_value(k).run()
         ui.assert_clean(at)
-        expected = db.build_view(profile, granularity="attn", criterion="knn", policy="auto",
-                                 s_start=None, allow_last=False, k=k)
+        expected = build_view(profile, granularity="attn", criterion="knn", policy="auto",
+                              s_start=None, allow_last=False, k=k)
         line = next(m.value for m in at.markdown if m.value.startswith("**Pruned at K"))
         assert line.startswith(f"**Pruned at K = {k}**")
         assert line.endswith(", ".join(map(str, sorted(expected.pruned))))
@@ -71,20 +73,20 @@ def test_moving_k_changes_the_highlighted_prune_list(ui):
         assert list(table["knn block"]) == expected.order
         seen[k] = line
     assert seen[1] != seen[3]
-    assert at.session_state["analysis"]["from_cache"] == [False]  # no model rerun
+    assert at.session_state["analysis"].from_cache == [False]  # no model rerun
 
 
 def test_granularity_and_criterion_rerank_from_the_cached_profile(ui):
     at = ui.analysed(seed=14)
     at.switch_page("views/prune_list.py").run()
     at.slider(key="k").set_value(2).run()
-    profile = at.session_state["analysis"]["runs"][0]
+    profile = at.session_state["analysis"].runs[0]
     at.selectbox(key="granularity").set_value("layer").run()
     at.selectbox(key="criterion").set_value("bucket").run()
     ui.assert_clean(at)
     view = at.session_state["_view"]
-    expected = db.build_view(profile, granularity="layer", criterion="bucket", policy="auto",
-                             s_start=None, allow_last=False, k=2)
+    expected = build_view(profile, granularity="layer", criterion="bucket", policy="auto",
+                          s_start=None, allow_last=False, k=2)
     assert view.order == expected.order and view.pruned == expected.pruned
     assert list(at.dataframe[0].value["bucket block"]) == expected.order
     downloads = {b.key for b in at.get("download_button")}
@@ -108,8 +110,8 @@ def test_s_start_slider_switches_to_manual_and_bounds_k(ui):
 
     at.button(key="s_start_auto").click().run()
     assert at.session_state["stage_policy"] == "auto"
-    profile = at.session_state["analysis"]["runs"][0]
-    assert at.session_state["_view"].plan.s_start == profile["s_start"]["knn"]
+    profile = at.session_state["analysis"].runs[0]
+    assert at.session_state["_view"].plan.s_start == profile.s_start["knn"]
 
 
 def test_reference_policy_freezes_first_two_and_last(ui):
@@ -131,7 +133,7 @@ def test_allow_last_makes_the_last_block_prunable(ui):
 
 def test_heatmap_outlines_prune_sets_and_shows_agreement(ui):
     at = ui.analysed(seed=18, sources=("builtin:random", "builtin:selfgen"))
-    assert len(at.session_state["analysis"]["runs"]) == 2
+    assert len(at.session_state["analysis"].runs) == 2
     at.slider(key="k").set_value(2).run()
     at.switch_page("views/heatmap.py").run()
     ui.assert_clean(at)
@@ -148,10 +150,10 @@ def test_heatmap_outlines_prune_sets_and_shows_agreement(ui):
 
 def test_unusable_curve_gives_error_in_sidebar_and_pages_stay_usable(ui):
     at = ui.analysed(seed=19)
-    record = dict(at.session_state["analysis"])
-    broken = dict(record["runs"][0])
-    broken["entropy_curve"] = {e: [None] * (NUM_LAYERS + 1) for e in ("bucket", "knn", "renyi")}
-    at.session_state["analysis"] = {**record, "runs": [broken]}
+    record = at.session_state["analysis"]
+    broken = replace(record.runs[0], entropy_curve={e: [None] * (NUM_LAYERS + 1)
+                                                     for e in ("bucket", "knn", "renyi")})
+    at.session_state["analysis"] = replace(record, runs=[broken])
     at.switch_page("views/prune_list.py").run()
     assert not at.exception
     (error,) = [e.value for e in at.error]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from pruning.manifest import block_manifest
+
 NUM_LAYERS = 6
 
 
@@ -73,6 +75,11 @@ def test_export_writes_the_pruned_model(ui, tmp_path, monkeypatch):
     manifest = json.loads((folder / "entrodrop.json").read_text())
     assert manifest["blocks"] == sorted(at.session_state["_view"].pruned)
     assert manifest["granularity"] == "layer"
+    # The app wrote what the one manifest builder (the CLI's too) makes of this decision.
+    view, profile = at.session_state["_view"], at.session_state["analysis"].runs[0]
+    expected = json.loads(json.dumps(
+        block_manifest(profile, view.decision, view.baseline_decision)))
+    assert {key: manifest[key] for key in expected} == expected
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Layers"] == f"{NUM_LAYERS - 2} of {NUM_LAYERS}"
     snippet = at.code[0].value
@@ -108,6 +115,13 @@ def test_width_page_scores_neurons_and_exports(ui, tmp_path, monkeypatch):
     ui.assert_clean(at)
     config = json.loads((root / "tiny-width" / "config.json").read_text())
     assert config["intermediate_size"] == 32
+    # The service's width manifest, as the CLI writes it: criterion, ratio, calibration.
+    manifest = json.loads((root / "tiny-width" / "entrodrop.json").read_text())
+    assert manifest["method"] == "width" and manifest["criterion"] == "taylor-entropy"
+    assert manifest["ratio"] == 1.0 and manifest["mode"] == "per_layer"
+    assert manifest["kept_per_layer"] == [32] * NUM_LAYERS
+    assert len(manifest["layer_importance"]) == NUM_LAYERS
+    assert (manifest["calibration"]["samples"], manifest["calibration"]["seed"]) == (2, 34)
 
 
 def test_sessions_share_the_model_but_not_their_choices(ui):
@@ -131,7 +145,7 @@ def test_cached_analysis_appears_at_once_in_a_new_session(ui):
     ui.set_calibration(at, seed=36)  # same request, no button press
     ui.assert_clean(at)
     record = at.session_state["analysis"]
-    assert record["runs"][0]["calibration"]["seed"] == 36
+    assert record.runs[0].calibration["seed"] == 36
     assert at.slider(key="k")  # the sidebar's pruning controls are there
 
 

@@ -92,7 +92,7 @@ def test_two_sessions_analyse_at_once_and_get_their_own_results(tiny_server):
             (CalibrationSettings(profile["calibration"]["spec"], 4, 32, seed),),
             EstimatorSettings(s["bins"], s["knn_k"], s["renyi_alpha"], s["skip_first"]),
             use_cache=False)).runs[0]
-        assert profile["calibration"]["fingerprint"] == alone["calibration"]["fingerprint"]
+        assert profile["calibration"]["fingerprint"] == alone.calibration["fingerprint"]
         for est in ("bucket", "knn", "renyi"):
-            assert profile["entropy_curve"][est] == pytest.approx(alone["entropy_curve"][est], abs=1e-6)
-        assert profile["blocks"]["layer"]["cosine"] == pytest.approx(alone["blocks"]["layer"]["cosine"], abs=1e-6)
+            assert profile["entropy_curve"][est] == pytest.approx(alone.entropy_curve[est], abs=1e-6)
+        assert profile["blocks"]["layer"]["cosine"] == pytest.approx(alone.blocks["layer"].cosine, abs=1e-6)

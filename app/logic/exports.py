@@ -1,0 +1,110 @@
+"""Exports from the dashboard: the folder they go to, what they wrote, the figures measured
+in the app that their manifest records, and how to load them.
+
+The manifest itself is built by the service (`pruning.manifest`), as for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from analysis.errors import EntroDropError
+from analysis.paths import REPO_ROOT
+from app.logic.prune_view import PruneView
+from pruning.export import MANIFEST_NAME
+
+ENV_EXPORT_ROOT = "ENTRODROP_EXPORT_ROOT"
+
+
+class ExportPathError(EntroDropError):
+    """The export folder name is empty, leaves the export root, or is the root itself."""
+
+
+def export_root(environ: Mapping[str, str] | None = None) -> Path:
+    """$ENTRODROP_EXPORT_ROOT, or `exports/` in the repository root."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(ENV_EXPORT_ROOT) or REPO_ROOT / "exports").expanduser().resolve()
+
+
+def resolve_export_dir(name: str, root: Path) -> Path:
+    """The folder an export named `name` goes to, strictly inside `root`.
+
+    A relative name is taken below the root. `..` anywhere is refused, and so is an absolute
+    path (or a symlink) that lands outside the root or on the root itself.
+    """
+    text = (name or "").strip()
+    if not text:
+        raise ExportPathError("the export folder name is empty; type a name such as my-model-k4")
+    candidate = Path(text).expanduser()
+    if ".." in candidate.parts:
+        raise ExportPathError(
+            f"export folder {text!r} contains '..'; give a plain folder name inside {root}"
+        )
+    root = Path(root).resolve()
+    target = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if target == root or root not in target.parents:
+        raise ExportPathError(
+            f"export folder {text!r} is outside the export root {root}; give a folder name "
+            f"inside it (the root is set by ${ENV_EXPORT_ROOT})"
+        )
+    return target
+
+
+def folder_summary(path: Path) -> dict:
+    """Files and bytes on disk of an exported folder, and its config's layer count and
+    MLP intermediate size."""
+    path = Path(path)
+    files = [p for p in path.rglob("*") if p.is_file()]
+    layers = intermediate = None
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+            text = data.get("text_config") or data
+            layers = text.get("num_hidden_layers") or text.get("n_layer")
+            intermediate = text.get("intermediate_size") or text.get("n_inner")
+        except (OSError, ValueError, AttributeError):
+            layers = intermediate = None
+    return {"path": str(path), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
+            "num_layers": layers, "intermediate_size": intermediate}
+
+
+def export_summary(path: Path) -> dict:
+    """What a block export wrote, for display: its folder, and from its manifest the
+    granularity, the removed blocks, and the layer and parameter counts before and after."""
+    summary = folder_summary(path)
+    record = json.loads((Path(path) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    summary.update({k: record.get(k) for k in ("granularity", "blocks", "num_layers_before",
+                                               "num_layers_after", "parameters_before",
+                                               "parameters_after")})
+    return summary
+
+
+def measured_figures(view: PruneView, budget: Mapping | None, speed: Mapping | None,
+                     speed_key: str | None) -> dict:
+    """The app's measured figures that belong to this prune set: the quality rows at its K
+    (from the Budget page's curves) and the speed ratios if they were timed for it."""
+    out: dict = {}
+    if budget:
+        rows = [r for r in budget.get("rows", []) if r.get("k") == view.k]
+        if rows:
+            out["quality_at_k"] = rows
+    if speed and speed_key is not None and speed.get("key") == speed_key:
+        out["speed"] = {k: v for k, v in speed.items() if k != "key"}
+    return out
+
+
+def load_snippet(path: Path | str, granularity: str) -> str:
+    """Python that loads an export; attention-pruned exports need their own modeling file."""
+    trust = ", trust_remote_code=True" if granularity == "attn" else ""
+    return (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f"path = {str(path)!r}\n"
+        f"model = AutoModelForCausalLM.from_pretrained(path{trust})\n"
+        "tokenizer = AutoTokenizer.from_pretrained(path)\n"
+        "ids = tokenizer('The capital of France is', return_tensors='pt').input_ids\n"
+        "print(tokenizer.decode(model.generate(ids, max_new_tokens=20)[0]))\n"
+    )
