@@ -199,7 +199,7 @@ def build_profile(
     """Turn accumulated sums into a Profile (means over samples, dH per block)."""
     n = float(acc.samples)
     if n <= 0:
-        raise ValueError("no calibration samples were processed")
+        raise ProfileFormatError("no calibration samples were processed; give at least one window")
     num_layers = acc.layer_cosine.shape[0]
     z = acc.z_entropy / n
     a = acc.attn_entropy / n

@@ -32,9 +32,7 @@ def describe_error(exc: BaseException) -> str | None:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
     ):
         return OUT_OF_MEMORY
-    # A bare ValueError is still read as a bad value (the service raises one for an empty
-    # choice of calibration sources); its subclasses from other libraries are bugs.
-    if isinstance(exc, service.USER_ERRORS) or type(exc) is ValueError:
+    if isinstance(exc, service.USER_ERRORS):
         text = " ".join(str(exc).split())
         return text or type(exc).__name__
     return None

@@ -20,7 +20,13 @@ from analysis.calibration import (
 from analysis.capture import capture
 from analysis.models import LoadedModel, load_model, model_identity, resolve_device, resolve_dtype
 from analysis.profile import CacheEntryInvalid, Profile, ProfileCache, build_profile, profile_key
-from analysis.settings import AnalysisRequest, CalibrationSettings, EstimatorSettings, ModelSettings
+from analysis.settings import (
+    AnalysisRequest,
+    CalibrationSettings,
+    EstimatorSettings,
+    ModelSettings,
+    SettingsError,
+)
 from entrodrop.service.models import MODEL_LOCK, Progress
 
 
@@ -67,7 +73,7 @@ def analysis_request(model: ModelSettings, cals: Sequence[CalibrationSettings],
     """A validated request; every setting is checked before any expensive work."""
     model.validate()
     if not cals:
-        raise ValueError("choose at least one calibration source")
+        raise SettingsError("choose at least one calibration source")
     for cal in cals:
         cal.validate()
         estimators.validate(seqlen=cal.seqlen)
@@ -89,7 +95,7 @@ def analyze(
     on_gpu = loaded.on_gpu if loaded is not None else _on_gpu(request.model)
     cals = [c.validate().resolved(on_gpu) for c in request.calibrations]
     if not cals:
-        raise ValueError("at least one calibration set is needed")
+        raise SettingsError("at least one calibration set is needed")
     for cal in cals:
         request.estimators.validate(seqlen=cal.seqlen)
     cache = cache or ProfileCache()

@@ -1,0 +1,1 @@
+"""The dashboard pages; each file is run by st.navigation as a script."""
