@@ -124,14 +124,15 @@ def stream_capture(
     _report(progress, 0.0, "embedding the calibration windows")
     hidden: list[torch.Tensor] = []
     layer_inputs: list[list[tuple[tuple, dict]]] = []  # [batch][layer] -> (args, kwargs)
+    with skeleton.loaded(model, read_tensors(src, body_names, dtype), device):
+        for batch in batches:
+            z0, calls = skeleton.record_layer_inputs(model, batch, device)
+            hidden.append(z0)
+            layer_inputs.append(calls)
+    # The first layer is read only now: a large vocabulary's embedding matrix can weigh
+    # more than two layers, and it is gone at this point.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="entrodrop-prefetch") as pool:
-        # The first layer is read while the embeddings run.
         pending: Future | None = pool.submit(read_tensors, src, layer_names[0], dtype)
-        with skeleton.loaded(model, read_tensors(src, body_names, dtype), device):
-            for batch in batches:
-                z0, calls = skeleton.record_layer_inputs(model, batch, device)
-                hidden.append(z0)
-                layer_inputs.append(calls)
 
         stats = _LayerStats(acc, opts)
         steps = max(num_layers * len(batches), 1)
