@@ -199,3 +199,25 @@ def test_truncated_shard_is_reported(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 4)
     with pytest.raises(StreamingError, match="corrupt or truncated"):
         open_source(tmp_path)
+
+
+def test_shards_of_the_windows_merge_to_the_whole(tmp_path):
+    # What torchrun ranks do: each streams its own windows, the accumulators add up.
+    folder = _save(tiny_model("mistral"), tmp_path, sharded=False)
+    ids = tiny_ids(6, 20, seed=2)
+    whole = stream_capture(folder, ids, OPTS)
+    merged = stream_capture(folder, ids[0::2], OPTS).merge(stream_capture(folder, ids[1::2], OPTS))
+    assert_same_statistics(merged, whole)
+
+
+def test_recording_puts_the_real_layers_back(tmp_path):
+    model = tiny_model("opt")
+    skeleton = build_skeleton(model.config, torch.float32)
+    layers = get_architecture(skeleton).layers(skeleton)
+    originals = list(layers)
+    body = {n: model.get_parameter(n).detach().clone() for n in body_param_names(skeleton)}
+    with loaded(skeleton, body, torch.device("cpu")):
+        z0, calls = record_layer_inputs(skeleton, tiny_ids(1, 12), torch.device("cpu"))
+    assert list(layers) == originals
+    assert z0.shape == (1, 12, model.config.hidden_size) and len(calls) == len(layers)
+    assert all(p.is_meta for p in skeleton.parameters())  # the body's weights are gone again
