@@ -85,7 +85,7 @@ def stream_capture(
     opts: EstimatorSettings,
     *,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     batch_size: int | None = None,
     progress: Progress | None = None,
     distributed: bool | None = None,
@@ -94,7 +94,8 @@ def stream_capture(
     the statistics, as `analysis.capture.capture` does for a model in memory.
 
     `source` is a model spec (`demo:...`, a folder, a `.gguf` file, a hub id in the local
-    cache), a path, or an open `TensorSource`. `batch_size` defaults to `opts.batch_size`.
+    cache), a path, or an open `TensorSource`. `device` and `dtype` also take the settings'
+    names ("auto", "cuda", "bfloat16", ...). `batch_size` defaults to `opts.batch_size`.
     Under torch.distributed each rank takes windows rank, rank+W, ... and the statistics
     are all-reduced, so every rank returns the totals.
     """
@@ -102,8 +103,11 @@ def stream_capture(
 
     n, t = input_ids.shape
     opts.validate(seqlen=t)
+    from analysis.models import resolve_device, resolve_dtype
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     src = open_source(source)
-    device = torch.device(device)
     model = skeleton.build_skeleton(src.config, dtype)
     arch = get_architecture(model)
     layers = arch.layers(model)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from analysis.capture import capture
 from analysis.settings import EstimatorSettings
 from analysis.streaming import open_source, stream_capture, weight_bytes_of
 from tests.analysis.test_streaming import OPTS, assert_same_statistics
-from tests.tiny_models import tiny_ids, tiny_model
+from tests.tiny_models import tiny_config, tiny_ids, tiny_model
 
 
 def _permute_like_llama_cpp(w: np.ndarray, heads: int) -> np.ndarray:
@@ -19,52 +20,59 @@ def _permute_like_llama_cpp(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-_LLAMA_NAMES = {
-    "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
+def _gpt2_model():
+    """A tiny GPT-2 whose config survives a GGUF round trip (transformers reads neither
+    n_inner nor n_positions from GGUF metadata, so both keep their defaults)."""
+    config = tiny_config("gpt2")
+    config.n_inner, config.n_positions = None, 1024
+    torch.manual_seed(4)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
-def _gguf_name(hf_name: str) -> str:
-    stem, suffix = hf_name.rsplit(".", 1)
-    if stem.startswith("model.layers."):
-        _, _, index, rest = stem.split(".", 3)
-        return f"blk.{index}.{_LLAMA_NAMES[rest]}.{suffix}"
-    return f"{_LLAMA_NAMES[stem]}.{suffix}"
-
-
-def write_llama_gguf(model, path, quantized: bool) -> None:
-    """A tiny Llama as llama.cpp would store it: q/k permuted, 2-D weights in Q8_0 when
-    `quantized`, norms in F32."""
+def write_gguf(model, path, arch: str, quantized: bool = False) -> None:
+    """A tiny model stored as llama.cpp's converter would: `llama` with q/k permuted,
+    `gpt2` with its Conv1D matrices transposed; 2-D weights in Q8_0 when `quantized`."""
     import gguf
 
     c = model.config
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny llama")
-    writer.add_block_count(c.num_hidden_layers)
-    writer.add_context_length(c.max_position_embeddings)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny {arch}")
     writer.add_embedding_length(c.hidden_size)
-    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_block_count(c.num_hidden_layers)
     writer.add_head_count(c.num_attention_heads)
-    writer.add_head_count_kv(c.num_key_value_heads)
-    writer.add_rope_dimension_count(c.head_dim)
-    writer.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
-    writer.add_vocab_size(c.vocab_size)
+    if arch == "llama":
+        writer.add_context_length(c.max_position_embeddings)
+        writer.add_feed_forward_length(c.intermediate_size)
+        writer.add_head_count_kv(c.num_key_value_heads)
+        writer.add_rope_dimension_count(c.head_dim)
+        writer.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+        writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+        writer.add_vocab_size(c.vocab_size)
+    else:  # gpt2: the vocabulary size comes from the token list
+        writer.add_context_length(c.n_positions)
+        writer.add_feed_forward_length(4 * c.hidden_size)
+        writer.add_layer_norm_eps(c.layer_norm_epsilon)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_token_list([f"t{i}" for i in range(c.vocab_size)])
+    arch_id = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    table = gguf.get_tensor_name_map(arch_id, c.num_hidden_layers)
     for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        stem, suffix = name.rsplit(".", 1)
+        gguf_name = f"{table.get_name(stem)}.{suffix}"
         w = tensor.float().numpy().copy()
-        if ".q_proj." in name:
+        if arch == "llama" and ".q_proj." in name:
             w = _permute_like_llama_cpp(w, c.num_attention_heads)
-        elif ".k_proj." in name:
+        elif arch == "llama" and ".k_proj." in name:
             w = _permute_like_llama_cpp(w, c.num_key_value_heads)
+        elif arch == "gpt2" and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            w = w.T.copy()
         if quantized and w.ndim == 2:
             qtype = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(_gguf_name(name), gguf.quants.quantize(w, qtype), raw_dtype=qtype)
+            writer.add_tensor(gguf_name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)
         else:
-            writer.add_tensor(_gguf_name(name), w)
+            writer.add_tensor(gguf_name, w)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -78,22 +86,22 @@ def tiny_llama():
     return model
 
 
-def test_f32_gguf_streams_the_original_weights(tiny_llama, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_f32_gguf_streams_the_original_weights(arch, tiny_llama, tmp_path):
+    model = tiny_llama if arch == "llama" else _gpt2_model()
     path = tmp_path / "tiny.gguf"
-    write_llama_gguf(tiny_llama, path, quantized=False)
+    write_gguf(model, path, arch)
     source = open_source(path)
-    for name, tensor in tiny_llama.state_dict().items():
-        if name != "lm_head.weight":  # the GGUF's output.weight: mapped but never read
-            assert torch.equal(source.read(name), tensor), name  # q/k permutation undone
+    for name, tensor in model.state_dict().items():
+        if name != "lm_head.weight":  # the GGUF's output.weight is never read
+            assert torch.equal(source.read(name), tensor), name  # layout changes undone
     ids = tiny_ids(4, 20, seed=2)
-    assert_same_statistics(stream_capture(path, ids, OPTS), capture(tiny_llama, ids, OPTS))
+    assert_same_statistics(stream_capture(path, ids, OPTS), capture(model, ids, OPTS))
 
 
 def test_quantized_gguf_streams_what_transformers_loads(tiny_llama, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     path = tmp_path / "tiny-q8.gguf"
-    write_llama_gguf(tiny_llama, path, quantized=True)
+    write_gguf(tiny_llama, path, "llama", quantized=True)
     reference = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
                                                      dtype=torch.float32).eval()
     source = open_source(path)
