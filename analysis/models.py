@@ -25,6 +25,7 @@ import torch
 
 from analysis.architectures import get_architecture
 from analysis.errors import EntroDropError
+from analysis.identity import file_identity, folder_identity
 from analysis.paths import (
     cache_dir,
     disk_shortfall,
@@ -72,7 +73,7 @@ class LoadedModel:
     tokenizer: object
     spec: str
     identity: str
-    """Stable fingerprint of the weights (file hashes or the hub revision)."""
+    """Content hash of the model files (analysis.identity), plus the revision of a hub id."""
     source_path: str
     device: torch.device
     dtype: torch.dtype
@@ -175,43 +176,20 @@ def resolve_spec(spec: str) -> ResolvedSpec:
     return ResolvedSpec("hub", spec, None)
 
 
-def file_fingerprint(path: Path, chunk: int = 4 << 20) -> str:
-    """Cheap but content-sensitive hash: name, size, and the first and last `chunk` bytes."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(chunk))
-        if size > chunk:
-            f.seek(max(size - chunk, chunk))
-            h.update(f.read(chunk))
-    return h.hexdigest()
-
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".py")
-
-
-def folder_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and p.name != COMPLETE_MARKER:
-            h.update(p.name.encode())
-            h.update(file_fingerprint(p).encode())
-    return h.hexdigest()
-
-
 def model_identity(spec: str) -> str:
-    """Fingerprint of a model's weights, computed without loading it (used in cache keys)."""
+    """What the model's weights are, computed without loading it (used in cache keys): the
+    content hash of its files, remembered per file by analysis.identity."""
     r = resolve_spec(spec)
     if r.kind == "demo":
         gguf = _demo_gguf_path(r.spec[len("demo:"):], assemble=False)
-        return "demo:" + (file_fingerprint(gguf) if gguf.is_file() else _demo_package_version(r.spec))
+        return "demo:" + (file_identity(gguf) if gguf.is_file() else _demo_package_version(r.spec))
     if r.kind == "gguf":
-        return "gguf:" + file_fingerprint(r.path / r.gguf_file)
+        return "gguf:" + file_identity(r.path / r.gguf_file)
     if r.kind == "folder":
-        return "folder:" + folder_fingerprint(r.path)
+        return "folder:" + folder_identity(r.path, exclude=(COMPLETE_MARKER,))
+    # The revision names what was downloaded; the hash covers files edited since.
     snapshot = _hub_snapshot(r.spec)
-    return f"hub:{r.spec}@{snapshot.name}"
+    return f"hub:{r.spec}@{snapshot.name}:{folder_identity(snapshot)}"
 
 
 # --------------------------------------------------------------------------- demo models
@@ -277,7 +255,7 @@ def _is_complete(folder: Path, source_fp: str) -> bool:
 
 def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None) -> Path:
     """Convert a GGUF file once into a float safetensors folder at `target` (atomic)."""
-    source_fp = file_fingerprint(gguf_path)
+    source_fp = file_identity(gguf_path)
     if _is_complete(target, source_fp):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

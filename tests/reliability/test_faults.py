@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.models import _is_complete, file_fingerprint, load_model
+from analysis.identity import file_identity
+from analysis.models import _is_complete, load_model
 from analysis.profile import ProfileCache
 from analysis.settings import ModelSettings
 from entrodrop import cli
@@ -54,7 +55,7 @@ def test_killed_gguf_conversion_is_never_taken_as_valid(tmp_path, monkeypatch):
     assert len(leftovers) == 1 and f".{proc.pid}." in leftovers[0].name
     assert (leftovers[0] / "model.safetensors").is_file()  # killed mid-conversion indeed
     converted = [p for p in models.iterdir() if not p.name.startswith(".")]
-    source_fp = file_fingerprint(gguf)
+    source_fp = file_identity(gguf, index_dir=tmp_path / "index")
     assert all(not _is_complete(p, source_fp) for p in converted)
     assert not (cache / "profiles").exists() or not list((cache / "profiles").glob("*.json"))
 
