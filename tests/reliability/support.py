@@ -236,3 +236,45 @@ def tiny_gguf(path: Path, seed: int = 0) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --------------------------------------------------------------------------- weights edited in place
+
+
+def padded_folder(folder: Path) -> Path:
+    """A tiny llama whose model.safetensors puts 5 MiB of unused padding before and after
+    the real weights (tensors are stored in name order), so that every weight lies where an
+    identity made of the file's size and first and last 4 MiB never looked."""
+    from safetensors.torch import save_file
+
+    model = tiny_model("llama")
+    pad = torch.zeros(5 * 2**20 // 4)
+    state = {"aaa.padding": pad, **model.state_dict(), "zzz.padding": pad.clone()}
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    model.config.save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def overwrite_tensor(path: Path, name: str, new_values) -> None:
+    """Rewrite the float32 tensor `name` of a safetensors file in place, as a tool that merges
+    an adapter into the weights does: same size, and mtime put back as it was.
+    `new_values(old)` gets the old values (numpy) and returns the new ones."""
+    import numpy as np
+
+    st = path.stat()
+    with open(path, "r+b") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        info = json.loads(f.read(header_len))[name]
+        assert info["dtype"] == "F32", info
+        start, end = (8 + header_len + offset for offset in info["data_offsets"])
+        f.seek(start)
+        old = np.frombuffer(f.read(end - start), dtype="<f4")
+        new = np.ascontiguousarray(new_values(old), dtype="<f4")
+        assert new.nbytes == end - start
+        f.seek(start)
+        f.write(new.tobytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size

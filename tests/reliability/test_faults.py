@@ -8,18 +8,24 @@ sends SIGKILL, so no `finally` block or handler gets to tidy up.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from analysis.models import _is_complete, file_fingerprint, load_model
+from analysis.convert import COMPLETE_MARKER, ConvertedModelChanged, conversion_problem
+from analysis.identity import file_identity
+from analysis.models import load_model
 from analysis.profile import ProfileCache
-from analysis.settings import ModelSettings
-from entrodrop import cli
+from analysis.settings import AnalysisRequest, CalibrationSettings, EstimatorSettings, ModelSettings
+from entrodrop import cli, service
 from pruning.export import MANIFEST_NAME
 from tests.reliability.support import (
     SMALL,
+    overwrite_tensor,
+    padded_folder,
     run_many,
     sigkill,
     start_paused_cli,
@@ -54,14 +60,14 @@ def test_killed_gguf_conversion_is_never_taken_as_valid(tmp_path, monkeypatch):
     assert len(leftovers) == 1 and f".{proc.pid}." in leftovers[0].name
     assert (leftovers[0] / "model.safetensors").is_file()  # killed mid-conversion indeed
     converted = [p for p in models.iterdir() if not p.name.startswith(".")]
-    source_fp = file_fingerprint(gguf)
-    assert all(not _is_complete(p, source_fp) for p in converted)
+    source = file_identity(gguf, index_dir=tmp_path / "index")
+    assert all(conversion_problem(p, source) is not None for p in converted)
     assert not (cache / "profiles").exists() or not list((cache / "profiles").glob("*.json"))
 
     monkeypatch.setenv("ENTRODROP_CACHE_DIR", str(cache))
     loaded = load_model(ModelSettings(str(gguf), device="cpu"))
     assert Path(loaded.source_path).parent == models
-    assert _is_complete(Path(loaded.source_path), source_fp)
+    assert conversion_problem(Path(loaded.source_path), source) is None
     assert _temp_dirs(models) == []  # the dead process's folder was removed
     ids = tiny_ids()
     with torch.no_grad():
@@ -211,3 +217,106 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_llama_dir, isolated_cache, 
     assert "out of memory" in err[0] and "--batch-size" in err[0] and "--samples" in err[0]
     assert not list(isolated_cache.glob("profiles/*.json"))
     assert not (tmp_path / "out").exists()
+
+
+def test_weights_edited_in_place_are_analyzed_again(tmp_path, isolated_cache, monkeypatch):
+    # Guards: the profile cache key holds a full content hash of the weights. An identity
+    # made of the file's size and first and last 4 MiB served the old numbers after a
+    # tensor in the middle was rewritten in place (same size, mtime put back).
+    monkeypatch.setattr("analysis.identity.RACY_MARGIN_NS", 0)  # the index is trusted at once
+    folder = padded_folder(tmp_path / "model")
+    request = AnalysisRequest(
+        ModelSettings(str(folder), device="cpu"),
+        (CalibrationSettings("builtin:random", samples=4, seqlen=16, seed=1),),
+        EstimatorSettings(bins=8, knn_k=3, renyi_alpha=2.0, batch_size=4))
+    first = service.analyze(request)
+    assert service.analyze(request).from_cache == [True]
+
+    overwrite_tensor(folder / "model.safetensors", "model.layers.1.mlp.down_proj.weight",
+                     lambda w: w * 5)
+    edited = service.analyze(request)
+    assert edited.from_cache == [False]
+    assert not any("loaded from cache" in m for m in edited.messages)
+    assert edited.runs[0].model["identity"] != first.runs[0].model["identity"]
+    assert edited.runs[0].blocks != first.runs[0].blocks
+    assert service.analyze(request).runs[0] == edited.runs[0]  # cached under the new identity
+
+
+def _inf(w):
+    return np.full_like(w, np.inf)
+
+
+_DAMAGE_NOTICES = {
+    "truncated": "model.safetensors changed since it was converted",
+    "inf": "model.safetensors changed since it was converted",
+    "missing": "tokenizer.json is missing",
+    "added": "model-00002-of-00002.safetensors was added since it was converted",
+    "old-marker": "it was converted by another version of EntroDrop",
+}
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGE_NOTICES))
+def test_a_damaged_converted_model_is_converted_again(tmp_path, isolated_cache, monkeypatch,
+                                                      damage):
+    # Guards: the completion marker records each converted file's size and hash, and every
+    # load checks them. A truncated file was used until now (every run failed, advising to
+    # download the model again) and a tensor overwritten with inf was used silently.
+    from safetensors.torch import load_file
+
+    gguf = tiny_gguf(tmp_path / "tiny.gguf")
+    settings = ModelSettings(str(gguf), device="cpu")
+    folder = Path(load_model(settings).source_path)
+    weights = folder / "model.safetensors"
+    fresh = {k: v.clone() for k, v in load_file(weights).items()}  # not views of the file
+    # Index entries trusted as soon as written: the damage must show in the stat alone.
+    monkeypatch.setattr("analysis.identity.RACY_MARGIN_NS", 0)
+    assert conversion_problem(folder, file_identity(gguf)) is None  # now in the index
+
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "inf":
+        overwrite_tensor(weights, "model.layers.1.mlp.down_proj.weight", _inf)
+    elif damage == "missing":
+        (folder / "tokenizer.json").unlink()
+    elif damage == "added":  # would change what transformers loads
+        shutil.copy(weights, folder / "model-00002-of-00002.safetensors")
+    else:  # a marker written before the files were recorded
+        marker = folder / COMPLETE_MARKER
+        marker.write_text(json.dumps({**json.loads(marker.read_text()), "version": 1}))
+    notice = f"{folder}: {_DAMAGE_NOTICES[damage]}; converting again"
+    messages = []
+    with pytest.warns(ConvertedModelChanged) as warned:
+        loaded = load_model(settings, progress=lambda frac, msg: messages.append(msg))
+    assert [str(w.message) for w in warned] == [notice] and notice in messages
+    assert conversion_problem(folder, file_identity(gguf)) is None
+    again = load_file(weights)
+    assert again.keys() == fresh.keys()
+    assert all(torch.equal(again[k], fresh[k]) for k in fresh)
+    ids = tiny_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, tiny_model("llama")(ids).logits,
+                                   rtol=0, atol=1e-5)
+    assert load_model(settings, progress=lambda frac, msg: messages.append(msg))  # no notice
+    assert messages.count(notice) == 1
+
+
+def test_an_analysis_on_a_damaged_conversion_says_so_and_gives_the_fresh_numbers(
+        tmp_path, isolated_cache):
+    # Guards: the user sees one line naming the file, and the analysis runs on a fresh
+    # conversion instead of inf weights (whose warnings blamed fp16 overflow in float32).
+    gguf = tiny_gguf(tmp_path / "tiny.gguf")
+    request = AnalysisRequest(
+        ModelSettings(str(gguf), device="cpu"),
+        (CalibrationSettings("builtin:random", samples=4, seqlen=16, seed=1),),
+        EstimatorSettings(bins=8, knn_k=3, renyi_alpha=2.0, batch_size=4), use_cache=False)
+    first = service.analyze(request)
+    (folder,) = [p for p in (isolated_cache / "models").iterdir() if not p.name.startswith(".")]
+    overwrite_tensor(folder / "model.safetensors", "model.layers.1.mlp.down_proj.weight", _inf)
+
+    messages = []
+    with pytest.warns(ConvertedModelChanged):
+        second = service.analyze(request, progress=lambda frac, msg: messages.append(msg))
+    notice = f"{folder}: model.safetensors changed since it was converted; converting again"
+    assert messages.count(notice) == 1
+    assert second.warnings == [] and second.runs[0].warnings == []
+    assert second.runs[0].blocks == first.runs[0].blocks
