@@ -166,14 +166,14 @@ def model_identity(spec: str) -> str:
     content hash of its files, remembered per file by analysis.identity."""
     r = resolve_spec(spec)
     if r.kind == "demo":
-        gguf = _demo_gguf_path(r.spec[len("demo:"):], assemble=False)
+        gguf = demo_gguf_path(r.spec[len("demo:"):], assemble=False)
         return "demo:" + (file_identity(gguf) if gguf.is_file() else _demo_package_version(r.spec))
     if r.kind == "gguf":
         return "gguf:" + file_identity(r.path / r.gguf_file)
     if r.kind == "folder":
         return "folder:" + folder_identity(r.path, exclude=(COMPLETE_MARKER,))
     # The revision names what was downloaded; the hash covers files edited since.
-    snapshot = _hub_snapshot(r.spec)
+    snapshot = hub_snapshot(r.spec)
     return f"hub:{r.spec}@{snapshot.name}:{folder_identity(snapshot)}"
 
 
@@ -201,7 +201,7 @@ def _demo_package_version(spec: str) -> str:
         raise ModelLoadError(f"the demo model package {pkg!r} is not installed; run `make setup`") from e
 
 
-def _demo_gguf_path(name: str, assemble: bool = True) -> Path:
+def demo_gguf_path(name: str, assemble: bool = True) -> Path:
     demo = DEMO_MODELS[name]
     pkg_dir = _package_dir(demo.package)
     if name == "smollm2-135m":
@@ -224,7 +224,7 @@ def _demo_gguf_path(name: str, assemble: bool = True) -> Path:
 
 
 def demo_folder(name: str, progress: Progress | None = None) -> Path:
-    return convert_gguf(_demo_gguf_path(name), converted_dir(name), progress)
+    return convert_gguf(demo_gguf_path(name), converted_dir(name), progress)
 
 
 def gguf_folder(path: Path, progress: Progress | None = None) -> Path:
@@ -235,7 +235,7 @@ def gguf_folder(path: Path, progress: Progress | None = None) -> Path:
 # --------------------------------------------------------------------------- loading
 
 
-def _hub_snapshot(repo_id: str) -> Path:
+def hub_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
@@ -270,7 +270,7 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
     elif r.kind == "folder":
         folder = r.path
     else:
-        folder = _hub_snapshot(r.spec)
+        folder = hub_snapshot(r.spec)
     identity = model_identity(settings.spec)
 
     report(progress, 0.92, f"loading {settings.spec} on {device} as {str(dtype).replace('torch.', '')}")

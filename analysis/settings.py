@@ -14,12 +14,16 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Granularity = Literal["layer", "attn"]
 """The two kinds of block every analysis measures (SPEC: blocks and the residual stream)."""
+LoadMode = Literal["auto", "memory", "stream"]
+"""memory: the whole model in memory; stream: one decoder layer at a time (models larger
+than memory); auto: stream only when the weights do not fit in the free memory."""
 Estimator = Literal["bucket", "knn", "renyi"]
 Score = Literal["bucket", "knn", "renyi", "cosine"]
 """A per-block score held by a profile: an estimator's delta_h, or the cosine importance."""
 
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[DType, ...] = ("auto", "float32", "bfloat16", "float16")
+LOAD_MODES: tuple[LoadMode, ...] = ("auto", "memory", "stream")
 ESTIMATORS: tuple[Estimator, ...] = ("bucket", "knn", "renyi")
 SCORES: tuple[Score, ...] = (*ESTIMATORS, "cosine")
 GRANULARITIES: tuple[Granularity, ...] = ("layer", "attn")
@@ -67,12 +71,15 @@ class ModelSettings:
     """Run a model's own Python code. Off unless the user asks for it, per model."""
     device_map_auto: bool = False
     """Spread a model larger than one GPU with accelerate's `device_map="auto"`."""
+    load: LoadMode = "auto"
+    """Whole model in memory, or layer streaming; `auto` streams when it would not fit."""
 
     def validate(self) -> ModelSettings:
         if not self.spec or not self.spec.strip():
             raise SettingsError("model spec is empty")
         _choice("device", self.device, DEVICES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("load", self.load, LOAD_MODES)
         return self
 
 

@@ -14,6 +14,7 @@
 
 from analysis.streaming.engine import stream_capture
 from analysis.streaming.memory import free_bytes, should_stream
+from analysis.streaming.plan import LoadPlan, architecture_name, load_tokenizer, plan_load
 from analysis.streaming.sources import (
     SafetensorsSource,
     StreamingError,
@@ -24,6 +25,7 @@ from analysis.streaming.sources import (
 )
 
 __all__ = [
+    "LoadPlan", "architecture_name", "load_tokenizer", "plan_load",
     "SafetensorsSource", "StreamingError", "TensorSource", "free_bytes", "open_source",
     "resolve_checkpoint", "should_stream", "stream_capture", "weight_bytes_of",
 ]

@@ -155,12 +155,12 @@ def resolve_checkpoint(spec: str | Path) -> Path:
 
     r = models.resolve_spec(str(spec))
     if r.kind == "demo":
-        return models._demo_gguf_path(r.spec[len("demo:"):])
+        return models.demo_gguf_path(r.spec[len("demo:"):])
     if r.kind == "gguf":
         return r.path / r.gguf_file
     if r.kind == "folder":
         return r.path
-    return models._hub_snapshot(r.spec)
+    return models.hub_snapshot(r.spec)
 
 
 def open_source(spec: str | Path | TensorSource) -> TensorSource:

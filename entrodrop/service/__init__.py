@@ -34,6 +34,7 @@ from entrodrop.service.models import (
     Progress,
     devices,
     load,
+    load_plan,
     model_summary,
 )
 from entrodrop.service.width import (
@@ -55,7 +56,7 @@ __all__ = [
     "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "ModelRegistry",
     "Progress", "analysis_request", "analyze", "cache_parts", "calibration_sources",
     "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
-    "hidden_size", "load", "model_summary", "parameter_savings", "preview_windows",
+    "hidden_size", "load", "load_plan", "model_summary", "parameter_savings", "preview_windows",
     "profile_model", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",
     "width_ratio_range", "width_scores",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from analysis.calibration import (
     Calibration,
@@ -26,6 +26,13 @@ from analysis.settings import (
     EstimatorSettings,
     ModelSettings,
     SettingsError,
+)
+from analysis.streaming import (
+    architecture_name,
+    load_tokenizer,
+    open_source,
+    plan_load,
+    stream_capture,
 )
 from entrodrop.service.models import MODEL_LOCK, Progress
 
@@ -116,26 +123,82 @@ def analyze(
     result.from_cache = [r is not None for r in result.runs]
     todo = [i for i, r in enumerate(result.runs) if r is None]
     if todo:
-        if loaded is None:
-            loaded = (get_model or (lambda s: load_model(s, progress=progress)))(request.model)
-        for n_done, idx in enumerate(todo):
-            cal = cals[idx]
-
-            def stage(frac: float, msg: str, n_done=n_done, spec=cal.spec) -> None:
-                if progress is not None:
-                    progress((n_done + frac) / len(todo), f"{spec}: {msg}")
-
-            stage(0.0, "preparing calibration windows")
-            with MODEL_LOCK:
-                calibration = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=on_gpu)
-                profile = profile_model(loaded, calibration, request.estimators, progress=stage)
-            if keys[idx] is not None:
-                cache.put(keys[idx], profile)
-            result.runs[idx] = profile
-            for w in profile.warnings:
-                result.warn(f"{cal.spec}: warning: {w}")
+        plan = plan_load(request.model) if loaded is None else None
+        if plan is not None and plan.mode == "stream":
+            result.messages.append(f"{request.model.spec}: {plan.describe()}")
+            _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progress)
+        else:
+            if loaded is None:
+                loaded = (get_model or (lambda s: load_model(s, progress=progress)))(request.model)
+            _analyze_in_memory(request, loaded, cals, todo, keys, cache, result, on_gpu, progress)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _stage(progress: Progress | None, n_done: int, total: int, spec: str) -> Progress:
+    def stage(frac: float, msg: str) -> None:
+        if progress is not None:
+            progress((n_done + frac) / total, f"{spec}: {msg}")
+    return stage
+
+
+def _store(result: AnalysisResult, cache: ProfileCache, key: str | None, idx: int,
+           profile: Profile, spec: str) -> None:
+    if key is not None:
+        cache.put(key, profile)
+    result.runs[idx] = profile
+    for w in profile.warnings:
+        result.warn(f"{spec}: warning: {w}")
+
+
+def _analyze_in_memory(request, loaded, cals, todo, keys, cache, result, on_gpu, progress):
+    for n_done, idx in enumerate(todo):
+        cal = cals[idx]
+        stage = _stage(progress, n_done, len(todo), cal.spec)
+        stage(0.0, "preparing calibration windows")
+        with MODEL_LOCK:
+            calibration = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=on_gpu)
+            profile = profile_model(loaded, calibration, request.estimators, progress=stage)
+        _store(result, cache, keys[idx], idx, profile, cal.spec)
+
+
+def _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progress):
+    """The same profiles, with one decoder layer's weights in memory at a time."""
+    spec = request.model.spec
+    for idx in todo:
+        if cals[idx].spec.strip() == "builtin:selfgen":
+            raise SettingsError(
+                "builtin:selfgen generates its text with the whole model, which layer "
+                "streaming never loads; pick another calibration source or load the model "
+                "in memory (--load memory)")
+    tokenizer = load_tokenizer(request.model)
+    config = open_source(spec).config
+    device = resolve_device(request.model.device)
+    dtype = resolve_dtype(request.model.dtype, device)
+    model_info = {"spec": spec, "architecture": architecture_name(config),
+                  "identity": model_identity(spec), "dtype": str(dtype).replace("torch.", ""),
+                  "device": str(device)}
+    for n_done, idx in enumerate(todo):
+        cal = cals[idx]
+        stage = _stage(progress, n_done, len(todo), cal.spec)
+        stage(0.0, "preparing calibration windows")
+        started = time.perf_counter()
+        with MODEL_LOCK:
+            calibration = load_calibration(cal, tokenizer, model=None, on_gpu=on_gpu)
+            acc = stream_capture(spec, calibration.input_ids, request.estimators, device=device,
+                                 dtype=dtype, progress=stage)
+        profile = build_profile(acc, model_info=model_info,
+                                calibration_info=_calibration_info(calibration),
+                                opts=request.estimators)
+        profile = replace(profile, seconds=time.perf_counter() - started)
+        _store(result, cache, keys[idx], idx, profile, cal.spec)
+
+
+def _calibration_info(calibration: Calibration) -> dict:
+    n, t = calibration.input_ids.shape
+    return {"spec": calibration.spec, "samples": n, "seqlen": t,
+            "seed": calibration.recipe.get("seed"),
+            "fingerprint": calibration.fingerprint(), "recipe": calibration.recipe}
 
 
 def profile_model(
@@ -148,24 +211,15 @@ def profile_model(
     """One forward pass over the calibration windows -> Profile."""
     t0 = time.perf_counter()
     acc = capture(loaded.model, calibration.input_ids, opts, progress=progress)
-    n, t = calibration.input_ids.shape
     profile = build_profile(
         acc,
         model_info={"spec": loaded.spec, "architecture": loaded.architecture,
                     "identity": loaded.identity, "dtype": str(loaded.dtype).replace("torch.", ""),
                     "device": str(loaded.device)},
-        calibration_info={"spec": calibration.spec, "samples": n, "seqlen": t,
-                          "seed": calibration.recipe.get("seed"),
-                          "fingerprint": calibration.fingerprint(), "recipe": calibration.recipe},
+        calibration_info=_calibration_info(calibration),
         opts=opts,
     )
-    return _with_seconds(profile, time.perf_counter() - t0)
-
-
-def _with_seconds(profile: Profile, seconds: float) -> Profile:
-    from dataclasses import replace
-
-    return replace(profile, seconds=seconds)
+    return replace(profile, seconds=time.perf_counter() - t0)
 
 
 def held_out_windows(cal: CalibrationSettings, loaded: LoadedModel, samples: int):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from analysis.architectures import count_parameters
 from analysis.models import LoadedModel, describe_devices, load_model
 from analysis.settings import ModelSettings
+from analysis.streaming import LoadPlan, plan_load
 
 Progress = Callable[[float, str], None]
 
@@ -72,3 +73,9 @@ def model_summary(loaded: LoadedModel) -> dict:
 def devices() -> dict:
     """GPU names and free memory, and which device `auto` picks."""
     return describe_devices()
+
+
+def load_plan(settings: ModelSettings) -> LoadPlan:
+    """Whether `settings` run the whole model in memory or stream it layer by layer, with
+    the weight and free-memory estimate behind an `auto` choice (nothing is loaded)."""
+    return plan_load(settings)
