@@ -39,21 +39,21 @@ def test_demo_model_loads_as_llama_with_30_layers(smol):
 
 def test_two_stage_dynamics_and_attention_sink(smol, tmp_path):
     with_skip = _profile(smol, 1, tmp_path)
-    curve = with_skip["entropy_curve"]["bucket"]
+    curve = with_skip.entropy_curve["bucket"]
     assert len(curve) == 31
     # Stage 1: entropy falls from block 0 to block 1; Stage 2: it then rises overall.
     assert curve[1] < curve[0]
     assert curve[-1] > curve[1] + 50
     rising = sum(b > a for a, b in zip(curve[1:], curve[2:], strict=False))
     assert rising >= 18  # of 29 steps
-    assert with_skip["s_start"]["bucket"] == 1
+    assert with_skip.s_start["bucket"] == 1
 
     # Position 0 is the attention sink: huge from layer 12 on; every other position stays small.
-    sink = torch.tensor(with_skip["sink"]["max_norm"])
+    sink = torch.tensor(with_skip.sink_max_norm)
     assert (sink[13:29, 0] > 10_000).all()
     assert (sink[:, 1:] < 1_500).all()
 
     # Without skipping it, min-max bucketing collapses at layer 12.
-    raw = _profile(smol, 0, tmp_path)["entropy_curve"]["bucket"]
+    raw = _profile(smol, 0, tmp_path).entropy_curve["bucket"]
     assert raw[12] < 0.8 * raw[11]
     assert curve[12] > 0.95 * curve[11]

@@ -7,6 +7,7 @@ import pytest
 from analysis.profile import ProfileCache
 from analysis.settings import AnalysisRequest, CalibrationSettings, EstimatorSettings, ModelSettings
 from entrodrop import service
+from pruning.export import MANIFEST_NAME
 
 OPTS = EstimatorSettings(bins=8, knn_k=3, renyi_alpha=2.0, skip_first=1, batch_size=4)
 
@@ -79,23 +80,26 @@ def test_corrupt_cache_entry_is_reported_and_recomputed(tiny_llama_dir, isolated
     again = service.analyze(_request(tiny_llama_dir))
     assert again.from_cache == [False]
     assert any("recomputing" in m for m in again.messages)
-    assert again.runs[0]["entropy_curve"] == first.runs[0]["entropy_curve"]
+    assert again.runs[0].entropy_curve == first.runs[0].entropy_curve
     assert ProfileCache().get(entry.stem) is not None  # rewritten, valid again
 
 
 def test_several_calibration_sets_give_one_run_each(tiny_llama_dir, isolated_cache):
     res = service.analyze(_request(tiny_llama_dir, specs=("builtin:random", "builtin:selfgen")))
-    assert [r["calibration"]["spec"] for r in res.runs] == ["builtin:random", "builtin:selfgen"]
-    assert res.runs[0]["calibration"]["fingerprint"] != res.runs[1]["calibration"]["fingerprint"]
+    assert [r.calibration["spec"] for r in res.runs] == ["builtin:random", "builtin:selfgen"]
+    assert res.runs[0].calibration["fingerprint"] != res.runs[1].calibration["fingerprint"]
     assert res.to_json()["calibration"]["spec"] == "builtin:random"
 
 
-def test_decision_and_manifest(tiny_llama_dir, isolated_cache):
+def test_decision_and_manifest(tiny_llama_dir, isolated_cache, tmp_path):
     p = service.analyze(_request(tiny_llama_dir)).runs[0]
     plan = service.stage_plan(p, policy="reference")
-    d = service.decide(p, "attn", "knn", 1, plan)
-    assert d["order"] and set(d["order"]) <= {2}  # L=4: 0, 1 and 3 are frozen
-    assert d["blocks"] == d["order"][:1]
-    m = service.manifest_for(p, d)
-    assert m["pruned_blocks"] == d["blocks"] and m["granularity"] == "attn"
+    d = service.decision(p, "attn", "knn", 1, plan)
+    assert d.order and set(d.order) <= {2}  # L=4: 0, 1 and 3 are frozen
+    assert d.blocks == d.order[:1]
+    # The manifest is built by the service's export (the one builder, pruning.manifest).
+    loaded = service.load(ModelSettings(str(tiny_llama_dir), device="cpu"))
+    out = service.export_blocks(loaded, p, d, tmp_path / "export")
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert m["pruned_blocks"] == list(d.blocks) and m["granularity"] == "attn"
     assert len(m["scores"]) == 4

@@ -236,7 +236,7 @@ def test_more_calibration_files_are_refused_by_the_library(tmp_path, data, needl
 def test_out_of_range_settings_in_process(tiny_llama_dir, isolated_cache, tmp_path, capsys,
                                           argv, needle):
     # Guards: N, T, bins, k, alpha, K and S_start are range-checked with a named message.
-    # (tests/entrodrop/test_cli.py runs N, T, bins, k and alpha as subprocesses too.)
+    # (tests/entrodrop/cli/test_common.py runs N, T, bins, k and alpha as subprocesses too.)
     base = {"--model": str(tiny_llama_dir), "--calibration": "builtin:random", "--samples": "4",
             "--seqlen": "16", "--bins": "8", "--knn-k": "3", "--renyi-alpha": "2",
             "--device": "cpu"}
@@ -317,25 +317,25 @@ def test_nonfinite_hidden_states_are_flagged_by_the_library(overflow_dir, isolat
         return service.analyze(request)
 
     clean = profile("float32").runs[0]
-    assert clean["nonfinite_blocks"] == {"layer": [], "attn": []} and clean["warnings"] == []
+    assert clean.nonfinite_blocks == {"layer": [], "attn": []} and clean.warnings == []
 
     result = profile("float16")
     p = result.runs[0]
     # The MLP of layer 1 overflows: Z_2 onwards is inf/NaN, so layer blocks 1-3 and the
     # attention blocks 2-3 (which read Z_2, Z_3) are affected; blocks before are not.
-    assert p["nonfinite_blocks"] == {"layer": [1, 2, 3], "attn": [2, 3]}
-    assert any("bfloat16 or float32" in w for w in p["warnings"])
+    assert p.nonfinite_blocks == {"layer": [1, 2, 3], "attn": [2, 3]}
+    assert any("bfloat16 or float32" in w for w in p.warnings)
     assert any("bfloat16 or float32" in m for m in result.messages)
     for est in ("bucket", "knn", "renyi"):
-        dh = p["blocks"]["layer"]["delta_h"][est]
+        dh = p.blocks["layer"].delta_h[est]
         assert dh[1:] == [None, None, None] and isinstance(dh[0], float)
-        assert p["blocks"]["attn"]["delta_h"][est][2:] == [None, None]
-        assert p["entropy_curve"][est][2:] == [None, None, None]
-        assert isinstance(p["s_start"][est], int)
-    json.dumps(p, allow_nan=False)  # no NaN leaks into the JSON
+        assert p.blocks["attn"].delta_h[est][2:] == [None, None]
+        assert p.entropy_curve[est][2:] == [None, None, None]
+        assert isinstance(p.s_start[est], int)
+    json.dumps(p.to_json(), allow_nan=False)  # no NaN leaks into the JSON
     plan = service.stage_plan(p, policy="auto")
-    order = service.decide(p, "layer", "knn", 1, plan)["order"]
-    flagged = [b for b in order if b in p["nonfinite_blocks"]["layer"]]
+    order = list(service.decision(p, "layer", "knn", 1, plan).order)
+    flagged = [b for b in order if b in p.nonfinite_blocks["layer"]]
     assert order[len(order) - len(flagged):] == flagged  # unknown scores go last
 
 

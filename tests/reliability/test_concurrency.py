@@ -40,7 +40,7 @@ def test_two_processes_writing_one_cache_key_never_corrupt_it(tiny_llama_dir, tm
         entry = ProfileCache(profiles).get(key)  # parses and passes its checksum
         assert entry is not None
         outputs = [json.loads((tmp_path / f"r{round_no}-{i}.json").read_text()) for i in range(2)]
-        assert entry["blocks"] in (outputs[0]["blocks"], outputs[1]["blocks"])
+        assert entry.to_json()["blocks"] in (outputs[0]["blocks"], outputs[1]["blocks"])
         assert outputs[0]["blocks"] == outputs[1]["blocks"]
 
 

@@ -172,7 +172,7 @@ def test_corrupt_cache_entries_are_reported_by_the_cli_and_recomputed(tiny_llama
         second = json.loads((tmp_path / f"{damage}-second.json").read_text())
         assert second["blocks"] == first["blocks"]
         entry = next((caches[damage] / "profiles").glob("*.json"))
-        assert ProfileCache(entry.parent).get(entry.stem) == second["runs"][0]  # rewritten
+        assert ProfileCache(entry.parent).get(entry.stem).to_json() == second["runs"][0]  # rewritten
 
 
 @pytest.mark.parametrize(
@@ -204,7 +204,8 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_llama_dir, isolated_cache, 
         layer.register_forward_hook(allocation_failure)
         return loaded
 
-    monkeypatch.setattr("entrodrop.service.load_model", load_then_fail)
+    monkeypatch.setattr("entrodrop.service.analysis.load_model", load_then_fail)
+    monkeypatch.setattr("entrodrop.service.models.load_model", load_then_fail)
     monkeypatch.setattr("analysis.models.load_model", load_then_fail)
     if command == "analyze":
         argv = ["analyze", "--calibration", "builtin:random", *SMALL]

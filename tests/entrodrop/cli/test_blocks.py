@@ -1,15 +1,11 @@
-"""CLI commands that act on a profile: prune-list, export, evaluate, width (tiny models)."""
+"""Block commands (entrodrop.cli.blocks): prune-list, export, evaluate (tiny models)."""
 
 import json
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM
 
-from tests.entrodrop.test_cli import run_cli
-
-ANALYSIS = ["--calibration", "builtin:random", "--samples", "6", "--seqlen", "16", "--knn-k", "3",
-            "--device", "cpu"]
+from tests.entrodrop.cli.support import ANALYSIS, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +19,8 @@ def test_prune_list_order_blocks_and_rank_string(tiny_llama_dir, cache):
                  "--s-start", "1", "--allow-last"], cache)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert list(out) == ["granularity", "criterion", "k", "order", "blocks", "s_start", "policy",
+                         "rank_string (position i = rank of layer i)", "prunable"]
     assert sorted(out["order"]) == [1, 2, 3] and out["prunable"] == [1, 2, 3]
     assert out["blocks"] == out["order"][:2]
     ranks = [int(x) for x in out["rank_string (position i = rank of layer i)"].split(",")]
@@ -58,12 +56,13 @@ def test_export_layer_reloads_with_stock_transformers(tiny_llama_dir, cache, tmp
 
 def test_evaluate_prints_pruned_figures_and_curves(tiny_llama_dir, cache, tmp_path):
     out = tmp_path / "eval.json"
-    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS, "--heldout", "2",
+    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS, "--held-out", "2",
                  "--granularity", "attn", "--criterion", "knn", "--k", "1", "--policy", "reference",
                  "--ks", "0..1", "--repeats", "1", "--out", str(out)], cache)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     assert data["perplexity"] > 1 and data["pruned"]["blocks"] == [2]
+    assert data["held_out_windows"] == 2 and data["seqlen"] == 16
     assert data["pruned"]["speed"]["params_pruned"] < data["pruned"]["speed"]["params_base"]
     rows = data["curves"]
     assert {(r["granularity"], r["criterion"], r["k"]) for r in rows} == {
@@ -72,28 +71,10 @@ def test_evaluate_prints_pruned_figures_and_curves(tiny_llama_dir, cache, tmp_pa
     assert "perplexity" in r.stdout
 
 
-@pytest.mark.parametrize(("criterion", "mode", "width"),
-                         [("taylor-entropy", "uniform", 32), ("magnitude", "per_layer", 16)])
-def test_width_export_is_a_standard_checkpoint(tiny_llama_dir, cache, tmp_path, criterion, mode, width):
-    # tiny llama: hidden 32, intermediate 64; uniform keeps half of 64, per_layer 0.5 * 32.
-    out = tmp_path / f"width-{criterion}"
-    r = run_cli(["--quiet", "width", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
-                 "--samples", "4", "--seqlen", "16", "--device", "cpu", "--criterion", criterion,
-                 "--ratio", "0.5", "--mode", mode, "--out", str(out)], cache)
-    assert r.returncode == 0, r.stderr
-    model = AutoModelForCausalLM.from_pretrained(out)
-    assert model.config.intermediate_size == width
-    assert model.model.layers[0].mlp.down_proj.weight.shape == (32, width)
-    logits = model(torch.tensor([[3, 4, 5]])).logits
-    assert torch.isfinite(logits).all()
-    manifest = json.loads((out / "entrodrop.json").read_text())
-    assert manifest["criterion"] == criterion and manifest["ratio"] == 0.5
-
-
 def test_evaluate_width_curves(tiny_llama_dir, cache, tmp_path):
     out = tmp_path / "width.json"
     r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
-                 "--samples", "4", "--seqlen", "16", "--device", "cpu", "--heldout", "2",
+                 "--samples", "4", "--seqlen", "16", "--device", "cpu", "--held-out", "2",
                  "--width-ratios", "1,0.5", "--width-mode", "uniform", "--out", str(out)], cache)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["width_curves"]
