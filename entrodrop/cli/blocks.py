@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 
-from analysis.architectures import count_parameters, weight_bytes
 from analysis.models import LoadedModel
 from analysis.profile import Profile
 from analysis.settings import GRANULARITIES
@@ -29,12 +28,8 @@ from entrodrop.cli.common import (
     report_messages,
     write_json,
 )
-from pruning.apply import pruned
 from pruning.decision import Decision
-from pruning.evaluate import evaluate_quality, vocab_size
-from pruning.export import check_export_target
 from pruning.ranking import BASELINE
-from pruning.speed import measure_speed
 from pruning.stages import StagePlan
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
@@ -95,42 +90,25 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def _unpruned_figures(a: argparse.Namespace, loaded: LoadedModel, ids) -> dict:
-    # The service has no figures for the unpruned model alone (quality, parameters, bytes),
-    # so they come from pruning/analysis; the CLI runs one command at a time, so nothing
-    # else holds the model.
+    figures = service.model_figures(loaded, ids, batch_size=a.batch_size)
     report: dict = {"model": a.model, "held_out_windows": int(ids.shape[0]),
-                    "seqlen": int(ids.shape[1]), "parameters": count_parameters(loaded.model),
-                    "weight_bytes": weight_bytes(loaded.model)}
-    base = evaluate_quality(loaded.model, ids, {}, batch_size=a.batch_size)["unpruned"]
-    report["perplexity"] = base.perplexity
-    print(f"{a.model}: perplexity {base.perplexity:.3f} on {ids.shape[0]}x{ids.shape[1]} held-out "
-          f"tokens, {report['parameters'] / 1e6:.1f} M parameters")
+                    "seqlen": int(ids.shape[1]), "parameters": figures["parameters"],
+                    "weight_bytes": figures["weight_bytes"], "perplexity": figures["perplexity"]}
+    print(f"{a.model}: perplexity {figures['perplexity']:.3f} on {ids.shape[0]}x{ids.shape[1]} "
+          f"held-out tokens, {report['parameters'] / 1e6:.1f} M parameters")
     return report
 
 
 def _pruned_figures(a: argparse.Namespace, loaded: LoadedModel, ids, d: Decision) -> dict:
     blocks = list(d.blocks)
-
-    def variant():
-        return pruned(loaded.model, a.granularity, blocks)
-
-    # Not service.quality_over_k: its rows leave out the token count this report has.
-    q = evaluate_quality(loaded.model, ids, {"pruned": variant}, batch_size=a.batch_size)["pruned"]
-    speed = _speed(loaded, variant, a.repeats)
+    q = service.quality_of(loaded, ids, a.granularity, blocks, batch_size=a.batch_size)
+    speed = service.speed(loaded, a.granularity, blocks, repeats=a.repeats)
     print(f"{a.granularity}/{a.criterion} K={a.k} blocks {blocks}: perplexity "
-          f"{q.perplexity:.3f}, KL {q.kl:.4f}, top-1 {q.top1:.3f}; "
+          f"{q['perplexity']:.3f}, KL {q['kl']:.4f}, top-1 {q['top1']:.3f}; "
           f"prefill x{_num(speed['prefill_ratio'], '.2f')}, "
           f"decode x{_num(speed['decode_ratio'], '.2f')}, "
           f"params {speed['params_pruned'] / 1e6:.1f} M of {speed['params_base'] / 1e6:.1f} M")
-    return {"blocks": blocks, **q.to_dict(), "speed": speed}
-
-
-def _speed(loaded: LoadedModel, variant, repeats: int) -> dict:
-    """service.speed, less its failure: pruning.speed.measure_speed's `vocab_size`
-    parameter shadows the helper of that name, so it raises TypeError unless the vocabulary
-    size is passed in. Go back to service.speed once that is fixed."""
-    vocab = vocab_size(loaded.model) or 0  # 0 fails measure_speed's own check, with a message
-    return measure_speed(loaded.model, variant, repeats=repeats, vocab_size=vocab).to_dict()
+    return {"blocks": blocks, **q, "speed": speed}
 
 
 def _k_curves(a: argparse.Namespace, loaded: LoadedModel, ids, profile: Profile,
@@ -164,7 +142,7 @@ def _width_curves(a: argparse.Namespace, loaded: LoadedModel, ids,
 def cmd_evaluate(a: argparse.Namespace) -> int:
     ks = parse_ks(a.ks) if a.ks else None  # malformed lists fail before any work
     ratios = parse_ratios(a.width_ratios) if a.width_ratios else None
-    loaded = load(a)
+    loaded = load(a, "evaluate")
     ids = service.held_out_windows(calibration_settings(a, a.calibration), loaded, a.held_out)
     report = _unpruned_figures(a, loaded, ids)
     if ks is not None or a.k is not None:
@@ -182,10 +160,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
+    service.check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
     profile = profile_of(a)
     d = decision_of(a, profile, plan_of(a, profile))
-    loaded = load(a)
+    loaded = load(a, "export")
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
                                 progress=progress)

@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import get_args
 
-from analysis.calibration import CalibrationError
 from analysis.errors import EntroDropError
 from analysis.models import DEMO_MODELS, LoadedModel
 from analysis.paths import atomic_write_text, cache_dir
@@ -40,6 +39,7 @@ from analysis.settings import (
     DTYPES,
     ESTIMATORS,
     GRANULARITIES,
+    LOAD_MODES,
     AnalysisRequest,
     CalibrationSettings,
     EstimatorSettings,
@@ -70,10 +70,7 @@ class CLIError(EntroDropError):
     """A user error found by the CLI itself (an option it parses): one line, exit code 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, *service.USER_ERRORS, CalibrationError)
-"""CalibrationError is named on its own until it subclasses EntroDropError like every other
-user error (it lives in analysis/calibration.py, which is being split into a package); until
-then service.USER_ERRORS misses it."""
+USER_ERRORS: tuple[type[BaseException], ...] = (CLIError, *service.USER_ERRORS)
 
 
 # --------------------------------------------------------------------------- progress
@@ -117,6 +114,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="run the model's own Python code (off by default)")
     p.add_argument("--device-map-auto", action="store_true",
                    help="spread a model larger than one GPU with accelerate")
+    p.add_argument("--load", default=ModelSettings.load, choices=LOAD_MODES,
+                   help="memory: the whole model; stream: one decoder layer at a time, for "
+                        "models larger than memory; auto (default): stream only when the "
+                        "weights do not fit in free memory")
 
 
 def add_calibration_args(p: argparse.ArgumentParser, multiple: bool) -> None:
@@ -172,7 +173,7 @@ def add_decision_args(p: argparse.ArgumentParser, with_k: bool = True) -> None:
 
 def model_settings(a: argparse.Namespace) -> ModelSettings:
     return ModelSettings(a.model, a.device, a.dtype, a.trust_remote_code,
-                         a.device_map_auto).validate()
+                         a.device_map_auto, a.load).validate()
 
 
 def calibration_settings(a: argparse.Namespace, spec: str) -> CalibrationSettings:
@@ -190,10 +191,20 @@ def analysis_request(a: argparse.Namespace, specs: Sequence[str]) -> AnalysisReq
                                     estimator_settings(a), use_cache=not a.no_cache)
 
 
-def load(a: argparse.Namespace) -> LoadedModel:
-    """The model of --model, loaded with a progress bar."""
+def load(a: argparse.Namespace, command: str) -> LoadedModel:
+    """The whole model of --model in memory, loaded with a progress bar. `command` needs the
+    whole model: under --load stream it says so, and `auto` loads it even when the weights
+    seem not to fit (with a note), since there is no streaming path for it yet."""
+    settings = model_settings(a)
+    plan = service.load_plan(settings)
+    if plan.mode == "stream":
+        if settings.load == "stream":
+            raise CLIError(f"{command} needs the whole model in memory (only analyze and "
+                           "prune-list stream); use --load memory or auto")
+        print(f"entrodrop {command}: note: {plan.describe()}, but {command} needs the whole "
+              "model in memory; loading it anyway", file=sys.stderr)
     progress = ProgressBar(a.quiet)
-    loaded = service.load(model_settings(a), progress=progress)
+    loaded = service.load(settings, progress=progress)
     progress.done()
     return loaded
 

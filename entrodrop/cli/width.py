@@ -18,15 +18,14 @@ from entrodrop.cli.common import (
     calibration_settings,
     load,
 )
-from pruning.export import check_export_target
 
 DEFAULT_WIDTH_CRITERION: TaylorCriterion = "taylor-entropy"
 """The neuron importance of the method: Taylor scores with the output entropy as the loss."""
 
 
 def cmd_width(a: argparse.Namespace) -> int:
-    check_export_target(a.out, overwrite=a.overwrite)  # before loading and scoring
-    loaded = load(a)
+    service.check_export_target(a.out, overwrite=a.overwrite)  # before loading and scoring
+    loaded = load(a, "width")
     cal = calibration_settings(a, a.calibration)
     progress = ProgressBar(a.quiet)
     scores = service.width_scores(loaded, cal, [a.criterion], batch_size=a.batch_size,

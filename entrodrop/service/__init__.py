@@ -20,10 +20,13 @@ from entrodrop.service.analysis import (
 )
 from entrodrop.service.blocks import (
     DEFAULT_STAGE_ESTIMATOR,
+    check_export_target,
     decision,
     export_blocks,
     generate,
+    model_figures,
     parameter_savings,
+    quality_of,
     quality_over_k,
     speed,
     stage_plan,
@@ -54,9 +57,9 @@ says what and what to do next. Anything else is a bug."""
 
 __all__ = [
     "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "ModelRegistry",
-    "Progress", "analysis_request", "analyze", "cache_parts", "calibration_sources",
+    "Progress", "analysis_request", "analyze", "cache_parts", "calibration_sources", "check_export_target",
     "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
-    "hidden_size", "load", "load_plan", "model_summary", "parameter_savings", "preview_windows",
-    "profile_model", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",
+    "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows",
+    "profile_model", "quality_of", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",
     "width_ratio_range", "width_scores",
 ]

@@ -124,8 +124,9 @@ def analyze(
     todo = [i for i, r in enumerate(result.runs) if r is None]
     if todo:
         plan = plan_load(request.model) if loaded is None else None
-        if plan is not None and plan.mode == "stream":
+        if plan is not None:
             result.messages.append(f"{request.model.spec}: {plan.describe()}")
+        if plan is not None and plan.mode == "stream":
             _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progress)
         else:
             if loaded is None:

@@ -12,7 +12,8 @@ from analysis.settings import Estimator, Granularity
 from entrodrop.service.models import MODEL_LOCK, Progress
 from pruning.apply import pruned
 from pruning.decision import Decision, decide
-from pruning.evaluate import quality_curves
+from pruning.evaluate import UNPRUNED, evaluate_quality, quality_curves
+from pruning.export import check_export_target as export_target_check
 from pruning.export import export_pruned
 from pruning.manifest import block_manifest
 from pruning.ranking import BASELINE, Criterion
@@ -56,6 +57,33 @@ def quality_over_k(loaded: LoadedModel, held_out_ids, orders: Mapping[str, Seque
         return quality_curves(loaded.model, held_out_ids, granularity,
                               {c: list(o) for c, o in orders.items()}, list(ks),
                               batch_size=batch_size, progress=step)
+
+
+def model_figures(loaded: LoadedModel, held_out_ids, *, batch_size: int = 4) -> dict:
+    """The unpruned model's perplexity on the held-out windows, its parameter count and
+    weight bytes (tied weights counted once)."""
+    with MODEL_LOCK:
+        base = evaluate_quality(loaded.model, held_out_ids, {}, batch_size=batch_size)[UNPRUNED]
+        return {"parameters": count_parameters(loaded.model),
+                "weight_bytes": weight_bytes(loaded.model), "perplexity": base.perplexity,
+                "tokens": base.tokens}
+
+
+def quality_of(loaded: LoadedModel, held_out_ids, granularity: Granularity,
+               blocks: Sequence[int], *, batch_size: int = 4) -> dict:
+    """Perplexity, KL and top-1 agreement of the model with `blocks` pruned, against the
+    unpruned model on the same windows (with the number of predicted tokens)."""
+    model, blocks = loaded.model, list(blocks)
+    with MODEL_LOCK:
+        q = evaluate_quality(model, held_out_ids,
+                             {"pruned": lambda: pruned(model, granularity, blocks)},
+                             batch_size=batch_size)["pruned"]
+    return q.to_dict()
+
+
+def check_export_target(out_dir, *, overwrite: bool = False) -> Path:
+    """Refuse an export target before any expensive work (exists, not ours, not writable)."""
+    return export_target_check(out_dir, overwrite=overwrite)
 
 
 def parameter_savings(loaded: LoadedModel, granularity: Granularity,
