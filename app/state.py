@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "auto",
     "trust_remote_code": False,
     "device_map_auto": False,
+    "load_mode": ModelSettings.load,
     # calibration page
     "cal_sources": list(DEFAULT_SOURCES),
     "cal_uploaded": [],
@@ -197,11 +198,22 @@ def figure(kind: str, key: str, build: Callable[[], Any]) -> Any:
 # --------------------------------------------------------------------------- settings
 
 
+@st.cache_data(show_spinner=False, ttl=30, max_entries=16)
+def _load_plan(settings: ModelSettings):
+    return service.load_plan(settings)
+
+
+def load_plan():
+    """Memory or streaming for the current model settings, with the estimate (refreshed
+    every 30 s, since free memory changes)."""
+    return _load_plan(model_settings())
+
+
 def model_settings() -> ModelSettings:
     ss = st.session_state
     return ModelSettings(spec=str(ss["model_spec"]).strip(), device=ss["device"],
                          dtype=ss["dtype"], trust_remote_code=bool(ss["trust_remote_code"]),
-                         device_map_auto=bool(ss["device_map_auto"]))
+                         device_map_auto=bool(ss["device_map_auto"]), load=ss["load_mode"])
 
 
 def estimator_settings() -> EstimatorSettings:

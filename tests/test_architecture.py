@@ -70,7 +70,7 @@ def copy_project(dest: Path) -> None:
         # An import inside a function is still an upward dependency.
         ("pruning/ranking.py", "def _upward():\n    from entrodrop import service\n",
          "layers", "pruning.ranking -> entrodrop.service"),
-        ("entrodrop/cli.py", "from app import state\n", "layers", "entrodrop.cli -> app.state"),
+        ("entrodrop/cli/common.py", "from app import state\n", "layers", "entrodrop.cli.common -> app.state"),
         ("pruning/ranking.py", "import streamlit\n", "streamlit-only-in-app",
          "pruning.ranking -> streamlit"),
         ("analysis/estimators.py", "import streamlit as st\n", "streamlit-only-in-app",

@@ -5,10 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from analysis.models import DEMO_MODELS
-from analysis.settings import DEVICES, DTYPES
+from analysis.settings import DEVICES, DTYPES, LOAD_MODES
 from app import state
 from entrodrop import service
 
+LOAD_LABELS = {"auto": "auto: stream only if the weights do not fit",
+               "memory": "whole model in memory", "stream": "layer streaming"}
 SOURCE_LABELS = {"demo": "Bundled demo model", "local": "Local folder or GGUF file",
                  "hub": "Hugging Face hub id"}
 
@@ -50,6 +52,10 @@ with right:
                      "this model's source.")
     st.checkbox("Spread over several GPUs (device_map=auto)", key="device_map_auto",
                 persist_state="session")
+    st.selectbox("Load", LOAD_MODES, key="load_mode", persist_state="session",
+                 format_func=LOAD_LABELS.get,
+                 help="Layer streaming reads one decoder layer at a time from the checkpoint, "
+                      "so models larger than memory can be analysed.")
 
 devices = state.device_info()
 if devices["gpus"]:
@@ -61,6 +67,19 @@ else:
                + "; the model runs on the CPU.")
 st.caption(f"`auto` resolves to **{devices['auto_device']}** with "
            f"**{devices['auto_dtype']}** here.")
+
+plan = None
+if ss["model_spec"]:
+    try:
+        plan = state.load_plan()
+        st.caption(f"Load: {plan.describe()}.")
+    except service.USER_ERRORS:
+        pass  # a spec that cannot be read is reported, once, when the model is loaded
+if plan is not None and plan.mode == "stream":
+    st.info("Layer streaming: the analysis on the Calibration page reads one decoder layer "
+            "at a time and never loads the whole model. The Budget, Export and Width pages "
+            "still need the whole model in memory and load it when you use them.",
+            icon=":material/layers:")
 
 if st.button("Load model", key="load_model", type="primary", icon=":material/download:"):
     with state.guard("Loading the model"):
