@@ -173,3 +173,51 @@ def test_taylor_layer_sums_appear_on_the_prune_list(ui):
     taylor = [f for f in frames if "criterion" in f.columns]
     assert taylor and taylor[0]["criterion"].tolist() == ["taylor-entropy (layer sum)"]
     assert len(taylor[0]["pruned"].iloc[0]) == 2
+
+
+def _manifest(folder):
+    record = json.loads((folder / "entrodrop.json").read_text())
+    record.pop("exported_at")  # the only field that depends on when, not what
+    return record
+
+
+def test_app_and_cli_exports_of_the_same_settings_write_equal_manifests(
+        ui, tmp_path, monkeypatch, tiny_model_dir):
+    from entrodrop.cli import main
+
+    root = tmp_path / "exports"
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
+    # Block export: the app at its defaults (attn, knn, auto S_start) with K=2 ...
+    at = ui.analysed(seed=41)
+    at.slider(key="k").set_value(2).run()
+    at.switch_page("views/export.py").run()
+    at.text_input(key="export_name").set_value("app-blocks").run()
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    # ... and the CLI with the same settings.
+    common = ["--model", str(tiny_model_dir), "--calibration", "builtin:random",
+              "--samples", "4", "--seqlen", "32", "--seed", "41", "--knn-k", "5"]
+    assert main(["--quiet", "export", *common, "--granularity", "attn", "--criterion", "knn",
+                 "--k", "2", "--out", str(tmp_path / "cli-blocks")]) == 0
+    app_blocks, cli_blocks = _manifest(root / "app-blocks"), _manifest(tmp_path / "cli-blocks")
+    assert app_blocks["pruned_blocks"] and app_blocks["k"] == 2
+    assert app_blocks == cli_blocks
+
+    # Width export: taylor-entropy scores on 2 windows, ratio 1.0, in the app and the CLI.
+    at = ui.start("calibration")
+    ui.set_calibration(at, seed=42)
+    at.switch_page("views/width.py").run()
+    at.multiselect(key="width_criteria").set_value(["taylor-entropy"]).run()
+    at.number_input(key="width_samples").set_value(2).run()
+    at.button(key="run_width_scores").click().run()
+    at.slider(key="width_ratio").set_value(1.0).run()
+    at.text_input(key="width_export_name").set_value("app-width").run()
+    at.button(key="run_width_export").click().run()
+    ui.assert_clean(at)
+    width_args = ["--model", str(tiny_model_dir), "--calibration", "builtin:random",
+                  "--samples", "2", "--seqlen", "32", "--seed", "42"]
+    assert main(["--quiet", "width", *width_args, "--criterion", "taylor-entropy",
+                 "--ratio", "1.0", "--out", str(tmp_path / "cli-width")]) == 0
+    app_width, cli_width = _manifest(root / "app-width"), _manifest(tmp_path / "cli-width")
+    assert app_width["method"] == "width" and app_width["kept_per_layer"] == [32] * NUM_LAYERS
+    assert app_width == cli_width
