@@ -116,7 +116,7 @@ def stream_quality(
     z0, calls = walk.record_inputs(sm, batches)
     states = _States(z0, list(plans))
     with torch.inference_mode():
-        for i, layer in walk.walk_layers(sm, range(num_layers)):
+        for i, _layer in walk.walk_layers(sm, range(num_layers)):
             todo = states.step(i, {name: plan[i] for name, plan in plans.items()})
             for key, (prev, action) in todo.items():
                 with acting(sm.arch, sm.layers, i, action) as acted:
