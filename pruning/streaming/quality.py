@@ -206,9 +206,3 @@ def stream_quality_curves(
                      "kl": q.kl, "top1": q.top1})
     return [json_safe(r) for r in rows]
 
-
-def state_bytes(num_states: int, n: int, t: int, d: int, dtype: torch.dtype) -> int:
-    """Memory of `num_states` hidden states [N, T, D]: what the variants cost besides the
-    weights (at most one state per distinct prefix of decisions)."""
-    return num_states * n * t * d * torch.empty((), dtype=dtype).element_size()
-
