@@ -1,0 +1,371 @@
+"""Block and width exports written straight from the source checkpoint, tensor by tensor.
+
+The in-memory exports (`pruning.export.export_pruned`, `pruning.width.export_width_pruned`)
+give a fresh model of the stock class the pruned state dict and call `save_pretrained`.
+Here the same fresh model is built on the meta device only, which gives the names, shapes
+and config of everything the export holds; the tensors are then read one at a time from
+the source (renumbered for `layer`, left out for dropped attention, sliced for width),
+converted to the export dtype and appended to safetensors shards (`writer`). Config,
+generation config, modeling file, tokenizer, manifest and model card are written with the
+in-memory export's own helpers, into the same temporary folder that is renamed into place
+only once complete (`pruning.export.staged_output_dir`).
+
+Memory: one tensor at a time for block exports; one decoder layer at a time for width
+exports (the layer is materialised so that its MLP is cut by the same code as in memory).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from analysis.architectures import get_architecture
+from analysis.streaming import skeleton
+from analysis.streaming.sources import TensorSource, open_source
+from pruning import export as block_export
+from pruning import width as width_export
+from pruning.export import (
+    DROPPED_ATTN_KEY,
+    EXPORT_MODEL_TYPE_PREFIX,
+    MODELING_NAME,
+    ExportError,
+    UnsupportedExportError,
+    json_ready,
+    layer_config_changes,
+    provenance,
+    render_modeling_file,
+    staged_output_dir,
+    write_manifest,
+)
+from pruning.modeling_template import replace_attention
+from pruning.streaming import walk
+from pruning.streaming.variants import mlp_sizes, width_sliced
+from pruning.streaming.writer import DEFAULT_MAX_SHARD_BYTES, Entry, write_shards
+
+Progress = walk.Progress
+
+
+def stream_export_blocks(source: str | Path | TensorSource, out_dir: str | os.PathLike,
+                         granularity: str, blocks: Sequence[int], manifest: Mapping[str, Any], *,
+                         overwrite: bool = False, progress: Progress | None = None,
+                         dtype: torch.dtype | str | None = None, tokenizer: Any = None,
+                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """`export_pruned` without loading the model: the same folder from the checkpoint.
+
+    `source`: a model spec, path or `TensorSource`. `dtype`: of the written weights;
+    None keeps the checkpoint's (float32 for GGUF, whose tensors are dequantised), which is
+    what an in-memory load at that dtype would export. `tokenizer`: None loads the
+    source's own (as the app does), False writes none, anything else is saved as given.
+    Returns the folder.
+    """
+    report = progress or (lambda frac, msg: None)
+    src, model = _open(source)
+    arch, drop = block_export._checked(model, granularity, blocks)
+    base = block_export._stock_class(model, granularity)
+    record = json_ready(dict(manifest), "manifest")
+    num_layers = len(arch.layers(model))
+    kept = [i for i in range(num_layers) if i not in drop]
+    dtype = _export_dtype(src, dtype)
+
+    # The config changes of export_pruned, on a copy of the source's config.
+    config = copy.deepcopy(src.config)
+    prepare: Callable[[nn.Module], None] | None = None
+    if granularity == "layer":
+        text_config = config.get_text_config(decoder=True)
+        for name, value in layer_config_changes(text_config, kept, num_layers, arch).items():
+            setattr(text_config, name, value)
+    else:
+        cls_name = f"EntroDrop{base.__name__}"
+        config_name = f"EntroDrop{type(config).__name__}"
+        config.auto_map = {"AutoConfig": f"{MODELING_NAME[:-3]}.{config_name}",
+                           "AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{cls_name}"}
+        setattr(config, DROPPED_ATTN_KEY, list(drop))
+
+        def prepare(fresh: nn.Module) -> None:
+            replace_attention(fresh, arch.layers_path, arch.attn_name, drop)
+
+    fresh = _fresh_model(base, config, dtype, prepare)
+    prefix = arch.layers_path + "."
+    new_to_old = dict(enumerate(kept)) if granularity == "layer" else {i: i for i in range(num_layers)}
+
+    def source_name(name: str) -> str:
+        """The skeleton's name of a tensor of the pruned model (layers renumbered back)."""
+        if not name.startswith(prefix):
+            return name
+        index, _, rest = name[len(prefix):].partition(".")
+        return f"{prefix}{new_to_old[int(index)]}.{rest}"
+
+    entries, stored = _plan(src, model, fresh, dtype, source_name)
+    tokenizer = _resolve_tokenizer(src, tokenizer)
+
+    def produce(name: str) -> torch.Tensor:
+        return _read(src, stored[name], dtype)
+
+    report(0.0, "checking the target folder")
+    out_dir = Path(out_dir)
+    with staged_output_dir(out_dir, overwrite=overwrite,
+                           needed_bytes=sum(e.nbytes for e in entries)) as tmp:
+        report(0.05, "writing the weights, tensor by tensor")
+        _write_checkpoint(tmp, src, fresh, entries, produce, max_shard_bytes,
+                          lambda done, total: report(0.05 + 0.75 * done / total,
+                                                     f"wrote {done} of {total} tensors"))
+        if granularity == "attn":
+            (tmp / MODELING_NAME).write_text(
+                render_modeling_file(base.__name__, arch, type(config).__name__,
+                                     config.model_type), encoding="utf-8")
+            block_export._rewrite_config(tmp / "config.json", architectures=[cls_name],
+                                         model_type=EXPORT_MODEL_TYPE_PREFIX + config.model_type)
+        report(0.85, "writing the tokenizer")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        record.update({
+            "granularity": granularity,
+            "blocks": list(drop),
+            "num_layers_before": num_layers,
+            "num_layers_after": len(kept) if granularity == "layer" else num_layers,
+            **provenance(model, fresh),
+        })
+        write_manifest(tmp, record, block_export._model_card(out_dir.name, record))
+        report(0.95, "moving the export into place")
+    report(1.0, f"exported to {out_dir}")
+    return out_dir
+
+
+def stream_export_width(source: str | Path | TensorSource, out_dir: str | os.PathLike,
+                        keep: Sequence[torch.Tensor], manifest: Mapping[str, Any], *,
+                        overwrite: bool = False, progress: Progress | None = None,
+                        dtype: torch.dtype | str | None = None, tokenizer: Any = None,
+                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """`export_width_pruned` without loading the model: every layer's MLP keeps the
+    neurons `keep[i]` (one sorted index tensor per layer, equal counts, as
+    `pruning.width.keep_indices` gives). `dtype`, `tokenizer`: as in `stream_export_blocks`.
+    Returns the folder."""
+    report = progress or (lambda frac, msg: None)
+    if not isinstance(manifest, Mapping):
+        raise width_export.WidthPruningError(f"manifest must be a dict; got {type(manifest).__name__}")
+    record = json_ready(dict(manifest), "manifest")
+    src = open_source(source)
+    dtype = _export_dtype(src, dtype)
+    sm = walk.open_streamed(src, "cpu", dtype)
+    model, arch = sm.model, sm.arch
+    sizes = mlp_sizes(arch, sm.layers)
+    keep = width_export._checked_keep(keep, sizes)
+    width = len(keep[0])
+    config_key = arch.mlp.config_key
+
+    config = copy.deepcopy(src.config)
+    setattr(width_export._width_config(config, config_key), config_key, width)
+    fresh = _fresh_model(type(model), config, dtype, None)
+    entries, stored = _plan(src, model, fresh, dtype, lambda name: name)
+    tokenizer = _resolve_tokenizer(src, tokenizer)
+    layers = _LayerTensors(sm, keep)
+
+    def produce(name: str) -> torch.Tensor:
+        layer = layers.index_of(name)
+        return _read(src, stored[name], dtype) if layer is None else layers.get(layer, name)
+
+    report(0.0, "checking the target folder")
+    out_dir = Path(out_dir)
+    with staged_output_dir(out_dir, overwrite=overwrite,
+                           needed_bytes=sum(e.nbytes for e in entries)) as tmp:
+        report(0.05, "writing the weights, layer by layer")
+        _write_checkpoint(tmp, src, fresh, entries, produce, max_shard_bytes,
+                          lambda done, total: report(0.05 + 0.8 * done / total,
+                                                     f"wrote {done} of {total} tensors"))
+        layers.close()
+        report(0.85, "writing the tokenizer")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        record.update({
+            "method": record.get("method", "width"),
+            "width_pruning": {
+                "config_key": config_key,
+                "intermediate_size_before": sizes,
+                "intermediate_size_after": width,
+                "kept_neurons": [k.tolist() for k in keep],
+            },
+            **provenance(model, fresh),
+        })
+        write_manifest(tmp, record, width_export._model_card(out_dir.name, record))
+    report(1.0, f"exported to {out_dir}")
+    return out_dir
+
+
+class _LayerTensors:
+    """The tensors of one width-pruned decoder layer at a time, cut by `width_sliced` on
+    the materialised layer (the same slicing as in memory)."""
+
+    def __init__(self, sm: walk.StreamedModel, keep: list[torch.Tensor]):
+        self.sm, self.keep = sm, keep
+        self.prefix = sm.arch.layers_path + "."
+        self.current: int | None = None
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def index_of(self, name: str) -> int | None:
+        if not name.startswith(self.prefix):
+            return None
+        return int(name[len(self.prefix):].partition(".")[0])
+
+    def get(self, index: int, name: str) -> torch.Tensor:
+        if index != self.current:
+            self.tensors = {}  # the previous layer goes before the next is read
+            self.tensors = self._load(index)
+            self.current = index
+        return self.tensors.pop(name)
+
+    def _load(self, index: int) -> dict[str, torch.Tensor]:
+        sm = self.sm
+        tensors = walk.read_tensors(sm.source, sm.layer_names[index], sm.dtype)
+        layer = sm.layers[index]
+        with skeleton.loaded(sm.model, tensors, sm.device), \
+                width_sliced(sm.arch, layer, self.keep[index]):
+            return {f"{self.prefix}{index}.{n}": p.detach()
+                    for n, p in layer.named_parameters()}
+
+    def close(self) -> None:
+        self.tensors, self.current = {}, None
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _open(source) -> tuple[TensorSource, nn.Module]:
+    """The source and its skeleton (meta parameters, embeddings tied as when loaded)."""
+    src = open_source(source)
+    model = skeleton.build_skeleton(src.config, torch.float32)
+    model.tie_weights()
+    get_architecture(model)
+    return src, model
+
+
+def _export_dtype(src: TensorSource, dtype: torch.dtype | str | None) -> torch.dtype:
+    """The floating dtype of the written weights: the one asked for, else the checkpoint's
+    (which must then be a single one, as in a model loaded without a dtype)."""
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in names:
+            raise ExportError(f"dtype must be one of {', '.join(names)}; got {dtype!r}")
+        return names[dtype]
+    if dtype is not None:
+        return dtype
+    stored = {src.dtype(n) for n in src.names() if src.dtype(n).is_floating_point}
+    if len(stored) != 1:
+        raise ExportError(
+            f"{str(src.path)!r} stores weights in {sorted(map(str, stored))}; say which dtype "
+            "to export in (dtype='float32', 'bfloat16' or 'float16')")
+    return stored.pop()
+
+
+def _fresh_model(base: type, config, dtype: torch.dtype,
+                 prepare: Callable[[nn.Module], None] | None) -> nn.Module:
+    """The model `save_clean_checkpoint` builds and saves, on the meta device, tied."""
+    for name in ("quantization_config", "_pre_quantization_dtype"):
+        if name in config.__dict__:
+            delattr(config, name)
+    config.dtype = dtype
+    with torch.device("meta"):
+        fresh = base(config)
+    if prepare is not None:
+        prepare(fresh)
+    fresh.tie_weights()
+    return fresh
+
+
+def _plan(src: TensorSource, model: nn.Module, fresh: nn.Module, dtype: torch.dtype,
+          source_name: Callable[[str], str]) -> tuple[list[Entry], dict[str, str]]:
+    """(what to write: the saved names, shapes and dtypes, {saved name: checkpoint name}).
+
+    The saved names are those `save_pretrained` keeps: the fresh model's state dict without
+    tied duplicates (the head, when it is the embedding)."""
+    from transformers.core_model_loading import revert_weight_conversion
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    state = remove_tied_weights_from_state_dict(fresh.state_dict(), fresh)
+    if set(revert_weight_conversion(fresh, dict(state))) != set(state):
+        raise UnsupportedExportError(
+            f"{type(fresh).__name__} renames its weights when saving, which the streaming "
+            "export does not do; export this model in memory instead")
+    params = dict(model.named_parameters())
+    wanted = {name: source_name(name) for name in state}
+    not_params = sorted(n for n in wanted.values() if n not in params)
+    if not_params:
+        raise UnsupportedExportError(
+            f"the export holds tensors that are not parameters ({not_params[:3]}), which the "
+            "streaming export cannot read; export this model in memory instead")
+    stored_of = skeleton.checkpoint_names(model, src, sorted(set(wanted.values())))
+    entries, stored = [], {}
+    for name, meta in state.items():
+        stored[name] = stored_of[wanted[name]]
+        floating = src.dtype(stored[name]).is_floating_point
+        entries.append(Entry(name, tuple(meta.shape), dtype if floating else src.dtype(stored[name])))
+    return entries, stored
+
+
+def _read(src: TensorSource, stored: str, dtype: torch.dtype) -> torch.Tensor:
+    """One checkpoint tensor, floating ones as `dtype` (through the counted reader)."""
+    return walk.read_tensors(src, {stored: stored}, dtype)[stored]
+
+
+def _write_checkpoint(folder: Path, src: TensorSource, fresh: nn.Module, entries: list[Entry],
+                      produce: Callable[[str], torch.Tensor], max_shard_bytes: int,
+                      progress: Callable[[int, int], None]) -> None:
+    """Weights, config.json and generation_config.json as `save_pretrained` writes them."""
+    from analysis.architectures import count_parameters
+
+    write_shards(folder, entries, produce, max_shard_bytes=max_shard_bytes,
+                 total_parameters=count_parameters(fresh), progress=progress)
+    # What save_pretrained does with the config: the weights' dtype as a string and the
+    # class that saved it, then the generation config of the source model.
+    fresh.config.dtype = str(fresh.config.dtype).removeprefix("torch.")
+    fresh.config.architectures = [type(fresh).__name__]
+    fresh.config.save_pretrained(folder)
+    if fresh.can_generate():
+        _source_generation_config(src).save_pretrained(folder)
+
+
+def _source_generation_config(src: TensorSource):
+    """The generation config a model loaded from `src` carries (`from_pretrained` reads
+    generation_config.json, else builds one from config.json; a GGUF one from its config)."""
+    from transformers import GenerationConfig
+
+    folder = src.path
+    if folder.is_dir():
+        try:
+            return GenerationConfig.from_pretrained(folder, _from_auto=True)
+        except OSError:
+            return GenerationConfig.from_pretrained(folder, config_file_name="config.json",
+                                                    _from_auto=True, _from_model_config=True)
+    return GenerationConfig.from_model_config(src.config)
+
+
+def _resolve_tokenizer(src: TensorSource, tokenizer: Any):
+    """The tokenizer to save (None: none): False -> none, None -> the source's own."""
+    if tokenizer is False:
+        return None
+    return _source_tokenizer(src) if tokenizer is None else tokenizer
+
+
+def _source_tokenizer(src: TensorSource):
+    """The tokenizer the app loads with the model (`analysis.models.load_model`), with the
+    same padding fix, so the export carries the same tokenizer files."""
+    from transformers import AutoTokenizer
+
+    path = src.path
+    try:
+        if path.is_dir():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError, TypeError) as e:
+        raise ExportError(
+            f"cannot load the tokenizer of {str(path)!r} ({e}); pass tokenizer=False to export "
+            "the weights without one, or pass the tokenizer to save") from e
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
