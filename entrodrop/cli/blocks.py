@@ -7,7 +7,6 @@ import argparse
 import json
 import sys
 
-from analysis.models import LoadedModel
 from analysis.profile import Profile
 from analysis.settings import GRANULARITIES
 from analysis.taylor import TAYLOR_CRITERIA
@@ -89,7 +88,7 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _unpruned_figures(a: argparse.Namespace, loaded: LoadedModel, ids) -> dict:
+def _unpruned_figures(a: argparse.Namespace, loaded: service.Model, ids) -> dict:
     figures = service.model_figures(loaded, ids, batch_size=a.batch_size)
     report: dict = {"model": a.model, "held_out_windows": int(ids.shape[0]),
                     "seqlen": int(ids.shape[1]), "parameters": figures["parameters"],
@@ -99,19 +98,26 @@ def _unpruned_figures(a: argparse.Namespace, loaded: LoadedModel, ids) -> dict:
     return report
 
 
-def _pruned_figures(a: argparse.Namespace, loaded: LoadedModel, ids, d: Decision) -> dict:
+def _pruned_figures(a: argparse.Namespace, loaded: service.Model, ids, d: Decision) -> dict:
     blocks = list(d.blocks)
     q = service.quality_of(loaded, ids, a.granularity, blocks, batch_size=a.batch_size)
+    line = (f"{a.granularity}/{a.criterion} K={a.k} blocks {blocks}: perplexity "
+            f"{q['perplexity']:.3f}, KL {q['kl']:.4f}, top-1 {q['top1']:.3f}")
+    if isinstance(loaded, service.StreamedModel):
+        # Timing decode steps would re-read every layer per token: speed needs the model.
+        saved = service.parameter_savings(loaded, a.granularity, blocks)
+        print(f"{line}; params {saved['params_pruned'] / 1e6:.1f} M of "
+              f"{saved['params_base'] / 1e6:.1f} M (speed needs the whole model in memory: "
+              "not measured under layer streaming)")
+        return {"blocks": blocks, **q, "parameters": saved, "speed": None}
     speed = service.speed(loaded, a.granularity, blocks, repeats=a.repeats)
-    print(f"{a.granularity}/{a.criterion} K={a.k} blocks {blocks}: perplexity "
-          f"{q['perplexity']:.3f}, KL {q['kl']:.4f}, top-1 {q['top1']:.3f}; "
-          f"prefill x{_num(speed['prefill_ratio'], '.2f')}, "
+    print(f"{line}; prefill x{_num(speed['prefill_ratio'], '.2f')}, "
           f"decode x{_num(speed['decode_ratio'], '.2f')}, "
           f"params {speed['params_pruned'] / 1e6:.1f} M of {speed['params_base'] / 1e6:.1f} M")
     return {"blocks": blocks, **q, "speed": speed}
 
 
-def _k_curves(a: argparse.Namespace, loaded: LoadedModel, ids, profile: Profile,
+def _k_curves(a: argparse.Namespace, loaded: service.Model, ids, profile: Profile,
               plan: StagePlan, ks: list[int]) -> list[dict]:
     criteria = a.criteria.split(",")
     rows = []
@@ -126,7 +132,7 @@ def _k_curves(a: argparse.Namespace, loaded: LoadedModel, ids, profile: Profile,
     return rows
 
 
-def _width_curves(a: argparse.Namespace, loaded: LoadedModel, ids,
+def _width_curves(a: argparse.Namespace, loaded: service.Model, ids,
                   ratios: list[float]) -> list[dict]:
     scores = service.width_scores(loaded, calibration_settings(a, a.calibration),
                                   a.width_criteria.split(","), batch_size=a.batch_size)
@@ -142,7 +148,7 @@ def _width_curves(a: argparse.Namespace, loaded: LoadedModel, ids,
 def cmd_evaluate(a: argparse.Namespace) -> int:
     ks = parse_ks(a.ks) if a.ks else None  # malformed lists fail before any work
     ratios = parse_ratios(a.width_ratios) if a.width_ratios else None
-    loaded = load(a, "evaluate")
+    loaded = load(a)
     ids = service.held_out_windows(calibration_settings(a, a.calibration), loaded, a.held_out)
     report = _unpruned_figures(a, loaded, ids)
     if ks is not None or a.k is not None:
@@ -163,7 +169,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     service.check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
     profile = profile_of(a)
     d = decision_of(a, profile, plan_of(a, profile))
-    loaded = load(a, "export")
+    loaded = load(a)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
                                 progress=progress)

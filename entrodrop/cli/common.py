@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import get_args
 
 from analysis.errors import EntroDropError
-from analysis.models import DEMO_MODELS, LoadedModel
+from analysis.models import DEMO_MODELS
 from analysis.paths import atomic_write_text, cache_dir
 from analysis.settings import (
     DEFAULT_BATCH_SIZE,
@@ -191,18 +191,12 @@ def analysis_request(a: argparse.Namespace, specs: Sequence[str]) -> AnalysisReq
                                     estimator_settings(a), use_cache=not a.no_cache)
 
 
-def load(a: argparse.Namespace, command: str) -> LoadedModel:
-    """The whole model of --model in memory, loaded with a progress bar. `command` needs the
-    whole model: under --load stream it says so, and `auto` loads it even when the weights
-    seem not to fit (with a note), since there is no streaming path for it yet."""
+def load(a: argparse.Namespace) -> service.Model:
+    """The model of --model as --load decides: loaded whole (with a progress bar), or
+    prepared for layer streaming (the estimate is printed either way)."""
     settings = model_settings(a)
-    plan = service.load_plan(settings)
-    if plan.mode == "stream":
-        if settings.load == "stream":
-            raise CLIError(f"{command} needs the whole model in memory (only analyze and "
-                           "prune-list stream); use --load memory or auto")
-        print(f"entrodrop {command}: note: {plan.describe()}, but {command} needs the whole "
-              "model in memory; loading it anyway", file=sys.stderr)
+    if not a.quiet:
+        print(f"{settings.spec}: {service.load_plan(settings).describe()}", file=sys.stderr)
     progress = ProgressBar(a.quiet)
     loaded = service.load(settings, progress=progress)
     progress.done()

@@ -25,7 +25,7 @@ DEFAULT_WIDTH_CRITERION: TaylorCriterion = "taylor-entropy"
 
 def cmd_width(a: argparse.Namespace) -> int:
     service.check_export_target(a.out, overwrite=a.overwrite)  # before loading and scoring
-    loaded = load(a, "width")
+    loaded = load(a)
     cal = calibration_settings(a, a.calibration)
     progress = ProgressBar(a.quiet)
     scores = service.width_scores(loaded, cal, [a.criterion], batch_size=a.batch_size,

@@ -33,8 +33,11 @@ from entrodrop.service.blocks import (
 )
 from entrodrop.service.models import (
     MODEL_LOCK,
+    Model,
     ModelRegistry,
     Progress,
+    StreamedModel,
+    WholeModelNeeded,
     devices,
     load,
     load_plan,
@@ -56,7 +59,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 says what and what to do next. Anything else is a bug."""
 
 __all__ = [
-    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "ModelRegistry",
+    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "Model",
+    "ModelRegistry", "StreamedModel", "WholeModelNeeded",
     "Progress", "analysis_request", "analyze", "cache_parts", "calibration_sources", "check_export_target",
     "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
     "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows",

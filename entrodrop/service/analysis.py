@@ -34,7 +34,7 @@ from analysis.streaming import (
     plan_load,
     stream_capture,
 )
-from entrodrop.service.models import MODEL_LOCK, Progress
+from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
 
 
 @dataclass
@@ -91,8 +91,8 @@ def analysis_request(model: ModelSettings, cals: Sequence[CalibrationSettings],
 def analyze(
     request: AnalysisRequest,
     *,
-    loaded: LoadedModel | None = None,
-    get_model: Callable[[ModelSettings], LoadedModel] | None = None,
+    loaded: Model | None = None,
+    get_model: Callable[[ModelSettings], Model] | None = None,
     progress: Progress | None = None,
     cache: ProfileCache | None = None,
 ) -> AnalysisResult:
@@ -123,14 +123,14 @@ def analyze(
     result.from_cache = [r is not None for r in result.runs]
     todo = [i for i, r in enumerate(result.runs) if r is None]
     if todo:
-        plan = plan_load(request.model) if loaded is None else None
-        if plan is not None:
+        if loaded is None:
+            plan = plan_load(request.model)
             result.messages.append(f"{request.model.spec}: {plan.describe()}")
-        if plan is not None and plan.mode == "stream":
+            if plan.mode == "memory":
+                loaded = (get_model or (lambda s: load_model(s, progress=progress)))(request.model)
+        if loaded is None or isinstance(loaded, StreamedModel):
             _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progress)
         else:
-            if loaded is None:
-                loaded = (get_model or (lambda s: load_model(s, progress=progress)))(request.model)
             _analyze_in_memory(request, loaded, cals, todo, keys, cache, result, on_gpu, progress)
     result.seconds = time.perf_counter() - started
     return result
@@ -223,20 +223,20 @@ def profile_model(
     return replace(profile, seconds=time.perf_counter() - t0)
 
 
-def held_out_windows(cal: CalibrationSettings, loaded: LoadedModel, samples: int):
+def held_out_windows(cal: CalibrationSettings, loaded: Model, samples: int):
     """`samples` held-out windows [N, T] of the calibration source, disjoint from the
     windows the scores were computed on."""
     cal = cal.validate().resolved(loaded.on_gpu)
     with MODEL_LOCK:
-        return load_held_out(cal, loaded.tokenizer, samples, model=loaded.model,
+        return load_held_out(cal, loaded.tokenizer, samples, model=torch_model(loaded),
                              on_gpu=loaded.on_gpu).input_ids
 
 
-def preview_windows(loaded: LoadedModel, cal: CalibrationSettings, n: int = 3) -> dict:
+def preview_windows(loaded: Model, cal: CalibrationSettings, n: int = 3) -> dict:
     """The first n windows of a calibration set, decoded, with how they were made."""
     with MODEL_LOCK:
-        calibration = load_calibration(cal.validate(), loaded.tokenizer, model=loaded.model,
-                                       on_gpu=loaded.on_gpu)
+        calibration = load_calibration(cal.validate(), loaded.tokenizer,
+                                       model=torch_model(loaded), on_gpu=loaded.on_gpu)
     recipe = calibration.recipe
     return {"spec": cal.spec, "shape": list(calibration.input_ids.shape),
             "mode": recipe.get("mode"), "documents": recipe.get("documents"),

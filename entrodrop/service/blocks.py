@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from analysis.architectures import count_parameters, weight_bytes
-from analysis.models import LoadedModel
 from analysis.profile import Profile
 from analysis.settings import Estimator, Granularity
-from entrodrop.service.models import MODEL_LOCK, Progress
+from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, whole_model
 from pruning.apply import pruned
 from pruning.decision import Decision, decide
 from pruning.evaluate import UNPRUNED, evaluate_quality, quality_curves
@@ -19,6 +18,7 @@ from pruning.manifest import block_manifest
 from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
+from pruning.streaming import stream_export_blocks, stream_quality, stream_quality_curves
 
 DEFAULT_STAGE_ESTIMATOR: Estimator = "bucket"
 """Whose entropy curve sets the automatic S_start. The knn curve starts very low at Z_0
@@ -40,7 +40,7 @@ def decision(profile: Profile, granularity: Granularity, criterion: Criterion, k
     return decide(profile, granularity, criterion, k, plan)
 
 
-def quality_over_k(loaded: LoadedModel, held_out_ids, orders: Mapping[str, Sequence[int]],
+def quality_over_k(loaded: Model, held_out_ids, orders: Mapping[str, Sequence[int]],
                    granularity: Granularity, ks: Sequence[int], *, batch_size: int = 4,
                    progress: Progress | None = None) -> list[dict]:
     """Perplexity, KL and top-1 agreement after pruning the first K blocks of each order,
@@ -53,27 +53,39 @@ def quality_over_k(loaded: LoadedModel, held_out_ids, orders: Mapping[str, Seque
         if progress is not None:
             progress(done / max(total, 1), f"evaluated batch {done} of {total}")
 
+    orders = {c: list(o) for c, o in orders.items()}
     with MODEL_LOCK:
-        return quality_curves(loaded.model, held_out_ids, granularity,
-                              {c: list(o) for c, o in orders.items()}, list(ks),
+        if isinstance(loaded, StreamedModel):
+            return stream_quality_curves(loaded.spec, held_out_ids, granularity, orders, list(ks),
+                                         **_stream_kw(loaded, batch_size, progress))
+        return quality_curves(loaded.model, held_out_ids, granularity, orders, list(ks),
                               batch_size=batch_size, progress=step)
 
 
-def model_figures(loaded: LoadedModel, held_out_ids, *, batch_size: int = 4) -> dict:
+def model_figures(loaded: Model, held_out_ids, *, batch_size: int = 4) -> dict:
     """The unpruned model's perplexity on the held-out windows, its parameter count and
     weight bytes (tied weights counted once)."""
     with MODEL_LOCK:
-        base = evaluate_quality(loaded.model, held_out_ids, {}, batch_size=batch_size)[UNPRUNED]
-        return {"parameters": count_parameters(loaded.model),
-                "weight_bytes": weight_bytes(loaded.model), "perplexity": base.perplexity,
-                "tokens": base.tokens}
+        if isinstance(loaded, StreamedModel):
+            base = stream_quality(loaded.spec, held_out_ids, {},
+                                  **_stream_kw(loaded, batch_size, None))[UNPRUNED]
+        else:
+            base = evaluate_quality(loaded.model, held_out_ids, {}, batch_size=batch_size)[UNPRUNED]
+        body = _body(loaded)
+        return {"parameters": count_parameters(body), "weight_bytes": weight_bytes(body),
+                "perplexity": base.perplexity, "tokens": base.tokens}
 
 
-def quality_of(loaded: LoadedModel, held_out_ids, granularity: Granularity,
+def quality_of(loaded: Model, held_out_ids, granularity: Granularity,
                blocks: Sequence[int], *, batch_size: int = 4) -> dict:
     """Perplexity, KL and top-1 agreement of the model with `blocks` pruned, against the
     unpruned model on the same windows (with the number of predicted tokens)."""
-    model, blocks = loaded.model, list(blocks)
+    blocks = list(blocks)
+    if isinstance(loaded, StreamedModel):
+        with MODEL_LOCK:
+            return stream_quality(loaded.spec, held_out_ids, {"pruned": (granularity, blocks)},
+                                  **_stream_kw(loaded, batch_size, None))["pruned"].to_dict()
+    model = loaded.model
     with MODEL_LOCK:
         q = evaluate_quality(model, held_out_ids,
                              {"pruned": lambda: pruned(model, granularity, blocks)},
@@ -86,45 +98,65 @@ def check_export_target(out_dir, *, overwrite: bool = False) -> Path:
     return export_target_check(out_dir, overwrite=overwrite)
 
 
-def parameter_savings(loaded: LoadedModel, granularity: Granularity,
+def parameter_savings(loaded: Model, granularity: Granularity,
                       blocks: Sequence[int]) -> dict:
-    """Parameters and weight bytes before and after pruning `blocks` (no forward pass)."""
+    """Parameters and weight bytes before and after pruning `blocks` (no forward pass; a
+    streamed model is pruned on its weightless skeleton)."""
+    body = _body(loaded)
     with MODEL_LOCK:
-        base_p, base_b = count_parameters(loaded.model), weight_bytes(loaded.model)
-        with pruned(loaded.model, granularity, list(blocks)):
-            new_p, new_b = count_parameters(loaded.model), weight_bytes(loaded.model)
+        base_p, base_b = count_parameters(body), weight_bytes(body)
+        with pruned(body, granularity, list(blocks)):
+            new_p, new_b = count_parameters(body), weight_bytes(body)
     return {"params_base": base_p, "params_pruned": new_p, "bytes_base": base_b,
             "bytes_pruned": new_b, "saved_fraction": 1 - new_p / base_p if base_p else 0.0}
 
 
-def speed(loaded: LoadedModel, granularity: Granularity, blocks: Sequence[int], *,
+def speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
           prompt_len: int = 128, new_tokens: int = 32, repeats: int = 3) -> dict:
     """Prefill and decode speed of the unpruned and the pruned model, side by side."""
-    model = loaded.model
+    model = whole_model(loaded, "measuring speed").model
     with MODEL_LOCK:
         result = measure_speed(model, lambda: pruned(model, granularity, list(blocks)),
                                prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats)
     return result.to_dict()
 
 
-def generate(loaded: LoadedModel, granularity: Granularity, blocks: Sequence[int], prompt: str,
+def generate(loaded: Model, granularity: Granularity, blocks: Sequence[int], prompt: str,
              *, max_new_tokens: int, chat: bool = False) -> dict:
     """Greedy continuations of `prompt` by the unpruned and the pruned model."""
-    model = loaded.model
+    model = whole_model(loaded, "generating text").model
     with MODEL_LOCK:
         return generate_side_by_side(model, loaded.tokenizer, prompt,
                                      lambda: pruned(model, granularity, list(blocks)),
                                      max_new_tokens=max_new_tokens, chat=chat)
 
 
-def export_blocks(loaded: LoadedModel, profile: Profile, chosen: Decision, out_dir, *,
+def export_blocks(loaded: Model, profile: Profile, chosen: Decision, out_dir, *,
                   measured: Mapping | None = None, overwrite: bool = False,
                   progress: Progress | None = None) -> Path:
     """Write the model with `chosen.blocks` pruned, and its manifest (with the baseline
     criterion's choice at the same k, and any figures measured for this prune set)."""
     baseline = decide(profile, chosen.granularity, BASELINE, chosen.k, chosen.plan)
     manifest = block_manifest(profile, chosen, baseline, measured)
+    if isinstance(loaded, StreamedModel):
+        # Tensors are copied from the checkpoint one by one, in the dtype an in-memory load
+        # would have exported.
+        return stream_export_blocks(loaded.spec, out_dir, chosen.granularity,
+                                    list(chosen.blocks), manifest, overwrite=overwrite,
+                                    progress=progress, dtype=loaded.dtype,
+                                    tokenizer=loaded.tokenizer)
     with MODEL_LOCK:
         return export_pruned(loaded.model, loaded.tokenizer, out_dir,
                              granularity=chosen.granularity, blocks=list(chosen.blocks),
                              manifest=manifest, overwrite=overwrite, progress=progress)
+
+
+def _stream_kw(model: StreamedModel, batch_size: int, progress: Progress | None) -> dict:
+    return {"device": model.device, "dtype": model.dtype, "batch_size": batch_size,
+            "progress": progress}
+
+
+def _body(model: Model):
+    """The module whose parameters are counted: the model, or a streamed model's skeleton
+    (its meta parameters carry the shapes and the dtype the weights would have)."""
+    return model.skeleton if isinstance(model, StreamedModel) else model.model

@@ -8,21 +8,24 @@ from pathlib import Path
 
 from analysis.architectures import get_architecture
 from analysis.calibration import load_calibration
-from analysis.models import LoadedModel
 from analysis.settings import CalibrationSettings
 from analysis.taylor import NeuronScores, intermediate_size, mlp_modules, neuron_scores
-from entrodrop.service.models import MODEL_LOCK, Progress
+from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
 from pruning.evaluate import evaluate_quality
 from pruning.manifest import width_manifest
+from pruning.streaming import stream_export_width, stream_neuron_scores, stream_quality
 from pruning.width import KeepMode, export_width_pruned, keep_indices, width_pruned
 
 
-def hidden_size(model) -> int:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+def hidden_size(model: Model) -> int:
+    """D, the model's hidden size (the unit of the per-layer keep ratio)."""
+    config = model.config if isinstance(model, StreamedModel) else model.model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
     return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
-def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criteria: Sequence[str], *,
+def width_scores(loaded: Model, cal: CalibrationSettings, criteria: Sequence[str], *,
                  batch_size: int = 4, progress: Progress | None = None) -> dict[str, NeuronScores]:
     """Importance of every MLP neuron for each criterion.
 
@@ -34,7 +37,7 @@ def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criteria: Sequen
     with MODEL_LOCK:
         ids = None
         if any(c != "magnitude" for c in criteria):
-            ids = load_calibration(cal, loaded.tokenizer, model=loaded.model,
+            ids = load_calibration(cal, loaded.tokenizer, model=torch_model(loaded),
                                    on_gpu=loaded.on_gpu).input_ids
         for i, criterion in enumerate(criteria):
 
@@ -43,8 +46,17 @@ def width_scores(loaded: LoadedModel, cal: CalibrationSettings, criteria: Sequen
                     progress((i + done / max(total, 1)) / len(criteria),
                              f"{criterion}: {done} of {total} windows")
 
-            out[criterion] = neuron_scores(loaded.model, ids, criterion, batch_size=batch_size,
-                                           progress=step)
+            def stage(frac: float, msg: str, i=i, criterion=criterion) -> None:
+                if progress is not None:
+                    progress((i + frac) / len(criteria), f"{criterion}: {msg}")
+
+            if isinstance(loaded, StreamedModel):
+                out[criterion] = stream_neuron_scores(
+                    loaded.spec, ids, criterion, device=loaded.device, dtype=loaded.dtype,
+                    batch_size=batch_size, progress=stage)
+            else:
+                out[criterion] = neuron_scores(loaded.model, ids, criterion,
+                                               batch_size=batch_size, progress=step)
             if progress is not None:
                 progress((i + 1) / len(criteria), f"{criterion}: done")
     return out
@@ -58,29 +70,29 @@ def width_keep(scores: NeuronScores | Mapping, ratio: float, hidden: int,
     return keep_indices(scores, ratio, hidden_size=hidden, mode=mode)
 
 
-def width_ratio_range(loaded: LoadedModel) -> tuple[float, float, int, int]:
+def width_ratio_range(loaded: Model) -> tuple[float, float, int, int]:
     """(smallest, largest ratio, hidden size D, intermediate size I) for the ratio slider:
     the per-layer mode keeps ratio * D neurons, so ratio runs up to I / D."""
-    layout = get_architecture(loaded.model).mlp
+    body = loaded.skeleton if isinstance(loaded, StreamedModel) else loaded.model
+    layout = get_architecture(body).mlp
     with MODEL_LOCK:  # another session may have the MLPs sliced for a moment
-        sizes = [intermediate_size(down, layout) for _, down in mlp_modules(loaded.model)]
-    hidden = hidden_size(loaded.model)
+        sizes = [intermediate_size(down, layout) for _, down in mlp_modules(body)]
+    hidden = hidden_size(loaded)
     return round(1.0 / hidden, 4), min(sizes) / hidden, hidden, min(sizes)
 
 
-def width_curves(loaded: LoadedModel, held_out_ids, scores: Mapping[str, NeuronScores | Mapping],
+def width_curves(loaded: Model, held_out_ids, scores: Mapping[str, NeuronScores | Mapping],
                  ratios: Sequence[float], *, mode: KeepMode = "per_layer", batch_size: int = 4,
                  progress: Progress | None = None) -> list[dict]:
     """Perplexity, KL and top-1 agreement per criterion and keep ratio, side by side.
 
     The unpruned model runs once per batch as the reference for every variant."""
-    model, hidden = loaded.model, hidden_size(loaded.model)
-    variants, plan = {}, []
+    hidden = hidden_size(loaded)
+    keeps, plan = {}, []
     for criterion, data in scores.items():
         for ratio in ratios:
             name = f"{criterion}@{ratio:g}"
-            keep = width_keep(data, ratio, hidden, mode)
-            variants[name] = (lambda keep=keep: width_pruned(model, keep))
+            keeps[name] = width_keep(data, ratio, hidden, mode)
             plan.append((criterion, ratio, name))
 
     def step(done: int, total: int) -> None:
@@ -88,24 +100,35 @@ def width_curves(loaded: LoadedModel, held_out_ids, scores: Mapping[str, NeuronS
             progress(done / max(total, 1), f"evaluated batch {done} of {total}")
 
     with MODEL_LOCK:
-        results = evaluate_quality(model, held_out_ids, variants, batch_size=batch_size,
-                                   progress=step)
+        if isinstance(loaded, StreamedModel):
+            results = stream_quality(
+                loaded.spec, held_out_ids, {n: ("width", k) for n, k in keeps.items()},
+                device=loaded.device, dtype=loaded.dtype, batch_size=batch_size,
+                progress=progress)
+        else:
+            model = loaded.model
+            variants = {n: (lambda keep=k: width_pruned(model, keep)) for n, k in keeps.items()}
+            results = evaluate_quality(model, held_out_ids, variants, batch_size=batch_size,
+                                       progress=step)
     rows = [{"criterion": "unpruned", "ratio": None, **results["unpruned"].to_dict()}]
     return rows + [{"criterion": c, "ratio": r, **results[n].to_dict()} for c, r, n in plan]
 
 
-def export_width(loaded: LoadedModel, scores: NeuronScores | Mapping, cal: CalibrationSettings,
+def export_width(loaded: Model, scores: NeuronScores | Mapping, cal: CalibrationSettings,
                  criterion: str, ratio: float, out_dir, *, mode: KeepMode = "per_layer",
                  measured: Mapping | None = None, overwrite: bool = False) -> Path:
     """Write the width-pruned model and its manifest."""
     if not isinstance(scores, NeuronScores):
         scores = NeuronScores.from_dict(dict(scores))
-    keep = width_keep(scores, ratio, hidden_size(loaded.model), mode)
+    keep = width_keep(scores, ratio, hidden_size(loaded), mode)
     manifest = width_manifest(
         source_model=loaded.spec, source_identity=loaded.identity,
         calibration=asdict(cal.validate().resolved(loaded.on_gpu)), criterion=criterion,
         ratio=ratio, mode=mode, layer_importance=scores.layer_totals(),
         kept_per_layer=[len(k) for k in keep], measured=measured)
+    if isinstance(loaded, StreamedModel):
+        return stream_export_width(loaded.spec, out_dir, keep, manifest, overwrite=overwrite,
+                                   dtype=loaded.dtype, tokenizer=loaded.tokenizer)
     with MODEL_LOCK:
         return export_width_pruned(loaded.model, loaded.tokenizer, keep, out_dir,
                                    manifest=manifest, overwrite=overwrite)
