@@ -18,7 +18,6 @@ from typing import Any
 
 import streamlit as st
 
-from analysis.models import LoadedModel
 from analysis.profile import Profile
 from analysis.settings import (
     DEFAULT_BATCH_SIZE,
@@ -236,12 +235,12 @@ def analysis_request() -> AnalysisRequest:
                                     estimator_settings())
 
 
-def loaded_model(progress: service.Progress | None = None) -> LoadedModel:
+def loaded_model(progress: service.Progress | None = None) -> service.Model:
     """The current model, loaded (once per server) if needed."""
     return model_registry().get(model_settings().validate(), progress)
 
 
-def peek_model() -> LoadedModel | None:
+def peek_model() -> service.Model | None:
     try:
         return model_registry().peek(model_settings().validate())
     except ValueError:

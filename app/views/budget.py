@@ -83,7 +83,11 @@ else:
                   delta_color="inverse")
         p3.metric("Blocks pruned", f"{view.k} {view.granularity}")
     speed_key = json_key(view.granularity, view.pruned, loaded.identity)
-    if st.button("Measure speed", key="run_speed", icon=":material/timer:",
+    streamed = isinstance(loaded, service.StreamedModel)
+    if streamed:
+        st.caption("Speed and side-by-side text need the whole model in memory; this model "
+                   "is streamed layer by layer (Model page: load).")
+    if st.button("Measure speed", key="run_speed", icon=":material/timer:", disabled=streamed,
                  help="Prefill throughput and decode latency, base and pruned interleaved."):
         with state.guard("Measuring speed"):
             with st.spinner("Timing the base and the pruned model…"):
@@ -108,7 +112,8 @@ g1, g2 = st.columns(2)
 g1.number_input("New tokens", min_value=1, max_value=512, step=1, key="gen_tokens",
                 persist_state="session")
 g2.checkbox("Use the chat template", key="gen_chat", persist_state="session")
-if st.button("Generate", key="run_generate", icon=":material/edit_note:"):
+streamed = isinstance(state.peek_model(), service.StreamedModel)
+if st.button("Generate", key="run_generate", icon=":material/edit_note:", disabled=streamed):
     with state.guard("Generating"):
         bar, update = state.progress_bar("Preparing the model")
         loaded = state.loaded_model(update)
