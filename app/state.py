@@ -105,6 +105,7 @@ def init_session() -> None:
             if key not in ss:
                 ss[key] = list(value) if isinstance(value, list) else value
         ss["model_spec"] = spec
+        ss["load_mode"] = inputs.startup_load_mode(sys.argv[1:], os.environ)
         source = inputs.model_source_of(spec)
         ss["model_source"] = source
         if source == "demo":

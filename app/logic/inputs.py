@@ -12,9 +12,10 @@ from pathlib import Path
 
 from analysis.errors import EntroDropError
 from analysis.paths import atomic_write_bytes, cache_dir
-from analysis.settings import DEFAULT_MODEL, CalibrationSettings
+from analysis.settings import DEFAULT_MODEL, LOAD_MODES, CalibrationSettings
 
 ENV_MODEL = "ENTRODROP_MODEL"
+ENV_LOAD = "ENTRODROP_LOAD"
 ENV_UPLOAD_MAX_MB = "ENTRODROP_UPLOAD_MAX_MB"
 UPLOAD_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 DEFAULT_UPLOAD_MAX_MB = 50
@@ -35,6 +36,16 @@ def startup_model_spec(argv: Sequence[str], environ: Mapping[str, str]) -> str:
     known, _ = parser.parse_known_args(list(argv))
     spec = known.model or environ.get(ENV_MODEL) or DEFAULT_MODEL
     return spec.strip() or DEFAULT_MODEL
+
+
+def startup_load_mode(argv: Sequence[str], environ: Mapping[str, str]) -> str:
+    """How to run the model, preselected: `--load` after `streamlit run app.py --`, then
+    $ENTRODROP_LOAD, then `auto`. A value that is not a load mode is ignored (`auto`)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--load", default=None)
+    known, _ = parser.parse_known_args(list(argv))
+    mode = (known.load or environ.get(ENV_LOAD) or "").strip()
+    return mode if mode in LOAD_MODES else "auto"
 
 
 def model_source_of(spec: str) -> str:

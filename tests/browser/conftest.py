@@ -86,14 +86,12 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory, demo_cache_dir) -> Iterator[Server]:
+def _serve(base: Path, demo_cache_dir, extra_args: list[str]) -> Iterator[Server]:
     """The dashboard on the demo model, profiles and exports in tmp.
 
     The tmp cache links `models/` to the repository cache, so the GGUF conversion (~40 s)
     happens once per machine while the analysis itself really runs in this test.
     """
-    base = tmp_path_factory.mktemp("browser")
     cache, exports = base / "cache", base / "exports"
     cache.mkdir()
     exports.mkdir()
@@ -106,13 +104,14 @@ def app_server(tmp_path_factory, demo_cache_dir) -> Iterator[Server]:
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_MODULES_CACHE": str(base / "hf_modules"), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("ENTRODROP_MODEL", None)
+    env.pop("ENTRODROP_LOAD", None)
     log = base / "streamlit.log"
     # No file watcher: other people edit app/ while tests run, and a "source changed"
     # banner would end up in the screenshots.
     cmd = [str(Path(sys.executable).with_name("streamlit")), "run", str(APP),
            "--server.headless", "true", "--server.address", "127.0.0.1",
            "--server.port", str(port), "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--", "--model", DEMO_MODEL]
+           "--server.fileWatcherType", "none", "--", "--model", DEMO_MODEL, *extra_args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -122,7 +121,19 @@ def app_server(tmp_path_factory, demo_cache_dir) -> Iterator[Server]:
     finally:
         _stop(proc)
         ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copyfile(log, ARTIFACTS / "streamlit-browser-test.log")
+        shutil.copyfile(log, ARTIFACTS / f"streamlit-{base.name}.log")
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory, demo_cache_dir) -> Iterator[Server]:
+    yield from _serve(tmp_path_factory.mktemp("browser"), demo_cache_dir, [])
+
+
+@pytest.fixture(scope="module")
+def streaming_server(tmp_path_factory, demo_cache_dir) -> Iterator[Server]:
+    """The same dashboard started with `--load stream`: the demo model is never loaded whole."""
+    yield from _serve(tmp_path_factory.mktemp("browser-stream"), demo_cache_dir,
+                      ["--load", "stream"])
 
 
 @pytest.fixture()
