@@ -76,10 +76,10 @@ if ss["model_spec"]:
     except service.USER_ERRORS:
         pass  # a spec that cannot be read is reported, once, when the model is loaded
 if plan is not None and plan.mode == "stream":
-    st.info("Layer streaming: the analysis on the Calibration page reads one decoder layer "
-            "at a time and never loads the whole model. The Budget, Export and Width pages "
-            "still need the whole model in memory and load it when you use them.",
-            icon=":material/layers:")
+    st.info("Layer streaming: the analysis, the quality curves, the neuron scores and the "
+            "exports read one decoder layer at a time from the checkpoint, so the whole model "
+            "is never in memory. Measuring speed and generating text side by side need the "
+            "whole model and are switched off in this mode.", icon=":material/layers:")
 
 if st.button("Load model", key="load_model", type="primary", icon=":material/download:"):
     with state.guard("Loading the model"):

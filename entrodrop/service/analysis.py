@@ -126,7 +126,9 @@ def analyze(
         if loaded is None:
             plan = plan_load(request.model)
             result.messages.append(f"{request.model.spec}: {plan.describe()}")
-            if plan.mode == "memory":
+            # A caller's get_model (the dashboard's registry) also keeps a streamed model's
+            # handle, so later pages find it; without one, streaming needs no handle.
+            if plan.mode == "memory" or get_model is not None:
                 loaded = (get_model or (lambda s: load_model(s, progress=progress)))(request.model)
         if loaded is None or isinstance(loaded, StreamedModel):
             _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progress)

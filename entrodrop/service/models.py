@@ -71,8 +71,11 @@ class StreamedModel:
     @cached_property
     def skeleton(self) -> torch.nn.Module:
         """The model with its parameters on the meta device: shapes, counts and module
-        layout without any weight (block pruning on it costs nothing)."""
-        return build_skeleton(self.config, self.dtype)
+        layout without any weight (block pruning on it costs nothing). Tied embeddings are
+        tied, as in a loaded model, so parameter counts match it."""
+        model = build_skeleton(self.config, self.dtype)
+        model.tie_weights()
+        return model
 
     @property
     def num_layers(self) -> int:

@@ -82,3 +82,36 @@ def test_demo_model_streamed_from_gguf_equals_in_memory(spec):
     memory = service.analyze(_request(spec, "memory", cal="builtin:licenses", samples=4, seqlen=64)).runs[0]
     stream = service.analyze(_request(spec, "stream", cal="builtin:licenses", samples=4, seqlen=64)).runs[0]
     _assert_same_profile(stream, memory)
+
+
+def test_streamed_model_summary_and_savings_equal_the_loaded_model(tmp_path):
+    from tests.tiny_models import save_tiny, tiny_tokenizer
+
+    folder = save_tiny("llama", tmp_path / "m")
+    tiny_tokenizer().save_pretrained(folder)
+    memory = service.load(ModelSettings(str(folder), device="cpu", load="memory"))
+    streamed = service.load(ModelSettings(str(folder), device="cpu", load="stream"))
+    assert isinstance(streamed, service.StreamedModel)
+    a, b = service.model_summary(streamed), service.model_summary(memory)
+    assert (a["load"], b["load"]) == ("stream", "memory")
+    assert {k: v for k, v in a.items() if k != "load"} == {k: v for k, v in b.items() if k != "load"}
+    for granularity, blocks in (("layer", [1, 2]), ("attn", [0, 3])):
+        assert (service.parameter_savings(streamed, granularity, blocks)
+                == service.parameter_savings(memory, granularity, blocks))
+    with pytest.raises(service.WholeModelNeeded, match="measuring speed needs the whole model"):
+        service.speed(streamed, "layer", [1])
+
+
+def test_tied_embeddings_are_counted_once_in_a_streamed_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.tiny_models import tiny_config, tiny_tokenizer
+
+    config = tiny_config("llama")
+    config.tie_word_embeddings = True
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "tied")
+    tiny_tokenizer().save_pretrained(tmp_path / "tied")
+    memory = service.load(ModelSettings(str(tmp_path / "tied"), device="cpu", load="memory"))
+    streamed = service.load(ModelSettings(str(tmp_path / "tied"), device="cpu", load="stream"))
+    assert (service.model_summary(streamed)["parameters"]
+            == service.model_summary(memory)["parameters"])
