@@ -82,7 +82,7 @@ DEFAULTS: dict[str, Any] = {
     # page options
     "curve_estimators": list(ESTIMATORS),
     "heatmap_mode": "normalised",
-    "budget_heldout": 8,
+    "budget_held_out": 8,
     "gen_prompt": "The capital of France is",
     "gen_tokens": 30,
     "gen_chat": False,

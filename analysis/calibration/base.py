@@ -53,15 +53,14 @@ class Calibration:
         n = self.samples
         if (isinstance(n_held_out, bool) or not isinstance(n_held_out, int)
                 or not 0 < n_held_out < n):
-            # The wording predates the rename to n_held_out; callers and tests match on it.
             raise CalibrationError(
-                f"split needs 0 < n_heldout < N = {n}; got {n_held_out!r}. Keep at least one "
+                f"split needs 0 < n_held_out < N = {n}; got {n_held_out!r}. Keep at least one "
                 "window on each side."
             )
         cut = n - n_held_out
         windows = self.recipe.get("windows")
         parts = []
-        for role, rows in (("ranking", slice(0, cut)), ("heldout", slice(cut, n))):
+        for role, rows in (("ranking", slice(0, cut)), ("held_out", slice(cut, n))):
             recipe = {**self.recipe, "role": role, "samples": rows.stop - rows.start,
                       "split_rows": [rows.start, rows.stop]}
             if isinstance(windows, list):

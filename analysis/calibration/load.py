@@ -26,8 +26,7 @@ def load_calibration(
     or T out of range. Returns `(ranking, held_out)` when `held_out > 0`.
     """
     if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
-        # The wording predates the rename to held_out; callers and tests match on it.
-        raise CalibrationError(f"heldout must be a non-negative integer; got {held_out!r}")
+        raise CalibrationError(f"held_out must be a non-negative integer; got {held_out!r}")
     ranking, held = _load(settings, tokenizer, model, on_gpu, held_out, max_bytes)
     return (ranking, held) if held_out else ranking
 

@@ -155,8 +155,8 @@ def document_windows(source: Source, settings: CalibrationSettings, tokenizer, h
             f"tokens that do not overlap the N={n} ranking windows. Use a larger source, "
             "fewer samples, fewer held-out windows or a smaller seqlen."
         ) from None
-    held_recipe = {**base, "role": "heldout", "samples": held_out,
-                   "heldout_seed": f"entrodrop-heldout:{seed}",
+    held_recipe = {**base, "role": "held_out", "samples": held_out,
+                   "held_out_seed": f"entrodrop-heldout:{seed}",
                    "ranking_fingerprint": ranking.fingerprint()}
     return ranking, _windows_to_calibration(settings.spec, docs, held, t, source, mode,
                                             held_recipe)

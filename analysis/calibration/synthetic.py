@@ -71,7 +71,7 @@ def _ranking_and_held_out(settings: CalibrationSettings, recipe: dict, held_out:
         return ranking, None
     held_seed = _derived_seed(settings.seed, "heldout")
     held = Calibration(settings.spec, make(held_out, held_seed),
-                       {**recipe, "role": "heldout", "samples": held_out, "heldout_seed": held_seed})
+                       {**recipe, "role": "held_out", "samples": held_out, "held_out_seed": held_seed})
     return ranking, held
 
 

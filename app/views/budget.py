@@ -23,12 +23,12 @@ st.markdown(
     f"order ({view.granularity} blocks) and compare each with the unpruned model on "
     "held-out windows of the same source."
 )
-st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="budget_heldout",
+st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="budget_held_out",
                 persist_state="session")
 st.caption(f"K values: {ks}. Computed once per profile and settings, then cached.")
 cal = record.request.calibrations[index]
 budget_key = json_key(profile_fingerprint(profile), view.granularity, view.order,
-                      view.baseline_order, ks, int(ss["budget_heldout"]),
+                      view.baseline_order, ks, int(ss["budget_held_out"]),
                       record.request.model, cal)
 rows = state.cache_lookup("budget", budget_key)
 if st.button("Compute quality curves", key="run_budget", type="primary",
@@ -38,7 +38,7 @@ if st.button("Compute quality curves", key="run_budget", type="primary",
         loaded = state.loaded_model(update)
 
         def compute():
-            ids = service.held_out_windows(cal, loaded, int(ss["budget_heldout"]))
+            ids = service.held_out_windows(cal, loaded, int(ss["budget_held_out"]))
             orders = {view.criterion: view.order, view.baseline: view.baseline_order}
             return service.quality_over_k(loaded, ids, orders, view.granularity, ks,
                                           batch_size=int(ss["est_batch_size"]),

@@ -105,14 +105,14 @@ if not drawn:
 
 st.subheader("Quality over the keep ratio")
 ratios = sorted({round(high * f, 2) for f in (0.25, 0.5, 0.75, 0.9)})
-quality_key = json_key(scores_key, ratios, int(ss["budget_heldout"]))
+quality_key = json_key(scores_key, ratios, int(ss["budget_held_out"]))
 rows = state.cache_lookup("width_quality", quality_key)
 if st.button("Compute quality curves", key="run_width_quality", icon=":material/query_stats:"):
     with state.guard("Computing the width quality curves"):
         bar, update = state.progress_bar("Width quality")
 
         def compute():
-            ids = service.held_out_windows(cal, loaded, int(ss["budget_heldout"]))
+            ids = service.held_out_windows(cal, loaded, int(ss["budget_held_out"]))
             return service.width_curves(loaded, ids, scores, ratios, mode=MODE,
                                         batch_size=int(ss["est_batch_size"]), progress=update)
 

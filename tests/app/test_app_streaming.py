@@ -41,7 +41,7 @@ def test_streamed_model_analyses_evaluates_and_exports_like_memory(ui, tmp_path,
     ui.assert_clean(at)
     assert any("need the whole model" in c.value for c in at.caption)
     assert at.button(key="run_speed").disabled and at.button(key="run_generate").disabled
-    at.number_input(key="budget_heldout").set_value(2).run()
+    at.number_input(key="budget_held_out").set_value(2).run()
     at.button(key="run_budget").click().run()
     ui.assert_clean(at)
     rows = at.session_state["budget_result"]["rows"]

@@ -18,7 +18,7 @@ def test_budget_curves_are_computed_once_then_cached(ui):
     at.switch_page("views/budget.py").run()
     ui.assert_clean(at)
     assert not ui.charts(at)  # nothing runs until the button is pressed
-    at.number_input(key="budget_heldout").set_value(2).run()
+    at.number_input(key="budget_held_out").set_value(2).run()
     at.button(key="run_budget").click().run()
     ui.assert_clean(at)
     (quality,) = ui.charts(at)
@@ -34,7 +34,7 @@ def test_budget_curves_are_computed_once_then_cached(ui):
     other = ui.analysed(seed=31)
     other.slider(key="k").set_value(2).run()
     other.switch_page("views/budget.py").run()
-    other.number_input(key="budget_heldout").set_value(2).run()
+    other.number_input(key="budget_held_out").set_value(2).run()
     assert other.session_state["budget_result"]["rows"] == rows
     assert len(ui.charts(other)) == 1
 

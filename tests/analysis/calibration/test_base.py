@@ -24,9 +24,9 @@ def test_split_keeps_rows_in_order(tok, docs_file):
     first, last = cal.split(2)
     assert first.input_ids.shape[0] == 4 and last.input_ids.shape[0] == 2
     assert torch.equal(torch.cat([first.input_ids, last.input_ids]), cal.input_ids)
-    assert last.recipe["role"] == "heldout" and last.recipe["windows"] == cal.recipe["windows"][4:]
+    assert last.recipe["role"] == "held_out" and last.recipe["windows"] == cal.recipe["windows"][4:]
     for bad in (0, 6, -1):
-        with pytest.raises(CalibrationError, match="0 < n_heldout < N"):
+        with pytest.raises(CalibrationError, match="0 < n_held_out < N"):
             cal.split(bad)
 
 

@@ -87,7 +87,7 @@ def test_held_out_windows_never_overlap_ranking_windows(tok, big_txt):
     s = settings(big_txt, n=16, t=40)
     ranking, held = load_calibration(s, tok, held_out=12)
     assert held.input_ids.shape == (12, 40)
-    assert held.recipe["role"] == "heldout" and ranking.recipe["role"] == "ranking"
+    assert held.recipe["role"] == "held_out" and ranking.recipe["role"] == "ranking"
     # Asking for held-out windows does not change the ranking windows.
     assert ranking.fingerprint() == load_calibration(s, tok).fingerprint()
     assert held.fingerprint() == load_held_out(s, tok, 12).fingerprint()
