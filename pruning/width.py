@@ -52,11 +52,11 @@ def keep_indices(
     """The neurons to keep in each layer, as sorted LongTensors (original order).
 
     `per_layer` (the SPEC, the research code's `mlp_ratio`): every layer keeps
-    k = round(ratio * hidden_size) neurons, so ratio is the new intermediate size in units of
-    the hidden size (2.0 on a model with I = 4D keeps half). `uniform`: ratio is a
-    keep-fraction in (0, 1] and each layer keeps round(ratio * I). k is clamped to [1, I]:
-    a ratio asking for more than I keeps the whole layer. Python's round() is used as the
-    SPEC says (the research code truncates with int()). Ties go to the lower index.
+    k = int(ratio * hidden_size) neurons, truncated as the official code does (460 at 0.8
+    with D = 576), so ratio is the new intermediate size in units of the hidden size (2.0 on
+    a model with I = 4D keeps half). `uniform`: ratio is a keep-fraction in (0, 1] and each
+    layer keeps round(ratio * I). k is clamped to [1, I]: a ratio asking for more than I
+    keeps the whole layer. Ties go to the lower index.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
             or ratio <= 0:
@@ -64,7 +64,7 @@ def keep_indices(
     if mode == "per_layer":
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise WidthPruningError(
-                f"mode 'per_layer' keeps round(ratio * hidden_size) neurons and needs the "
+                f"mode 'per_layer' keeps int(ratio * hidden_size) neurons and needs the "
                 f"model's hidden_size (a positive integer); got {hidden_size!r}"
             )
     elif mode == "uniform":
@@ -79,7 +79,7 @@ def keep_indices(
                 f"scores of layer {layer_idx} must be a non-empty 1-D tensor of finite values"
             )
         size = s.numel()
-        k = round(ratio * hidden_size) if mode == "per_layer" else round(ratio * size)
+        k = int(ratio * hidden_size) if mode == "per_layer" else round(ratio * size)
         k = min(max(k, 1), size)
         best = torch.sort(s, descending=True, stable=True).indices[:k]
         keep.append(torch.sort(best).values.long())
@@ -263,7 +263,7 @@ def _checked_keep(keep: list[torch.Tensor], sizes: list[int]) -> list[torch.Tens
         raise WidthPruningError(
             f"every layer must keep the same number of neurons (a standard checkpoint has one "
             f"intermediate size); got counts {counts}. Use keep_indices(), which keeps "
-            f"round(ratio * hidden_size) in every layer"
+            f"int(ratio * hidden_size) in every layer"
         )
     return checked
 

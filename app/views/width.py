@@ -13,7 +13,7 @@ from app.logic.width_view import kept_overlap, score_percentiles
 from entrodrop import service
 
 QS = (0, 5, 25, 50, 75, 95, 100)
-MODE = "per_layer"  # every layer keeps round(ratio x hidden size) neurons
+MODE = "per_layer"  # every layer keeps int(ratio x hidden size) neurons (official code)
 LABELS = {"taylor-entropy": "Taylor, output-entropy loss (no labels)",
           "taylor-ce": "Taylor, next-token cross-entropy (classic)",
           "magnitude": "weight magnitude (no data)"}
@@ -32,7 +32,7 @@ with st.expander("What you are seeing", icon=":material/school:"):
     st.latex(r"I_j = \sum_{\text{samples}} \sum_t \left| a_j \, "
              r"\frac{\partial \mathcal{L}}{\partial a_j} \right|, \qquad "
              r"\mathcal{L} = -\frac{1}{T}\sum_t \sum_v p_{t,v} \log p_{t,v}")
-    st.markdown("Every layer keeps the top round(ratio × hidden size) neurons in their "
+    st.markdown("Every layer keeps the top int(ratio × hidden size) neurons in their "
                 "original order; gate/up rows and down columns are sliced, so the result is "
                 "a standard checkpoint. The heatmap shows percentiles of each layer's scores.")
 
@@ -90,7 +90,7 @@ with state.guard("Drawing the neuron importances"):
     ss["width_ratio"] = float(min(max(float(ss["width_ratio"]), 0.05), high))
     st.slider("Keep ratio (kept neurons per layer = ratio × hidden size)", min_value=0.05,
               max_value=float(high), step=0.05, key="width_ratio", persist_state="session")
-    kept = max(1, min(round(ss["width_ratio"] * hidden), inter))
+    kept = max(1, min(int(ss["width_ratio"] * hidden), inter))
     st.caption(f"Keeps {kept} of {inter} neurons per layer ({kept / inter * 100:.0f} %), "
                f"hidden size {hidden}.")
     if len(scores) > 1:

@@ -63,7 +63,7 @@ DEFAULT_CRITERION: Criterion = "knn"
 DEFAULT_K = 4
 KEEP_MODES: tuple[KeepMode, ...] = get_args(KeepMode)
 DEFAULT_KEEP_MODE: KeepMode = "per_layer"
-"""Width pruning keeps round(ratio * hidden_size) neurons per layer (SPEC)."""
+"""Width pruning keeps int(ratio * hidden_size) neurons per layer (SPEC, official code)."""
 
 
 class CLIError(EntroDropError):

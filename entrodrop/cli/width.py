@@ -43,7 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_calibration_args(p, multiple=False)
     p.add_argument("--criterion", choices=TAYLOR_CRITERIA, default=DEFAULT_WIDTH_CRITERION)
     p.add_argument("--ratio", type=float, required=True,
-                   help="per_layer (default, SPEC): keep round(ratio * hidden_size) neurons per "
+                   help="per_layer (default, SPEC): keep int(ratio * hidden_size) neurons per "
                         "layer; uniform: keep this fraction of each layer's MLP neurons")
     p.add_argument("--mode", choices=KEEP_MODES, default=DEFAULT_KEEP_MODE)
     add_batch_size_arg(p)

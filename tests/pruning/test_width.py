@@ -44,13 +44,17 @@ def _scores(*layers):
     return NeuronScores("taylor-entropy", [torch.tensor(s, dtype=torch.float32) for s in layers])
 
 
-def test_keep_indices_per_layer_keeps_round_ratio_times_hidden_size_in_order():
+def test_keep_indices_per_layer_keeps_int_ratio_times_hidden_size_in_order():
     scores = _scores([0.1, 5.0, 3.0, 0.2, 4.0, 1.0], [9.0, 0.0, 0.0, 8.0, 7.0, 0.5])
-    keep = keep_indices(scores, 0.75, hidden_size=4)  # round(3.0) = 3
+    keep = keep_indices(scores, 0.75, hidden_size=4)  # int(3.0) = 3
     assert [k.tolist() for k in keep] == [[1, 2, 4], [0, 3, 4]]
     assert all(k.dtype == torch.int64 for k in keep)
-    # Python's round: 0.625 * 4 = 2.5 rounds to 2.
+    # Truncated as the official code does: 0.7 * 4 = 2.8 keeps 2 (round() would keep 3).
+    assert [len(k) for k in keep_indices(scores, 0.7, hidden_size=4)] == [2, 2]
     assert [len(k) for k in keep_indices(scores, 0.625, hidden_size=4)] == [2, 2]
+    # SmolLM2-135M: D = 576, I = 1536; ratio 0.8 keeps int(460.8) = 460 neurons per layer.
+    smol = NeuronScores("taylor-entropy", [torch.arange(1536, dtype=torch.float32)] * 2)
+    assert [len(k) for k in keep_indices(smol, 0.8, hidden_size=576)] == [460, 460]
     # More than I asked for keeps the whole layer; less than one keeps one.
     assert [k.tolist() for k in keep_indices(scores, 4.0, hidden_size=4)] == [list(range(6))] * 2
     assert [k.tolist() for k in keep_indices(scores, 0.01, hidden_size=4)] == [[1], [0]]
