@@ -21,9 +21,11 @@ def test_analyze_writes_json_and_multiple_runs(tiny_llama_dir, tmp_path):
     assert set(data["blocks"]) == {"layer", "attn"}
 
 
-def test_torchrun_two_processes_match_one(tiny_llama_dir, tmp_path):
+@pytest.mark.parametrize("load", ["memory", "stream"])
+def test_torchrun_two_processes_match_one(tiny_llama_dir, tmp_path, load):
     args = ["--quiet", "analyze", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
-            *SMALL, "--device", "cpu", "--batch-size", "2", "--no-cache"]
+            *SMALL, "--device", "cpu", "--batch-size", "2", "--no-cache",
+            "--load", load]
     single = run_cli([*args, "--out", str(tmp_path / "one.json")], tmp_path / "c1")
     assert single.returncode == 0, single.stderr
     multi = run_cli([*args, "--out", str(tmp_path / "two.json")], tmp_path / "c2", torchrun=2)
