@@ -71,7 +71,7 @@ class Accumulator:
         return Accumulator(**{k: v.to(device) for k, v in vars(self).items()})
 
 
-class _BlockStats:
+class BlockStats:
     """Hook callbacks that collect one batch's points, then turn them into accumulator updates.
 
     The points of a batch are kept (by reference; on one device Z_i and layer i's input are
@@ -258,7 +258,7 @@ class _BlockStats:
         self.attn.clear()
 
 
-class _Recorder(_BlockStats):
+class _Recorder(BlockStats):
     """Keeps the raw hidden states instead of statistics (tests and diagnostics only)."""
 
     def __init__(self, num_layers: int):
@@ -300,12 +300,13 @@ def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
     return kwargs["hidden_states"]
 
 
-def _output(out) -> torch.Tensor:
+def output_hidden(out) -> torch.Tensor:
+    """The hidden state in a layer's or attention's output (some families return a tuple)."""
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @contextmanager
-def block_hooks(model: nn.Module, stats: _BlockStats) -> Iterator[None]:
+def block_hooks(model: nn.Module, stats: BlockStats) -> Iterator[None]:
     """Register the capture hooks on every decoder layer; always removed on exit."""
     arch = get_architecture(model)
     handles = []
@@ -319,9 +320,9 @@ def block_hooks(model: nn.Module, stats: _BlockStats) -> Iterator[None]:
                     lambda _m, a, kw, i=i: stats.attn_output(i, _hidden(a, kw)), with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(
-                    lambda _m, _a, out, i=i: stats.attn_output(i, _output(out))))
+                    lambda _m, _a, out, i=i: stats.attn_output(i, output_hidden(out))))
             handles.append(layer.register_forward_hook(
-                lambda _m, _a, out, i=i: stats.layer_output(i, _output(out))))
+                lambda _m, _a, out, i=i: stats.layer_output(i, output_hidden(out))))
         yield
     finally:
         for h in handles:
@@ -367,7 +368,7 @@ def capture(
         ids = input_ids[dist.get_rank()::dist.get_world_size()]
     acc_device = device if not distributed or dist.get_backend() == "nccl" else torch.device("cpu")
     acc = Accumulator.zeros(num_layers, t, acc_device)
-    stats = _BlockStats(acc, opts)
+    stats = BlockStats(acc, opts)
     body = _body(model)
     bs = opts.batch_size
     with block_hooks(model, stats):

@@ -303,10 +303,17 @@ def load_model(settings: ModelSettings, progress: Progress | None = None) -> Loa
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    with_pad_token(tokenizer)
     report(progress, 1.0, "model ready")
     return LoadedModel(model, tokenizer, settings.spec, identity, str(folder), device, dtype)
+
+
+def with_pad_token(tokenizer):
+    """`tokenizer`, given its EOS token as pad token if it has none, as every load sets it."""
+    # Batched tokenization pads; many causal LMs ship without a pad token.
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _load_failure(spec: str, e: Exception) -> str:

@@ -63,10 +63,12 @@ class NeuronScores:
 def mlp_modules(model: nn.Module) -> list[tuple[list[nn.Module], nn.Module]]:
     """Per decoder layer: (the modules feeding the intermediate neurons, the down projection)."""
     arch = get_architecture(model)
-    return [
-        ([get_submodule(layer, p) for p in arch.mlp.inputs], get_submodule(layer, arch.mlp.output))
-        for layer in arch.layers(model)
-    ]
+    return [layer_mlp(layer, arch.mlp) for layer in arch.layers(model)]
+
+
+def layer_mlp(layer: nn.Module, layout: MLPLayout) -> tuple[list[nn.Module], nn.Module]:
+    """One decoder layer's (modules feeding the intermediate neurons, down projection)."""
+    return [get_submodule(layer, p) for p in layout.inputs], get_submodule(layer, layout.output)
 
 
 def intermediate_size(down: nn.Module, layout: MLPLayout) -> int:
@@ -88,24 +90,21 @@ def neuron_scores(
     Each sample's loss is the mean over its tokens, and the scores are summed over samples,
     so they do not depend on `batch_size`. `progress(done, N)` is called after each batch.
     """
-    if criterion not in TAYLOR_CRITERIA:
-        raise TaylorError(f"criterion must be one of {', '.join(TAYLOR_CRITERIA)}; got {criterion!r}")
+    check_criterion(criterion)
     if criterion == "magnitude":
         return magnitude_scores(model)
-    _check_ids(input_ids, criterion)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise TaylorError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_scoring_input(input_ids, criterion, batch_size)
 
     layout = get_architecture(model).mlp
     downs = [down for _, down in mlp_modules(model)]
     device = model.get_input_embeddings().weight.device
     n = input_ids.shape[0]
-    acc = _Accumulator([intermediate_size(d, layout) for d in downs])
+    acc = TaylorSums([intermediate_size(d, layout) for d in downs])
     with _frozen_eval(model), _capture(downs, acc):
         for start in range(0, n, batch_size):
             ids = input_ids[start:start + batch_size].to(device)
             logits = model(input_ids=ids, use_cache=False).logits
-            loss = _sample_summed_loss(logits, ids, criterion)
+            loss = sample_summed_loss(logits, ids, criterion)
             # The gradient targets are the leaves made in the hooks; the values returned are
             # not needed, the tensor hooks have already added |a*g| to the sums.
             torch.autograd.grad(loss, acc.leaves)
@@ -124,25 +123,35 @@ def magnitude_scores(model: nn.Module) -> NeuronScores:
     Phi-3, fc1/c_fc otherwise). Biases are left out. Conv1D weights are transposed first.
     """
     layout = get_architecture(model).mlp
-    scores = []
-    with torch.no_grad():
-        for inputs, down in mlp_modules(model):
-            size = intermediate_size(down, layout)
-            w_out = _as_out_in(down, layout).float()  # [D, I]
-            in_sq = torch.zeros(size, dtype=torch.float32, device=w_out.device)
-            for module in inputs:
-                w_in = _as_out_in(module, layout).float()  # [I or 2I, D]
-                rows = w_in.pow(2).sum(dim=1)
-                in_sq += rows.view(-1, size).sum(dim=0) if layout.fused_gate_up else rows
-            scores.append((w_out.norm(dim=0) * in_sq.sqrt()).cpu())
+    scores = [layer_magnitudes(inputs, down, layout).cpu() for inputs, down in mlp_modules(model)]
     return NeuronScores("magnitude", scores)
+
+
+@torch.no_grad()
+def layer_magnitudes(inputs: list[nn.Module], down: nn.Module, layout: MLPLayout) -> torch.Tensor:
+    """One layer's `magnitude_scores` [I], float32, on the device of its weights."""
+    size = intermediate_size(down, layout)
+    w_out = _as_out_in(down, layout).float()  # [D, I]
+    in_sq = torch.zeros(size, dtype=torch.float32, device=w_out.device)
+    for module in inputs:
+        w_in = _as_out_in(module, layout).float()  # [I or 2I, D]
+        rows = w_in.pow(2).sum(dim=1)
+        in_sq += rows.view(-1, size).sum(dim=0) if layout.fused_gate_up else rows
+    return w_out.norm(dim=0) * in_sq.sqrt()
 
 
 def _as_out_in(module: nn.Module, layout: MLPLayout) -> torch.Tensor:
     return module.weight.t() if layout.conv1d else module.weight
 
 
-def _check_ids(input_ids: object, criterion: str) -> None:
+def check_criterion(criterion: object) -> None:
+    """Refuse a criterion that is not one of `TAYLOR_CRITERIA`."""
+    if criterion not in TAYLOR_CRITERIA:
+        raise TaylorError(f"criterion must be one of {', '.join(TAYLOR_CRITERIA)}; got {criterion!r}")
+
+
+def check_scoring_input(input_ids: object, criterion: str, batch_size: object) -> None:
+    """Refuse calibration windows or a batch size that data-driven scoring cannot use."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids)
         raise TaylorError(f"input_ids must be a LongTensor of shape [N, T]; got {shape}")
@@ -154,9 +163,11 @@ def _check_ids(input_ids: object, criterion: str) -> None:
             f"input_ids has shape {tuple(input_ids.shape)}; {criterion} needs N >= 1 samples "
             f"of T >= {min_t} tokens"
         )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise TaylorError(f"batch_size must be a positive integer; got {batch_size!r}")
 
 
-def _sample_summed_loss(logits: torch.Tensor, ids: torch.Tensor, criterion: str) -> torch.Tensor:
+def sample_summed_loss(logits: torch.Tensor, ids: torch.Tensor, criterion: str) -> torch.Tensor:
     """Sum over the batch's samples of each sample's mean per-token loss.
 
     logits [B, T, V]. taylor-entropy: per token H = -sum_v p_v log p_v over all T positions.
@@ -170,7 +181,7 @@ def _sample_summed_loss(logits: torch.Tensor, ids: torch.Tensor, criterion: str)
     return per_token.mean(dim=1).sum()
 
 
-class _Accumulator:
+class TaylorSums:
     """Per-layer [I] sums of |a*g|; only the current batch's tensors are ever held."""
 
     def __init__(self, sizes: list[int]):
@@ -189,12 +200,13 @@ class _Accumulator:
                 args = (a, *args[1:])
             # Hold a detached view: a hook on `a` that refers to `a` would be a reference cycle.
             value = a.detach()
-            a.register_hook(lambda g: self._add(layer_idx, value, g))
+            a.register_hook(lambda g: self.add(layer_idx, value, g))
             return args
 
         return hook
 
-    def _add(self, layer_idx: int, a: torch.Tensor, g: torch.Tensor) -> None:
+    def add(self, layer_idx: int, a: torch.Tensor, g: torch.Tensor) -> None:
+        """Add |a*g| summed over samples and tokens to layer `layer_idx`'s sums."""
         dtype = torch.promote_types(a.dtype, torch.float32)
         contrib = (a.to(dtype) * g.to(dtype)).abs().reshape(-1, a.shape[-1]).sum(dim=0)
         if self.sums[layer_idx] is None:
@@ -210,7 +222,7 @@ class _Accumulator:
 
 
 @contextmanager
-def _capture(downs: list[nn.Module], acc: _Accumulator) -> Iterator[None]:
+def _capture(downs: list[nn.Module], acc: TaylorSums) -> Iterator[None]:
     handles = []
     try:
         for layer_idx, down in enumerate(downs):

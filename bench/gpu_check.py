@@ -103,6 +103,15 @@ def _check(name: str, ok: bool, value: str, limit: str) -> Check:
     return Check(name, PASS if ok else FAIL, value, limit)
 
 
+def _logit_check(name: str, measured: dict) -> Check:
+    """Logits of two runs that should agree: the largest difference relative to their scale."""
+    diff, scale = measured["max_abs_logit_diff"], measured["logit_scale"]
+    rel = _rel(diff, scale)
+    return _check(name, rel <= LOGIT_REL_TOL,
+                  f"max |diff| {diff:.3g} of scale {scale:.3g} (rel {rel:.3g})",
+                  f"tol {LOGIT_REL_TOL:g}")
+
+
 def curve_rel_diff(curve: list, reference: list) -> float:
     """max_i |curve_i - reference_i| / max_i |reference_i| (inf where one has a null point
     the other lacks, or the lengths differ; 0 for two identical curves)."""
@@ -171,11 +180,7 @@ def evaluate(m: dict, *, expected_device: str, expected_dtype: str) -> list[Chec
                              f"tol {DEVICE_MAP_CURVE_REL_TOL:g}"))
 
     for g, gen in m["generate"].items():
-        rel = _rel(gen["max_abs_logit_diff"], gen["logit_scale"])
-        checks.append(_check(
-            f"generate_{g}_cache_logits", rel <= LOGIT_REL_TOL,
-            f"max |diff| {gen['max_abs_logit_diff']:.3g} of scale {gen['logit_scale']:.3g} "
-            f"(rel {rel:.3g})", f"tol {LOGIT_REL_TOL:g}"))
+        checks.append(_logit_check(f"generate_{g}_cache_logits", gen))
         first = gen["first_mismatch"]
         tie = NEAR_TIE_FACTOR * LOGIT_REL_TOL * gen["logit_scale"]
         if first is None:
@@ -197,11 +202,7 @@ def evaluate(m: dict, *, expected_device: str, expected_dtype: str) -> list[Chec
         checks.append(_check(f"quality_{name}_finite", finite, shown, "all finite"))
 
     for g, ex in m["export"].items():
-        rel = _rel(ex["max_abs_logit_diff"], ex["logit_scale"])
-        checks.append(_check(
-            f"export_{g}_reload_logits", rel <= LOGIT_REL_TOL,
-            f"max |diff| {ex['max_abs_logit_diff']:.3g} of scale {ex['logit_scale']:.3g} "
-            f"(rel {rel:.3g})", f"tol {LOGIT_REL_TOL:g}"))
+        checks.append(_logit_check(f"export_{g}_reload_logits", ex))
 
     for name, value in m.get("info", {}).items():
         checks.append(Check(name, INFO, value if isinstance(value, str) else json.dumps(value), ""))

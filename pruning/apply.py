@@ -123,11 +123,11 @@ def apply_pruning(model: nn.Module, granularity: Granularity,
         if granularity == "layer":
             _remove_layers(model, arch, layers, drop, undo)
         else:
-            _drop_attention(arch, layers, drop, undo)
+            drop_attention(arch, layers, drop, undo)
         setattr(model, _STATE_ATTR, (granularity, drop))
         undo.append(lambda: delattr(model, _STATE_ATTR))
     except BaseException:
-        _undo_all(undo)
+        undo_all(undo)
         raise
 
     done = False
@@ -136,7 +136,7 @@ def apply_pruning(model: nn.Module, granularity: Granularity,
         nonlocal done
         if not done:
             done = True
-            _undo_all(undo)
+            undo_all(undo)
 
     return restore
 
@@ -177,8 +177,9 @@ def _remove_layers(model: nn.Module, arch: Architecture, layers: nn.ModuleList,
                 module.layer_idx = new_index[idx]
 
 
-def _drop_attention(arch: Architecture, layers: nn.ModuleList, drop: tuple[int, ...],
-                    undo: list[Callable[[], None]]) -> None:
+def drop_attention(arch: Architecture, layers: nn.ModuleList, drop: tuple[int, ...],
+                   undo: list[Callable[[], None]]) -> None:
+    """Swap the attention of layers `drop` for `IdentityAttention`, recording the way back."""
     for i in drop:
         layer = layers[i]
         original = arch.attention(layer)
@@ -194,7 +195,8 @@ def _set_modules(module_list: nn.ModuleList, modules: list[nn.Module]) -> None:
         module_list.add_module(str(i), module)
 
 
-def _undo_all(undo: list[Callable[[], None]]) -> None:
+def undo_all(undo: list[Callable[[], None]]) -> None:
+    """Put back what `drop_attention` and layer removal recorded in `undo`, latest first."""
     for step in reversed(undo):
         step()
     undo.clear()

@@ -17,7 +17,7 @@ import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ Variant = Callable[[], AbstractContextManager]
 """A zero-argument factory of a context manager that modifies the model while entered."""
 
 UNPRUNED = "unpruned"
+VariantT = TypeVar("VariantT")
 
 
 class EvaluationError(EntroDropError):
@@ -53,7 +54,7 @@ class Quality:
 
 
 @dataclass
-class _Sums:
+class QualitySums:
     """Running sums over predicted tokens, so memory does not depend on N."""
 
     nll: float = 0.0
@@ -109,7 +110,7 @@ def evaluate_quality(
     whatever N is. The result has the key "unpruned" (KL 0, top-1 1) plus one per variant.
     `progress(done, total)` is called after each batch.
     """
-    ids = _check_ids(model, input_ids)
+    ids = checked_input_ids(model, input_ids)
     positive_int("batch_size", batch_size)
     for name, factory in variants.items():
         if name == UNPRUNED:
@@ -123,7 +124,7 @@ def evaluate_quality(
             )
 
     device = model_device(model)
-    sums = {name: _Sums() for name in (UNPRUNED, *variants)}
+    sums = {name: QualitySums() for name in (UNPRUNED, *variants)}
     total = math.ceil(ids.shape[0] / batch_size)
     with torch.inference_mode(), eval_mode(model):
         for done, start in enumerate(range(0, ids.shape[0], batch_size), start=1):
@@ -167,14 +168,30 @@ def quality_curves(
     """
     from pruning.apply import pruned  # written alongside; imported late to keep this light
 
+    def variant(blocks: list[int]) -> Variant:
+        # A function (not a lambda in the loop) so each variant keeps its own blocks.
+        return lambda: pruned(model, granularity, blocks)
+
+    variants, plan = plan_curves(granularity, orders, ks, variant)
+    return curve_rows(plan, evaluate_quality(model, input_ids, variants, **kw))
+
+
+CurvePlan = list[tuple[str, int, str]]
+"""(criterion, K, name of the variant giving its figures), one per row of the curves."""
+
+
+def plan_curves(granularity: str, orders: Mapping[str, Sequence[int]], ks: Sequence[int],
+                variant: Callable[[list[int]], VariantT]) -> tuple[dict[str, VariantT], CurvePlan]:
+    """The variants `quality_curves` evaluates, {name: variant(first K blocks of an order)},
+    one per distinct pruned set, and its rows; K = 0 rows read the reference."""
     if granularity not in ("layer", "attn"):
         raise EvaluationError(f"granularity must be 'layer' or 'attn'; got {granularity!r}")
     if not orders:
         raise EvaluationError("orders is empty: give at least one criterion's pruning order")
     k_values = sorted({0, *(_check_k(k) for k in ks)})
 
-    variants: dict[str, Variant] = {}
-    plan: list[tuple[str, int, str]] = []
+    variants: dict[str, VariantT] = {}
+    plan: CurvePlan = []
     for criterion, order in orders.items():
         order = [operator.index(b) for b in order]
         for k in k_values:
@@ -188,21 +205,19 @@ def quality_curves(
                 continue
             blocks = order[:k]
             name = f"{granularity}:{','.join(map(str, sorted(blocks)))}"
-            variants.setdefault(name, _pruned_variant(pruned, model, granularity, blocks))
+            variants.setdefault(name, variant(blocks))
             plan.append((criterion, k, name))
+    return variants, plan
 
-    results = evaluate_quality(model, input_ids, variants, **kw)
+
+def curve_rows(plan: CurvePlan, results: Mapping[str, Quality]) -> list[dict]:
+    """The rows of `quality_curves`, JSON-safe, from the figures of every planned variant."""
     rows = []
     for criterion, k, name in plan:
         q = results[name]
         rows.append({"criterion": criterion, "k": k, "perplexity": q.perplexity,
                      "kl": q.kl, "top1": q.top1})
     return [json_safe(r) for r in rows]
-
-
-def _pruned_variant(pruned, model, granularity, blocks) -> Variant:
-    # A function (not a lambda in the loop) so each variant keeps its own blocks.
-    return lambda: pruned(model, granularity, blocks)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -231,7 +246,8 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits
 
 
-def _check_ids(model: nn.Module, input_ids) -> torch.Tensor:
+def checked_input_ids(model: nn.Module, input_ids) -> torch.Tensor:
+    """Held-out windows [N, T] as a LongTensor, refused unless they fit this model."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
         raise EvaluationError(f"input_ids must be a [N, T] tensor of token ids; got {shape}")

@@ -33,13 +33,9 @@ from analysis.errors import EntroDropError
 from analysis.paths import disk_shortfall, make_temp_dir, remove_stale_temp_dirs, tensor_bytes
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
-from pruning.modeling_template import replace_attention
+from pruning.attn_export import DROPPED_ATTN_KEY, MODELING_NAME, attn_config, write_attn_code
 
 MANIFEST_NAME = "entrodrop.json"
-MODELING_NAME = "modeling_entrodrop.py"
-DROPPED_ATTN_KEY = "entrodrop_dropped_attn"
-# attn exports carry their own model_type: this prefix + the family's (see architectures.py).
-EXPORT_MODEL_TYPE_PREFIX = "entrodrop_"
 
 Progress = Callable[[float, str], None]
 
@@ -71,7 +67,7 @@ class UnsupportedExportError(ExportError):
 def export_size_estimate(model: nn.Module, granularity: Granularity,
                          blocks: Sequence[int]) -> int:
     """Bytes of weights the export writes: the kept tensors, tied ones counted once."""
-    arch, drop = _checked(model, granularity, blocks)
+    arch, drop = checked_blocks_export(model, granularity, blocks)
     state = pruned_state_dict(model, arch, granularity, drop)
     return tensor_bytes(state.values())
 
@@ -111,8 +107,8 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
     `model` must be the unpruned source model; it is left unchanged.
     """
     report = progress or (lambda frac, msg: None)
-    arch, drop = _checked(model, granularity, blocks)
-    base = _stock_class(model, granularity)
+    arch, drop = checked_blocks_export(model, granularity, blocks)
+    base = stock_class(model, granularity)
     record = json_ready(dict(manifest), "manifest")
     num_layers = len(arch.layers(model))
     out_dir = Path(out_dir)
@@ -123,52 +119,48 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
                            needed_bytes=tensor_bytes(state.values())) as tmp:
         report(0.1, "building the pruned model")
         config = copy.deepcopy(model.config)
-        prepare = None
-        if granularity == "layer":
-            text_config = config.get_text_config(decoder=True)
-            kept = [i for i in range(num_layers) if i not in drop]
-            for name, value in layer_config_changes(text_config, kept, num_layers, arch).items():
-                setattr(text_config, name, value)
-        else:
-            cls_name = f"EntroDrop{base.__name__}"
-            config_name = f"EntroDrop{type(config).__name__}"
-            # Both classes come from the export's own file, and the model_type is the
-            # export's own: loading without trust_remote_code then fails loudly instead of
-            # quietly building the stock model with random weights for the dropped blocks.
-            config.auto_map = {"AutoConfig": f"{MODELING_NAME[:-3]}.{config_name}",
-                               "AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{cls_name}"}
-            setattr(config, DROPPED_ATTN_KEY, list(drop))
-
-            def prepare(fresh: nn.Module) -> None:
-                replace_attention(fresh, arch.layers_path, arch.attn_name, drop)
+        prepare = prune_config(config, arch, base, granularity, drop, num_layers)
 
         report(0.2, "writing the weights")
         fresh = save_clean_checkpoint(model, tmp, config=config, state_dict=state,
                                       model_class=base, prepare=prepare)
         if granularity == "attn":
-            (tmp / MODELING_NAME).write_text(
-                render_modeling_file(base.__name__, arch, type(config).__name__,
-                                     config.model_type), encoding="utf-8")
-            _rewrite_config(tmp / "config.json", architectures=[cls_name],
-                            model_type=EXPORT_MODEL_TYPE_PREFIX + config.model_type)
+            write_attn_code(tmp, base, arch, config)
 
         report(0.7, "writing the tokenizer")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
         report(0.85, "writing the manifest and model card")
-        record.update({
-            "granularity": granularity,
-            "blocks": list(drop),
-            "num_layers_before": num_layers,
-            "num_layers_after": num_layers - len(drop) if granularity == "layer" else num_layers,
-            **provenance(model, fresh),
-        })
+        record.update({**block_fields(granularity, drop, num_layers), **provenance(model, fresh)})
         del fresh
-        write_manifest(tmp, record, _model_card(out_dir.name, record))
+        write_manifest(tmp, record, block_model_card(out_dir.name, record))
         report(0.95, "moving the export into place")
     report(1.0, f"exported to {out_dir}")
     return out_dir
+
+
+def prune_config(config, arch: Architecture, base: type, granularity: Granularity,
+                 drop: tuple[int, ...], num_layers: int) -> Callable[[nn.Module], None] | None:
+    """Make `config` (the export's own copy) that of the pruned model; returns what the fresh
+    model must do before it takes the weights (attn: swap out attention), or None."""
+    if granularity == "attn":
+        return attn_config(config, arch, base, drop)
+    text_config = config.get_text_config(decoder=True)
+    kept = [i for i in range(num_layers) if i not in drop]
+    for name, value in layer_config_changes(text_config, kept, num_layers, arch).items():
+        setattr(text_config, name, value)
+    return None
+
+
+def block_fields(granularity: Granularity, drop: tuple[int, ...], num_layers: int) -> dict:
+    """The fields a block export adds to its manifest (before provenance)."""
+    return {
+        "granularity": granularity,
+        "blocks": list(drop),
+        "num_layers_before": num_layers,
+        "num_layers_after": num_layers - len(drop) if granularity == "layer" else num_layers,
+    }
 
 
 def provenance(source: nn.Module, saved: nn.Module) -> dict[str, Any]:
@@ -202,15 +194,7 @@ def save_clean_checkpoint(model: nn.Module, folder: Path, *, config=None,
     Returns the fresh model (its tensors are the source's; do not run it).
     """
     config = copy.deepcopy(model.config) if config is None else config
-    for name in ("quantization_config", "_pre_quantization_dtype"):
-        if name in config.__dict__:
-            delattr(config, name)
-    dtype = _weights_dtype(model)
-    config.dtype = dtype
-    with torch.device("meta"):
-        fresh = (model_class or type(model))(config)
-    if prepare is not None:
-        prepare(fresh)
+    fresh = meta_model(model_class or type(model), config, _weights_dtype(model), prepare)
     state = model.state_dict() if state_dict is None else state_dict
     result = fresh.load_state_dict(dict(state), strict=False, assign=True)
     fresh.tie_weights()
@@ -224,6 +208,22 @@ def save_clean_checkpoint(model: nn.Module, folder: Path, *, config=None,
     if getattr(model, "generation_config", None) is not None:
         fresh.generation_config = copy.deepcopy(model.generation_config)
     fresh.save_pretrained(folder, safe_serialization=True)
+    return fresh
+
+
+def meta_model(model_class: type, config, dtype: torch.dtype,
+               prepare: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """A weightless `model_class` for `config` (changed to a plain `dtype` checkpoint's)."""
+    # A GGUF-loaded source's quantization fields would make the saved folder claim to be
+    # quantized; the dtype is what config.json records for the written weights.
+    for name in ("quantization_config", "_pre_quantization_dtype"):
+        if name in config.__dict__:
+            delattr(config, name)
+    config.dtype = dtype
+    with torch.device("meta"):
+        fresh = model_class(config)
+    if prepare is not None:
+        prepare(fresh)
     return fresh
 
 
@@ -288,42 +288,9 @@ def staged_output_dir(out_dir: Path, *, overwrite: bool = False,
         raise
 
 
-def render_modeling_file(base_class: str, arch: Architecture, config_class: str,
-                         model_type: str) -> str:
-    """Source of `modeling_entrodrop.py`: the stand-in module, then a config class with the
-    export's own model_type and a subclass of the stock class that swaps out the attention
-    sub-blocks listed in the config."""
-    template = (Path(__file__).with_name("modeling_template.py")).read_text(encoding="utf-8")
-    cls_name = f"EntroDrop{base_class}"
-    cfg_name = f"EntroDrop{config_class}"
-    return template.rstrip("\n") + f'''
-
-
-from transformers import {base_class}, {config_class}  # noqa: E402
-
-
-class {cfg_name}({config_class}):
-    model_type = "{EXPORT_MODEL_TYPE_PREFIX}{model_type}"
-
-
-class {cls_name}({base_class}):
-    """{base_class} whose attention sub-blocks listed in `config.{DROPPED_ATTN_KEY}` are
-    the identity (no weights); the MLPs of those layers stay."""
-
-    config_class = {cfg_name}
-
-    def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
-        replace_attention(self, {arch.layers_path!r}, {arch.attn_name!r},
-                          getattr(config, {DROPPED_ATTN_KEY!r}, []))
-
-
-__all__ = ["{cls_name}", "{cfg_name}", "IdentityAttention"]
-'''
-
-
-def _checked(model: nn.Module, granularity: str,
-             blocks: Sequence[int]) -> tuple[Architecture, tuple[int, ...]]:
+def checked_blocks_export(model: nn.Module, granularity: str,
+                          blocks: Sequence[int]) -> tuple[Architecture, tuple[int, ...]]:
+    """(architecture, sorted blocks) of a block export, refused if the model is pruned."""
     granularity = check_granularity(granularity)
     arch = get_architecture(model)
     if active_pruning(model) is not None:
@@ -334,7 +301,8 @@ def _checked(model: nn.Module, granularity: str,
     return arch, check_blocks(blocks, len(arch.layers(model)))
 
 
-def _stock_class(model: nn.Module, granularity: str) -> type:
+def stock_class(model: nn.Module, granularity: str) -> type:
+    """The model's transformers class, refused where the export could not reproduce it."""
     cls = type(model)
     if getattr(transformers, cls.__name__, None) is not cls:
         raise UnsupportedExportError(
@@ -364,12 +332,6 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
-
-
-def _rewrite_config(config_path: Path, **fields: Any) -> None:
-    data = json.loads(config_path.read_text(encoding="utf-8"))
-    data.update(fields)
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _weights_dtype(model: nn.Module) -> torch.dtype:
@@ -405,7 +367,8 @@ def json_ready(value: Any, where: str) -> Any:
     )
 
 
-def _model_card(name: str, record: Mapping[str, Any]) -> str:
+def block_model_card(name: str, record: Mapping[str, Any]) -> str:
+    """The README of a block export, from its manifest `record`."""
     granularity = record["granularity"]
     blocks = ", ".join(map(str, record["blocks"])) or "none"
     source = record.get("source_model") or record.get("model") or record.get("model_name")

@@ -19,10 +19,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from analysis.architectures import get_architecture, get_submodule
+from analysis.architectures import MLPLayout, get_architecture, get_submodule
 from analysis.errors import EntroDropError
 from analysis.paths import tensor_bytes
-from analysis.taylor import NeuronScores, intermediate_size, mlp_modules
+from analysis.taylor import NeuronScores, intermediate_size, layer_mlp, mlp_modules
 from pruning.apply import active_pruning
 from pruning.export import (
     MANIFEST_NAME,
@@ -36,6 +36,10 @@ from pruning.export import (
 KeepMode = Literal["per_layer", "uniform"]
 # Set on a model while its MLPs are width-pruned in memory (the kept width).
 _STATE_ATTR = "_entrodrop_width"
+Change = tuple[nn.Module, str, object]
+"""(module, attribute, new value): a sliced weight or bias tensor, or a new width."""
+Undo = list[tuple[object, str, object]]
+"""(object, attribute, old value) of every change made, oldest first."""
 
 
 class WidthPruningError(EntroDropError):
@@ -99,7 +103,7 @@ def width_pruned(model: nn.Module, keep: list[torch.Tensor]) -> Iterator[nn.Modu
     try:
         yield model
     finally:
-        _restore(undo)
+        undo_changes(undo)
 
 
 def export_width_pruned(
@@ -123,9 +127,7 @@ def export_width_pruned(
             f"the model has {what} pruned in memory; export width pruning from the unpruned "
             "model"
         )
-    if not isinstance(manifest, Mapping):
-        raise WidthPruningError(f"manifest must be a dict; got {type(manifest).__name__}")
-    record = json_ready(dict(manifest), "manifest")
+    record = checked_manifest(manifest)
     plan = _plan(model, keep)
     names = {id(m): name for name, m in model.named_modules()}
     state = dict(model.state_dict())
@@ -133,7 +135,7 @@ def export_width_pruned(
         if isinstance(value, torch.Tensor):
             state[f"{names[id(module)]}.{attr}"] = value
     config = copy.deepcopy(model.config)
-    setattr(_width_config(config, plan.config_key), plan.config_key, plan.width)
+    setattr(config_holding(config, plan.config_key), plan.config_key, plan.width)
 
     out_dir = Path(out_dir)
     with staged_output_dir(out_dir, overwrite=overwrite,
@@ -141,22 +143,36 @@ def export_width_pruned(
         fresh = save_clean_checkpoint(model, tmp, config=config, state_dict=state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        record.update({
-            "method": record.get("method", "width"),
-            "width_pruning": {
-                "config_key": plan.config_key,
-                "intermediate_size_before": plan.sizes,
-                "intermediate_size_after": plan.width,
-                "kept_neurons": [k.tolist() for k in plan.keep],
-            },
-            **provenance(model, fresh),
-        })
+        record.update({**width_fields(record, plan.config_key, plan.sizes, plan.keep),
+                       **provenance(model, fresh)})
         del fresh
-        write_manifest(tmp, record, _model_card(out_dir.name, record))
+        write_manifest(tmp, record, width_model_card(out_dir.name, record))
     return out_dir
 
 
-def _model_card(name: str, record: dict) -> str:
+def checked_manifest(manifest: Mapping) -> dict:
+    """A width export's manifest as a JSON-ready dict; anything but a mapping is refused."""
+    if not isinstance(manifest, Mapping):
+        raise WidthPruningError(f"manifest must be a dict; got {type(manifest).__name__}")
+    return json_ready(dict(manifest), "manifest")
+
+
+def width_fields(record: Mapping, config_key: str, sizes: list[int],
+                 keep: list[torch.Tensor]) -> dict:
+    """The fields a width export adds to its manifest `record` (before provenance)."""
+    return {
+        "method": record.get("method", "width"),
+        "width_pruning": {
+            "config_key": config_key,
+            "intermediate_size_before": sizes,
+            "intermediate_size_after": len(keep[0]),
+            "kept_neurons": [k.tolist() for k in keep],
+        },
+    }
+
+
+def width_model_card(name: str, record: dict) -> str:
+    """The README of a width export, from its manifest `record`."""
     width = record["width_pruning"]
     before = sorted(set(width["intermediate_size_before"]))
     source = record.get("source_model") or record.get("model")
@@ -181,67 +197,78 @@ def _model_card(name: str, record: dict) -> str:
     return "\n".join(lines)
 
 
-
 @dataclass
 class _Plan:
     keep: list[torch.Tensor]
     sizes: list[int]
     width: int
     config_key: str
-    changes: list[tuple[nn.Module, str, object]]
-    """(module, attribute, new value): sliced weight/bias tensors and the new widths."""
+    changes: list[Change]
 
 
 def _plan(model: nn.Module, keep: list[torch.Tensor]) -> _Plan:
     """Everything width pruning changes, computed without changing anything."""
     arch = get_architecture(model)
     layout = arch.mlp
-    modules = mlp_modules(model)
-    sizes = [intermediate_size(down, layout) for _, down in modules]
-    keep = _checked_keep(keep, sizes)
-    width = len(keep[0])
-    changes: list[tuple[nn.Module, str, object]] = []
+    sizes = [intermediate_size(down, layout) for _, down in mlp_modules(model)]
+    keep = checked_keep(keep, sizes)
+    changes: list[Change] = []
+    for layer, idx in zip(arch.layers(model), keep, strict=True):
+        changes += mlp_slice_changes(layer, layout, idx)
+    return _Plan(keep, sizes, len(keep[0]), layout.config_key, changes)
+
+
+def mlp_slice_changes(layer: nn.Module, layout: MLPLayout, keep: torch.Tensor) -> list[Change]:
+    """What cutting one decoder layer's MLP to the neurons `keep` changes, changing nothing."""
+    inputs, down = layer_mlp(layer, layout)
+    size = intermediate_size(down, layout)
+    changes: list[Change] = []
     with torch.no_grad():
-        for layer, (inputs, down), idx, size in zip(arch.layers(model), modules, keep, sizes,
-                                                    strict=True):
-            for module in inputs:
-                rows = torch.cat([idx, idx + size]) if layout.fused_gate_up else idx
-                changes += _sliced(module, rows, out_side=True, conv1d=layout.conv1d)
-            changes += _sliced(down, idx, out_side=False, conv1d=layout.conv1d)
-            # LlamaMLP-style modules remember their width; keep it truthful.
-            parent_path = layout.output.rpartition(".")[0]
-            parent = get_submodule(layer, parent_path) if parent_path else layer
-            if isinstance(getattr(parent, "intermediate_size", None), int):
-                changes.append((parent, "intermediate_size", width))
-    return _Plan(keep, sizes, width, layout.config_key, changes)
+        for module in inputs:
+            rows = torch.cat([keep, keep + size]) if layout.fused_gate_up else keep
+            changes += _sliced(module, rows, out_side=True, conv1d=layout.conv1d)
+        changes += _sliced(down, keep, out_side=False, conv1d=layout.conv1d)
+    # LlamaMLP-style modules remember their width; keep it truthful.
+    parent_path = layout.output.rpartition(".")[0]
+    parent = get_submodule(layer, parent_path) if parent_path else layer
+    if isinstance(getattr(parent, "intermediate_size", None), int):
+        changes.append((parent, "intermediate_size", len(keep)))
+    return changes
 
 
-def _prune(model: nn.Module, keep: list[torch.Tensor]) -> _Undo:
-    """Apply the plan in place; returns what `_restore` needs to undo it. All input is
+def apply_changes(changes: list[Change], undo: Undo) -> None:
+    """Make `changes` in place, recording in `undo` what `undo_changes` needs to revert them."""
+    for module, attr, value in changes:
+        if isinstance(value, torch.Tensor):
+            # As trainable as the parameter it replaces.
+            value = nn.Parameter(value, requires_grad=getattr(module, attr).requires_grad)
+        _set(module, attr, value, undo)
+
+
+def _prune(model: nn.Module, keep: list[torch.Tensor]) -> Undo:
+    """Apply the plan in place; returns what `undo_changes` needs to undo it. All input is
     checked before anything changes, and a failure half-way is rolled back."""
     plan = _plan(model, keep)
-    undo: _Undo = []
+    undo: Undo = []
     try:
-        for module, attr, value in plan.changes:
-            if isinstance(value, torch.Tensor):
-                value = nn.Parameter(value, requires_grad=getattr(module, attr).requires_grad)
-            _set(module, attr, value, undo)
-        _set(_width_config(model.config, plan.config_key), plan.config_key, plan.width, undo)
+        apply_changes(plan.changes, undo)
+        _set(config_holding(model.config, plan.config_key), plan.config_key, plan.width, undo)
         _set(model, _STATE_ATTR, plan.width, undo)
     except BaseException:
-        _restore(undo)
+        undo_changes(undo)
         raise
     return undo
 
 
-def _width_config(config, key: str):
+def config_holding(config, key: str):
     """The config object holding the intermediate size (the text config of composite ones)."""
     if not hasattr(config, key) and hasattr(config, "get_text_config"):
         return config.get_text_config(decoder=True)
     return config
 
 
-def _checked_keep(keep: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+def checked_keep(keep: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+    """`keep` as sorted CPU LongTensors, one per layer of sizes `sizes`, all the same length."""
     if not isinstance(keep, (list, tuple)) or len(keep) != len(sizes):
         n = len(keep) if isinstance(keep, (list, tuple)) else type(keep).__name__
         raise WidthPruningError(f"keep must hold one index tensor per layer ({len(sizes)}); got {n}")
@@ -269,7 +296,7 @@ def _checked_keep(keep: list[torch.Tensor], sizes: list[int]) -> list[torch.Tens
 
 
 def _sliced(module: nn.Module, idx: torch.Tensor, *, out_side: bool,
-            conv1d: bool) -> list[tuple[nn.Module, str, object]]:
+            conv1d: bool) -> list[Change]:
     """Keep entries `idx` of the neuron axis. out_side: the neurons are this module's outputs
     (Linear weight rows, Conv1D columns, and the bias); else its inputs (bias unchanged)."""
     weight = module.weight
@@ -278,7 +305,7 @@ def _sliced(module: nn.Module, idx: torch.Tensor, *, out_side: bool,
     # Linear stores [out, in], Conv1D [in, out].
     dim = (1 if conv1d else 0) if out_side else (0 if conv1d else 1)
     new_weight = weight.detach().index_select(dim, idx.to(weight.device)).contiguous()
-    changes: list[tuple[nn.Module, str, object]] = [(module, "weight", new_weight)]
+    changes: list[Change] = [(module, "weight", new_weight)]
     if out_side and getattr(module, "bias", None) is not None:
         bias = module.bias.detach()
         changes.append((module, "bias", bias.index_select(0, idx.to(bias.device)).contiguous()))
@@ -288,14 +315,12 @@ def _sliced(module: nn.Module, idx: torch.Tensor, *, out_side: bool,
     return changes
 
 
-_Undo = list[tuple[object, str, object]]
-
-
-def _set(obj: object, name: str, value: object, undo: _Undo) -> None:
+def _set(obj: object, name: str, value: object, undo: Undo) -> None:
     undo.append((obj, name, getattr(obj, name, None)))
     setattr(obj, name, value)
 
 
-def _restore(undo: _Undo) -> None:
+def undo_changes(undo: Undo) -> None:
+    """Put back, latest first, the values `apply_changes` and the pruning recorded in `undo`."""
     for obj, name, value in reversed(undo):
         setattr(obj, name, value)

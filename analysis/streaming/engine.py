@@ -4,7 +4,7 @@
    batch, Z_0 and the extra inputs of each layer, from the model's own forward
    (`skeleton.record_layer_inputs`). The body's weights are then dropped.
 2. Layer by layer: its weights are read from the checkpoint, every batch's hidden state
-   goes through it with its recorded inputs, and the same hooks and `_BlockStats` folding
+   goes through it with its recorded inputs, and the same hooks and `BlockStats` folding
    as `capture` turn Z_i, A_i and Z_{i+1} into sums in the same `Accumulator`. The layer is
    then dropped. The next layer's tensors are read on a background thread meanwhile.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from analysis.architectures import get_architecture
-from analysis.capture import Accumulator, _BlockStats, _output, block_hooks
+from analysis.capture import Accumulator, BlockStats, block_hooks, output_hidden
 from analysis.settings import EstimatorSettings
 from analysis.streaming import skeleton
 from analysis.streaming.sources import TensorSource, open_source
@@ -44,8 +44,8 @@ def read_tensors(source: TensorSource, names: dict[str, str], dtype: torch.dtype
     return out
 
 
-class _LayerStats(_BlockStats):
-    """`_BlockStats` folding one layer's points per flush instead of the whole stack.
+class _LayerStats(BlockStats):
+    """`BlockStats` folding one layer's points per flush instead of the whole stack.
 
     After layer i's forward pass on a batch it holds Z_i (and, for layer 0, Z_0), A_i and
     Z_{i+1}; the same entropy, cosine and norm code as `capture` folds them into the
@@ -152,7 +152,7 @@ def stream_capture(
                     for b, h in enumerate(hidden):
                         args, kwargs = layer_inputs[b][i]
                         layer_inputs[b][i] = None  # this layer's masks are not needed again
-                        hidden[b] = _output(layer(h, *args, **kwargs))
+                        hidden[b] = output_hidden(layer(h, *args, **kwargs))
                         stats.flush()
                         _report(progress, (i * len(batches) + b + 1) / steps,
                                 f"layer {i + 1}/{num_layers}, {min((b + 1) * bs, len(ids))}/{len(ids)} windows")

@@ -4,9 +4,10 @@ of a loaded model (the tokenizer and the config, read from the checkpoint alone)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from analysis.models import resolve_device, resolve_dtype
+from analysis.models import resolve_device, resolve_dtype, with_pad_token
 from analysis.settings import ModelSettings
 from analysis.streaming.memory import free_bytes, should_stream
 from analysis.streaming.sources import StreamingError, resolve_checkpoint, weight_bytes_of
@@ -67,22 +68,25 @@ def plan_load(settings: ModelSettings) -> LoadPlan:
 def load_tokenizer(settings: ModelSettings):
     """The model's tokenizer, read from its checkpoint alone (a GGUF file's tokenizer is
     rebuilt from its metadata), with a pad token as the in-memory load sets it."""
-    from transformers import AutoTokenizer
-
     path = resolve_checkpoint(settings.spec)
     try:
-        if path.suffix.lower() == ".gguf":
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(
-                path, trust_remote_code=bool(settings.trust_remote_code), local_files_only=True)
+        return checkpoint_tokenizer(
+            path, trust_remote_code=bool(settings.trust_remote_code), local_files_only=True)
     except (OSError, ValueError) as e:
         raise StreamingError(
             f"cannot read the tokenizer of {settings.spec!r} ({' '.join(str(e).split())}); "
             "a streamed model needs its tokenizer files next to the weights") from e
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+
+
+def checkpoint_tokenizer(path: Path, **folder_kwargs):
+    """The tokenizer stored with a checkpoint folder or GGUF file, padded as loads pad it."""
+    from transformers import AutoTokenizer
+
+    if path.suffix.lower() == ".gguf":  # its tokenizer is rebuilt from the GGUF metadata
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, **folder_kwargs)
+    return with_pad_token(tokenizer)
 
 
 def architecture_name(config) -> str:

@@ -48,12 +48,13 @@ class TensorSource(Protocol):
         ...
 
 
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
     "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None),
 }
+"""The torch dtype of each safetensors dtype code (None where this torch lacks it)."""
 
 
 def _header(file: Path) -> dict:
@@ -92,7 +93,7 @@ def safetensors_entries(folder: Path) -> dict[str, tuple[Path, tuple[int, ...], 
                 f"the shard {file.name} listed in {index.name} is missing from "
                 f"{str(folder)!r}; download the model again.")
         for name, info in _header(file).items():
-            dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+            dtype = SAFETENSORS_DTYPES.get(info["dtype"])
             if dtype is None:
                 raise StreamingError(
                     f"tensor {name!r} in {file.name} has dtype {info['dtype']}, which "

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +28,33 @@ from torch import nn
 
 from analysis.architectures import get_architecture
 from analysis.streaming import skeleton
+from analysis.streaming.plan import checkpoint_tokenizer
 from analysis.streaming.sources import TensorSource, open_source
-from pruning import export as block_export
-from pruning import width as width_export
+from pruning.attn_export import write_attn_code
 from pruning.export import (
-    DROPPED_ATTN_KEY,
-    EXPORT_MODEL_TYPE_PREFIX,
-    MODELING_NAME,
     ExportError,
     UnsupportedExportError,
+    block_fields,
+    block_model_card,
+    checked_blocks_export,
     json_ready,
-    layer_config_changes,
+    meta_model,
     provenance,
-    render_modeling_file,
+    prune_config,
     staged_output_dir,
+    stock_class,
     write_manifest,
 )
-from pruning.modeling_template import replace_attention
 from pruning.streaming import walk
 from pruning.streaming.variants import mlp_sizes, width_sliced
 from pruning.streaming.writer import DEFAULT_MAX_SHARD_BYTES, Entry, write_shards
+from pruning.width import (
+    checked_keep,
+    checked_manifest,
+    config_holding,
+    width_fields,
+    width_model_card,
+)
 
 Progress = walk.Progress
 
@@ -66,30 +74,15 @@ def stream_export_blocks(source: str | Path | TensorSource, out_dir: str | os.Pa
     """
     report = progress or (lambda frac, msg: None)
     src, model = _open(source)
-    arch, drop = block_export._checked(model, granularity, blocks)
-    base = block_export._stock_class(model, granularity)
+    arch, drop = checked_blocks_export(model, granularity, blocks)
+    base = stock_class(model, granularity)
     record = json_ready(dict(manifest), "manifest")
     num_layers = len(arch.layers(model))
     kept = [i for i in range(num_layers) if i not in drop]
     dtype = _export_dtype(src, dtype)
 
-    # The config changes of export_pruned, on a copy of the source's config.
     config = copy.deepcopy(src.config)
-    prepare: Callable[[nn.Module], None] | None = None
-    if granularity == "layer":
-        text_config = config.get_text_config(decoder=True)
-        for name, value in layer_config_changes(text_config, kept, num_layers, arch).items():
-            setattr(text_config, name, value)
-    else:
-        cls_name = f"EntroDrop{base.__name__}"
-        config_name = f"EntroDrop{type(config).__name__}"
-        config.auto_map = {"AutoConfig": f"{MODELING_NAME[:-3]}.{config_name}",
-                           "AutoModelForCausalLM": f"{MODELING_NAME[:-3]}.{cls_name}"}
-        setattr(config, DROPPED_ATTN_KEY, list(drop))
-
-        def prepare(fresh: nn.Module) -> None:
-            replace_attention(fresh, arch.layers_path, arch.attn_name, drop)
-
+    prepare = prune_config(config, arch, base, granularity, drop, num_layers)
     fresh = _fresh_model(base, config, dtype, prepare)
     prefix = arch.layers_path + "."
     new_to_old = dict(enumerate(kept)) if granularity == "layer" else {i: i for i in range(num_layers)}
@@ -107,31 +100,14 @@ def stream_export_blocks(source: str | Path | TensorSource, out_dir: str | os.Pa
     def produce(name: str) -> torch.Tensor:
         return _read(src, stored[name], dtype)
 
-    report(0.0, "checking the target folder")
     out_dir = Path(out_dir)
-    with staged_output_dir(out_dir, overwrite=overwrite,
-                           needed_bytes=sum(e.nbytes for e in entries)) as tmp:
-        report(0.05, "writing the weights, tensor by tensor")
-        _write_checkpoint(tmp, src, fresh, entries, produce, max_shard_bytes,
-                          lambda done, total: report(0.05 + 0.75 * done / total,
-                                                     f"wrote {done} of {total} tensors"))
+    with _staged_export(out_dir, src, fresh, entries, produce, tokenizer, overwrite=overwrite,
+                        max_shard_bytes=max_shard_bytes, report=report, weights_share=0.75,
+                        how="tensor by tensor") as tmp:
         if granularity == "attn":
-            (tmp / MODELING_NAME).write_text(
-                render_modeling_file(base.__name__, arch, type(config).__name__,
-                                     config.model_type), encoding="utf-8")
-            block_export._rewrite_config(tmp / "config.json", architectures=[cls_name],
-                                         model_type=EXPORT_MODEL_TYPE_PREFIX + config.model_type)
-        report(0.85, "writing the tokenizer")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        record.update({
-            "granularity": granularity,
-            "blocks": list(drop),
-            "num_layers_before": num_layers,
-            "num_layers_after": len(kept) if granularity == "layer" else num_layers,
-            **provenance(model, fresh),
-        })
-        write_manifest(tmp, record, block_export._model_card(out_dir.name, record))
+            write_attn_code(tmp, base, arch, config)
+        record.update({**block_fields(granularity, drop, num_layers), **provenance(model, fresh)})
+        write_manifest(tmp, record, block_model_card(out_dir.name, record))
         report(0.95, "moving the export into place")
     report(1.0, f"exported to {out_dir}")
     return out_dir
@@ -147,20 +123,17 @@ def stream_export_width(source: str | Path | TensorSource, out_dir: str | os.Pat
     `pruning.width.keep_indices` gives). `dtype`, `tokenizer`: as in `stream_export_blocks`.
     Returns the folder."""
     report = progress or (lambda frac, msg: None)
-    if not isinstance(manifest, Mapping):
-        raise width_export.WidthPruningError(f"manifest must be a dict; got {type(manifest).__name__}")
-    record = json_ready(dict(manifest), "manifest")
+    record = checked_manifest(manifest)
     src = open_source(source)
     dtype = _export_dtype(src, dtype)
     sm = walk.open_streamed(src, "cpu", dtype)
     model, arch = sm.model, sm.arch
     sizes = mlp_sizes(arch, sm.layers)
-    keep = width_export._checked_keep(keep, sizes)
-    width = len(keep[0])
+    keep = checked_keep(keep, sizes)
     config_key = arch.mlp.config_key
 
     config = copy.deepcopy(src.config)
-    setattr(width_export._width_config(config, config_key), config_key, width)
+    setattr(config_holding(config, config_key), config_key, len(keep[0]))
     fresh = _fresh_model(type(model), config, dtype, None)
     entries, stored = _plan(src, model, fresh, dtype, lambda name: name)
     tokenizer = _resolve_tokenizer(src, tokenizer)
@@ -170,29 +143,13 @@ def stream_export_width(source: str | Path | TensorSource, out_dir: str | os.Pat
         layer = layers.index_of(name)
         return _read(src, stored[name], dtype) if layer is None else layers.get(layer, name)
 
-    report(0.0, "checking the target folder")
     out_dir = Path(out_dir)
-    with staged_output_dir(out_dir, overwrite=overwrite,
-                           needed_bytes=sum(e.nbytes for e in entries)) as tmp:
-        report(0.05, "writing the weights, layer by layer")
-        _write_checkpoint(tmp, src, fresh, entries, produce, max_shard_bytes,
-                          lambda done, total: report(0.05 + 0.8 * done / total,
-                                                     f"wrote {done} of {total} tensors"))
+    with _staged_export(out_dir, src, fresh, entries, produce, tokenizer, overwrite=overwrite,
+                        max_shard_bytes=max_shard_bytes, report=report, weights_share=0.8,
+                        how="layer by layer") as tmp:
         layers.close()
-        report(0.85, "writing the tokenizer")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        record.update({
-            "method": record.get("method", "width"),
-            "width_pruning": {
-                "config_key": config_key,
-                "intermediate_size_before": sizes,
-                "intermediate_size_after": width,
-                "kept_neurons": [k.tolist() for k in keep],
-            },
-            **provenance(model, fresh),
-        })
-        write_manifest(tmp, record, width_export._model_card(out_dir.name, record))
+        record.update({**width_fields(record, config_key, sizes, keep), **provenance(model, fresh)})
+        write_manifest(tmp, record, width_model_card(out_dir.name, record))
     report(1.0, f"exported to {out_dir}")
     return out_dir
 
@@ -265,16 +222,29 @@ def _export_dtype(src: TensorSource, dtype: torch.dtype | str | None) -> torch.d
 def _fresh_model(base: type, config, dtype: torch.dtype,
                  prepare: Callable[[nn.Module], None] | None) -> nn.Module:
     """The model `save_clean_checkpoint` builds and saves, on the meta device, tied."""
-    for name in ("quantization_config", "_pre_quantization_dtype"):
-        if name in config.__dict__:
-            delattr(config, name)
-    config.dtype = dtype
-    with torch.device("meta"):
-        fresh = base(config)
-    if prepare is not None:
-        prepare(fresh)
+    fresh = meta_model(base, config, dtype, prepare)
     fresh.tie_weights()
     return fresh
+
+
+@contextmanager
+def _staged_export(out_dir: Path, src: TensorSource, fresh: nn.Module, entries: list[Entry],
+                   produce: Callable[[str], torch.Tensor], tokenizer: Any, *, overwrite: bool,
+                   max_shard_bytes: int, report: Progress, weights_share: float,
+                   how: str) -> Iterator[Path]:
+    """The staged folder of an export with its checkpoint and tokenizer written; the caller
+    adds the rest in the block, then the folder is moved into place (`staged_output_dir`)."""
+    report(0.0, "checking the target folder")
+    with staged_output_dir(out_dir, overwrite=overwrite,
+                           needed_bytes=sum(e.nbytes for e in entries)) as tmp:
+        report(0.05, f"writing the weights, {how}")
+        _write_checkpoint(tmp, src, fresh, entries, produce, max_shard_bytes,
+                          lambda done, total: report(0.05 + weights_share * done / total,
+                                                     f"wrote {done} of {total} tensors"))
+        report(0.85, "writing the tokenizer")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        yield tmp
 
 
 def _plan(src: TensorSource, model: nn.Module, fresh: nn.Module, dtype: torch.dtype,
@@ -354,18 +324,9 @@ def _resolve_tokenizer(src: TensorSource, tokenizer: Any):
 def _source_tokenizer(src: TensorSource):
     """The tokenizer the app loads with the model (`analysis.models.load_model`), with the
     same padding fix, so the export carries the same tokenizer files."""
-    from transformers import AutoTokenizer
-
-    path = src.path
     try:
-        if path.is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return checkpoint_tokenizer(src.path)
     except (OSError, ValueError, TypeError) as e:
         raise ExportError(
-            f"cannot load the tokenizer of {str(path)!r} ({e}); pass tokenizer=False to export "
-            "the weights without one, or pass the tokenizer to save") from e
-    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+            f"cannot load the tokenizer of {str(src.path)!r} ({e}); pass tokenizer=False to "
+            "export the weights without one, or pass the tokenizer to save") from e

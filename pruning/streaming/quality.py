@@ -19,22 +19,22 @@ distinct prefix of decisions, and at the end the tail plus two batches of logits
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from analysis.capture import output_hidden
 from analysis.streaming.sources import TensorSource
 from pruning.evaluate import (
     UNPRUNED,
     EvaluationError,
     Quality,
-    _check_ids,
-    _check_k,
-    _Sums,
-    json_safe,
+    QualitySums,
+    checked_input_ids,
+    curve_rows,
     next_token_log_probs,
+    plan_curves,
     positive_int,
     token_kl,
 )
@@ -99,7 +99,7 @@ def stream_quality(
     `progress(fraction, message)` is called after each layer and each final batch.
     """
     sm = walk.open_streamed(source, device, dtype)
-    ids = _check_ids(sm.model, input_ids)
+    ids = checked_input_ids(sm.model, input_ids)
     positive_int("batch_size", batch_size)
     if UNPRUNED in variants:
         raise EvaluationError(
@@ -121,7 +121,7 @@ def stream_quality(
             for key, (prev, action) in todo.items():
                 with acting(sm.arch, sm.layers, i, action) as acted:
                     states.states[key] = [
-                        walk.layer_output(acted(h, *calls[b][i][0], **calls[b][i][1]))
+                        output_hidden(acted(h, *calls[b][i][0], **calls[b][i][1]))
                         for b, h in enumerate(states.states[prev])]
             states.drop_unused()
             for b in range(len(batches)):
@@ -129,7 +129,7 @@ def stream_quality(
             walk.report(progress, (i + 1) / steps,
                         f"layer {i + 1}/{num_layers}: {len(todo)} distinct state(s) computed")
 
-        sums = {name: _Sums() for name in plans}
+        sums = {name: QualitySums() for name in plans}
         with walk.tail(sm) as logits_of:
             for b, batch in enumerate(batches):
                 _score_batch(batch.to(sm.device), b, states, logits_of, sums)
@@ -139,7 +139,7 @@ def stream_quality(
 
 
 def _score_batch(batch: torch.Tensor, b: int, states: _States, logits_of,
-                 sums: dict[str, _Sums]) -> None:
+                 sums: dict[str, QualitySums]) -> None:
     """Add batch b's figures to every variant's sums, as `evaluate_quality` does: the
     unpruned log-probs are the reference; variants sharing a final state share its logits."""
     targets = batch[:, 1:].unsqueeze(-1)
@@ -175,34 +175,7 @@ def stream_quality_curves(
     kl, top1}, grouped by criterion in the order given, K ascending, a K = 0 row each.
     Every variant of every criterion goes through one `stream_quality` pass (extra keywords
     go to it); criteria that prune the same set at some K share it."""
-    if granularity not in ("layer", "attn"):
-        raise EvaluationError(f"granularity must be 'layer' or 'attn'; got {granularity!r}")
-    if not orders:
-        raise EvaluationError("orders is empty: give at least one criterion's pruning order")
-    k_values = sorted({0, *(_check_k(k) for k in ks)})
-
-    variants: dict[str, tuple[str, list[int]]] = {}
-    plan: list[tuple[str, int, str]] = []
-    for criterion, order in orders.items():
-        order = [operator.index(b) for b in order]
-        for k in k_values:
-            if k > len(order):
-                raise EvaluationError(
-                    f"K={k} is larger than the {len(order)} blocks in the order of "
-                    f"{criterion!r}; lower K or rank more blocks")
-            if k == 0:
-                plan.append((criterion, 0, UNPRUNED))
-                continue
-            blocks = sorted(order[:k])
-            name = f"{granularity}:{','.join(map(str, blocks))}"
-            variants.setdefault(name, (granularity, blocks))
-            plan.append((criterion, k, name))
-
-    results = stream_quality(source, input_ids, variants, **kw)
-    rows = []
-    for criterion, k, name in plan:
-        q = results[name]
-        rows.append({"criterion": criterion, "k": k, "perplexity": q.perplexity,
-                     "kl": q.kl, "top1": q.top1})
-    return [json_safe(r) for r in rows]
+    variants, plan = plan_curves(granularity, orders, ks,
+                                 lambda blocks: (granularity, sorted(blocks)))
+    return curve_rows(plan, stream_quality(source, input_ids, variants, **kw))
 

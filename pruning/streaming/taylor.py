@@ -8,7 +8,7 @@ boundaries):
 1. Forward, layers 0..L-1: each layer's INPUT hidden states (all batches) are kept, the
    output becomes the next layer's input; no graph is kept.
 2. The tail (final norm, head) on Z_L with gradients gives the loss of each batch (the same
-   `_sample_summed_loss`: mean token entropy in float32, or next-token cross-entropy) and
+   `sample_summed_loss`: mean token entropy in float32, or next-token cross-entropy) and
    G_L = dLoss/dZ_L.
 3. Backward, layers L-1..0: the layer is read again, its forward recomputed from its stored
    input with gradients; one `autograd.grad` from G_{i+1} gives both g at the down
@@ -27,16 +27,16 @@ import torch
 from torch import nn
 
 from analysis.architectures import get_submodule
+from analysis.capture import output_hidden
 from analysis.streaming.sources import TensorSource
 from analysis.taylor import (
-    TAYLOR_CRITERIA,
     NeuronScores,
-    TaylorError,
-    _Accumulator,
-    _as_out_in,
-    _check_ids,
-    _sample_summed_loss,
-    intermediate_size,
+    TaylorSums,
+    check_criterion,
+    check_scoring_input,
+    layer_magnitudes,
+    layer_mlp,
+    sample_summed_loss,
 )
 from pruning.streaming import walk
 from pruning.streaming.variants import mlp_sizes
@@ -60,14 +60,11 @@ def stream_neuron_scores(
     samples, each sample's loss being the mean over its tokens, so they do not depend on
     `batch_size`. Returns one float32 [I] tensor per layer. `progress(fraction, message)`.
     """
-    if criterion not in TAYLOR_CRITERIA:
-        raise TaylorError(f"criterion must be one of {', '.join(TAYLOR_CRITERIA)}; got {criterion!r}")
+    check_criterion(criterion)
     sm = walk.open_streamed(source, device, dtype)
     if criterion == "magnitude":
         return _magnitude(sm, progress)
-    _check_ids(input_ids, criterion)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise TaylorError(f"batch_size must be a positive integer; got {batch_size!r}")
+    check_scoring_input(input_ids, criterion, batch_size)
 
     num_layers = sm.num_layers
     batches = [b.to(sm.device) for b in walk.batches_of(input_ids, batch_size)]
@@ -80,7 +77,7 @@ def stream_neuron_scores(
     with torch.no_grad():
         for i, layer in walk.walk_layers(sm, range(num_layers)):
             inputs.append(hidden)
-            hidden = [walk.layer_output(layer(h, *calls[b][i][0], **calls[b][i][1]))
+            hidden = [output_hidden(layer(h, *calls[b][i][0], **calls[b][i][1]))
                       for b, h in enumerate(hidden)]
             walk.report(progress, (i + 1) / steps, f"forward: layer {i + 1}/{num_layers}")
 
@@ -89,7 +86,7 @@ def stream_neuron_scores(
     with walk.tail(sm) as logits_of, torch.enable_grad():
         for b, batch in enumerate(batches):
             z = hidden[b].detach().requires_grad_()
-            loss = _sample_summed_loss(logits_of(z), batch, criterion)
+            loss = sample_summed_loss(logits_of(z), batch, criterion)
             (g,) = torch.autograd.grad(loss, z)
             grads.append(g)
             hidden[b] = None
@@ -97,14 +94,14 @@ def stream_neuron_scores(
     walk.report(progress, (num_layers + 1) / steps, "loss and its gradient at the last layer")
 
     # 3. Backward, top layer first.
-    acc = _Accumulator(mlp_sizes(sm.arch, sm.layers))
+    acc = TaylorSums(mlp_sizes(sm.arch, sm.layers))
     for i, layer in walk.walk_layers(sm, range(num_layers - 1, -1, -1)):
         down = get_submodule(layer, sm.arch.mlp.output)
         for b in range(len(batches)):
             x = inputs[i][b]
             inputs[i][b] = None
             a, g, grads[b] = _layer_backward(layer, down, x, calls[b][i], grads[b], need_input=i > 0)
-            acc._add(i, a, g)  # the same |a*g| sum, in the same batch order, as in memory
+            acc.add(i, a, g)  # the same |a*g| sum, in the same batch order, as in memory
             del a, g, x
         inputs[i] = None
         calls_done = num_layers - i
@@ -127,7 +124,7 @@ def _layer_backward(layer: nn.Module, down: nn.Module, x: torch.Tensor, call: wa
     try:
         with torch.enable_grad():
             x = x.detach().requires_grad_()
-            out = walk.layer_output(layer(x, *call[0], **call[1]))
+            out = output_hidden(layer(x, *call[0], **call[1]))
             targets = [caught[0], x] if need_input else [caught[0]]
             grads = torch.autograd.grad(out, targets, grad_outputs=grad_out)
     finally:
@@ -143,16 +140,7 @@ def _magnitude(sm: walk.StreamedModel, progress: Progress | None) -> NeuronScore
     mlp_names = [{name: stored for name, stored in names.items()
                   if any(p in name for p in prefixes)} for names in sm.layer_names]
     scores = []
-    with torch.no_grad():
-        for i, layer in walk.walk_layers(sm, range(sm.num_layers), names=mlp_names):
-            down = get_submodule(layer, layout.output)
-            size = intermediate_size(down, layout)
-            w_out = _as_out_in(down, layout).float()  # [D, I]
-            in_sq = torch.zeros(size, dtype=torch.float32, device=w_out.device)
-            for path in layout.inputs:
-                w_in = _as_out_in(get_submodule(layer, path), layout).float()  # [I or 2I, D]
-                rows = w_in.pow(2).sum(dim=1)
-                in_sq += rows.view(-1, size).sum(dim=0) if layout.fused_gate_up else rows
-            scores.append((w_out.norm(dim=0) * in_sq.sqrt()).cpu())
-            walk.report(progress, (i + 1) / sm.num_layers, f"magnitude: layer {i + 1}/{sm.num_layers}")
+    for i, layer in walk.walk_layers(sm, range(sm.num_layers), names=mlp_names):
+        scores.append(layer_magnitudes(*layer_mlp(layer, layout), layout).cpu())
+        walk.report(progress, (i + 1) / sm.num_layers, f"magnitude: layer {i + 1}/{sm.num_layers}")
     return NeuronScores("magnitude", scores)

@@ -27,8 +27,8 @@ from torch import nn
 from analysis.architectures import Architecture, get_submodule
 from analysis.errors import EntroDropError
 from analysis.taylor import intermediate_size
-from pruning.apply import _drop_attention, _undo_all, check_blocks
-from pruning.width import _checked_keep, _restore, _set, _sliced
+from pruning.apply import check_blocks, drop_attention, undo_all
+from pruning.width import Undo, apply_changes, checked_keep, mlp_slice_changes, undo_changes
 
 SPEC_KINDS = ("layer", "attn", "width")
 
@@ -69,7 +69,7 @@ def layer_actions(spec, num_layers: int, mlp_sizes: Sequence[int]) -> tuple[Laye
             "has no attention to drop, so list each block under one granularity")
     keep: list[torch.Tensor | None] = [None] * num_layers
     if "width" in parts:
-        keep = list(_checked_keep(list(parts["width"]), list(mlp_sizes)))
+        keep = list(checked_keep(list(parts["width"]), list(mlp_sizes)))
     return tuple(
         LayerAction(skip=i in skip, attn=i not in no_attn,
                     keep=None if keep[i] is None or i in skip else keep[i].numpy().tobytes())
@@ -105,8 +105,8 @@ def acting(arch: Architecture, layers: nn.ModuleList, index: int,
     with ExitStack() as stack:
         if not action.attn:
             undo: list = []
-            stack.callback(_undo_all, undo)
-            _drop_attention(arch, layers, (index,), undo)
+            stack.callback(undo_all, undo)
+            drop_attention(arch, layers, (index,), undo)
         kept = action.kept()
         if kept is not None:
             stack.enter_context(width_sliced(arch, layers[index], kept))
@@ -115,31 +115,13 @@ def acting(arch: Architecture, layers: nn.ModuleList, index: int,
 
 @contextmanager
 def width_sliced(arch: Architecture, layer: nn.Module, keep: torch.Tensor) -> Iterator[nn.Module]:
-    """The layer's MLP cut to the neurons `keep` (sorted [k] int64) for the duration.
-
-    The per-layer part of `pruning.width._plan`: gate/up (or fc1, c_fc, both halves of
-    Phi-3's fused gate_up) keep those rows, the down projection those columns, with the
-    same `_sliced`; the originals come back on exit.
-    """
-    layout = arch.mlp
-    down = get_submodule(layer, layout.output)
-    size = intermediate_size(down, layout)
-    changes = []
-    with torch.no_grad():
-        for path in layout.inputs:
-            rows = torch.cat([keep, keep + size]) if layout.fused_gate_up else keep
-            changes += _sliced(get_submodule(layer, path), rows, out_side=True, conv1d=layout.conv1d)
-        changes += _sliced(down, keep, out_side=False, conv1d=layout.conv1d)
-    parent_path = layout.output.rpartition(".")[0]
-    parent = get_submodule(layer, parent_path) if parent_path else layer
-    if isinstance(getattr(parent, "intermediate_size", None), int):
-        changes.append((parent, "intermediate_size", len(keep)))
-    undo: list = []
+    """The layer's MLP cut to the neurons `keep` (sorted [k] int64) for the duration, by
+    the in-memory width pruning's own per-layer changes (`pruning.width.mlp_slice_changes`);
+    the originals come back on exit."""
+    changes = mlp_slice_changes(layer, arch.mlp, keep)
+    undo: Undo = []
     try:
-        for module, attr, value in changes:
-            if isinstance(value, torch.Tensor):
-                value = nn.Parameter(value, requires_grad=False)
-            _set(module, attr, value, undo)
+        apply_changes(changes, undo)
         yield layer
     finally:
-        _restore(undo)
+        undo_changes(undo)

@@ -151,11 +151,6 @@ def walk_layers(sm: StreamedModel, order: Sequence[int],
                 pending.cancel()
 
 
-def layer_output(out) -> torch.Tensor:
-    """The hidden state a decoder layer returns (some families return a tuple)."""
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 # ------------------------------------------------------------------------------- the tail
 
 

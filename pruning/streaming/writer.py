@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from analysis.streaming.sources import _SAFETENSORS_DTYPES
+from analysis.streaming.sources import SAFETENSORS_DTYPES
 from pruning.export import ExportError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
-_DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items() if dtype is not None}
+_DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items() if dtype is not None}
 
 
 @dataclass(frozen=True)

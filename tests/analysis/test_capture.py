@@ -159,14 +159,14 @@ def test_chunked_stacking_gives_the_same_statistics(monkeypatch):
     ids = tiny_ids(4, 20, seed=5)
     opts = EstimatorSettings(knn_k=3, batch_size=2)
     whole = capture(model, ids, opts)
-    monkeypatch.setattr(capture_mod._BlockStats, "chunk_bytes", 1)  # one point per call
+    monkeypatch.setattr(capture_mod.BlockStats, "chunk_bytes", 1)  # one point per call
     chunked = capture(model, ids, opts)
     for name in vars(whole):
         torch.testing.assert_close(getattr(whole, name), getattr(chunked, name), rtol=1e-6, atol=1e-6)
 
 
 def test_per_point_results_are_the_same_stacked_or_one_by_one():
-    from analysis.capture import _BlockStats
+    from analysis.capture import BlockStats
 
     g = torch.Generator().manual_seed(3)
     xs = [torch.randn(2, 6, 5, generator=g) for _ in range(4)]
@@ -175,8 +175,8 @@ def test_per_point_results_are_the_same_stacked_or_one_by_one():
     def dots(a, b):
         return torch.linalg.vecdot(a, b, dim=-1)
 
-    stacked = _BlockStats._per_point(dots, xs, ys, stack=True)
-    single = _BlockStats._per_point(dots, xs, ys, stack=False)
+    stacked = BlockStats._per_point(dots, xs, ys, stack=True)
+    single = BlockStats._per_point(dots, xs, ys, stack=False)
     assert len(stacked) == len(single) == 4
     for s, o, a, b in zip(stacked, single, xs, ys, strict=True):
         assert s.shape == (2, 6)
@@ -195,13 +195,13 @@ def test_gpu_code_paths_give_the_cpu_results(monkeypatch):
     ids = tiny_ids(4, 24, seed=7)
     opts = EstimatorSettings(knn_k=3, batch_size=2)
     cpu = capture(model, ids, opts)
-    per_point = capture_mod._BlockStats._per_point
-    monkeypatch.setattr(capture_mod._BlockStats, "_per_point",
+    per_point = capture_mod.BlockStats._per_point
+    monkeypatch.setattr(capture_mod.BlockStats, "_per_point",
                         staticmethod(lambda fn, *lists: per_point(fn, *lists, stack=True)))
     monkeypatch.setattr(estimators, "_kth_smallest",
                         functools.partial(estimators._kth_smallest, use_numpy=False))
     monkeypatch.setattr(estimators, "_knn", functools.partial(estimators._knn, sparse_fix=False))
-    monkeypatch.setattr(capture_mod._BlockStats, "cpu_chunk_bytes", capture_mod._BlockStats.chunk_bytes)
+    monkeypatch.setattr(capture_mod.BlockStats, "cpu_chunk_bytes", capture_mod.BlockStats.chunk_bytes)
     gpu_like = capture(model, ids, opts)
     for name in vars(cpu):
         torch.testing.assert_close(getattr(gpu_like, name), getattr(cpu, name), rtol=1e-5, atol=1e-5)
@@ -211,11 +211,11 @@ def test_folding_a_batch_needs_no_data_dependent_host_round_trip():
     # The whole fold on meta tensors (shapes, no data): it takes the non-CPU branches and
     # would raise on any op that reads a value back to the host, which on a GPU would stall
     # the side stream the fold runs on.
-    from analysis.capture import _BlockStats
+    from analysis.capture import BlockStats
 
     layers, b, t, d = 3, 2, 12, 8
     acc = Accumulator.zeros(layers, t, device="meta")
-    stats = _BlockStats(acc, EstimatorSettings(knn_k=3))
+    stats = BlockStats(acc, EstimatorSettings(knn_k=3))
     for i in range(layers):
         stats.layer_input(i, torch.empty(b, t, d, device="meta"))
         stats.attn_output(i, torch.empty(b, t, d, device="meta"))

@@ -56,7 +56,7 @@ def test_streaming_equals_in_memory_capture(model_type, sharded, tmp_path):
     assert_same_statistics(stream_capture(folder, ids, OPTS), _in_memory(folder, ids))
 
 
-def _mixed_gemma(model_type: str):
+def mixed_gemma(model_type: str):
     """A tiny Gemma whose sliding window (4) is shorter than T, with both layer types."""
     config = tiny_config(model_type)
     config.sliding_window = 4
@@ -67,7 +67,7 @@ def _mixed_gemma(model_type: str):
 
 @pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
 def test_gemma_sliding_and_global_layers_get_their_own_masks(model_type, tmp_path):
-    model = _mixed_gemma(model_type)
+    model = mixed_gemma(model_type)
     model.save_pretrained(tmp_path)
     ids = tiny_ids(3, 24, seed=5)
     assert_same_statistics(stream_capture(tmp_path, ids, OPTS), _in_memory(tmp_path, ids))
@@ -92,9 +92,29 @@ def _sees(mask, query: int, key: int) -> bool:
     return bool(m) if m.dtype == torch.bool else bool(m == 0)
 
 
-def test_streaming_holds_at_most_two_layers(tmp_path, monkeypatch):
+def track_reads(monkeypatch, module, prefix: str) -> tuple[list, list[int]]:
+    """Replace `module.read_tensors` so that each tensor it reads under `prefix` is tracked
+    until it is freed, wherever it is kept (read-ahead, module, export buffer). Returns
+    (alive: [(storage weak reference, bytes)], peaks: the bytes alive after each read)."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
+    alive: list[tuple[StorageWeakRef, int]] = []
+    peaks: list[int] = []
+    real_read = module.read_tensors
+
+    def counted_read(source, names, dtype):
+        out = real_read(source, names, dtype)
+        for name, t in out.items():
+            if name.startswith(prefix):
+                alive.append((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()))
+        peaks.append(sum(size for ref, size in alive if not ref.expired()))
+        return out
+
+    monkeypatch.setattr(module, "read_tensors", counted_read)
+    return alive, peaks
+
+
+def test_streaming_holds_at_most_two_layers(tmp_path, monkeypatch):
     config = tiny_config("llama")
     config.num_hidden_layers = 6
     torch.manual_seed(0)
@@ -104,21 +124,8 @@ def test_streaming_holds_at_most_two_layers(tmp_path, monkeypatch):
     layers = get_architecture(skeleton).layers(skeleton)
     one_layer = sum(p.numel() * 4 for p in layers[0].parameters())
 
-    alive: list[tuple[StorageWeakRef, int]] = []
-    peaks: list[int] = []
-    real_read = engine.read_tensors
-
-    def counted_read(source, names, dtype):
-        # Every decoder-layer tensor the engine will hold is created here; its storage is
-        # tracked until it is freed, wherever the engine keeps it (prefetch, module).
-        out = real_read(source, names, dtype)
-        for name, t in out.items():
-            if name.startswith(prefix):
-                alive.append((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()))
-        peaks.append(sum(size for ref, size in alive if not ref.expired()))
-        return out
-
-    monkeypatch.setattr(engine, "read_tensors", counted_read)
+    # Every decoder-layer tensor the engine will hold is created by its reader.
+    alive, peaks = track_reads(monkeypatch, engine, prefix)
     stream_capture(tmp_path, tiny_ids(4, 20), OPTS)
     assert len(peaks) == 1 + 6  # the body, then each layer once
     assert max(peaks) <= 2 * one_layer

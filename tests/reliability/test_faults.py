@@ -83,7 +83,7 @@ def test_killed_analysis_leaves_no_cache_entry(tiny_llama_dir, tmp_path, monkeyp
     args = ["analyze", "--model", tiny_llama_dir, "--calibration", "builtin:random",
             *ANALYZE_SMALL]
     # The 5th layer output is layer 0 of the second batch: half-way through the capture.
-    proc = start_paused_cli(args, cache, at="analysis.capture:_BlockStats.layer_output",
+    proc = start_paused_cli(args, cache, at="analysis.capture:BlockStats.layer_output",
                             nth=5, when="before", flag=flag)
     wait_for_flag(proc, flag)
     sigkill(proc)

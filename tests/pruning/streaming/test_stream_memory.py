@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from transformers import AutoModelForCausalLM
 
 from pruning.streaming import (
@@ -14,6 +13,7 @@ from pruning.streaming import (
     stream_quality,
     walk,
 )
+from tests.analysis.test_streaming import track_reads
 from tests.tiny_models import tiny_config, tiny_ids
 
 LAYERS = 6
@@ -40,19 +40,7 @@ def counted(monkeypatch):
     """Every decoder-layer tensor the streaming code reads is tracked until it is freed,
     wherever it is kept (read-ahead, module, export buffer); `peaks` holds the bytes alive
     right after each read."""
-    alive: list[tuple[StorageWeakRef, int]] = []
-    peaks: list[int] = []
-    real = walk.read_tensors
-
-    def read(source, names, dtype):
-        out = real(source, names, dtype)
-        for name, t in out.items():
-            if name.startswith(PREFIX):
-                alive.append((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()))
-        peaks.append(sum(size for ref, size in alive if not ref.expired()))
-        return out
-
-    monkeypatch.setattr(walk, "read_tensors", read)
+    alive, peaks = track_reads(monkeypatch, walk, PREFIX)
     yield peaks
     assert all(ref.expired() for ref, _ in alive)  # nothing outlives the run
 

@@ -13,7 +13,7 @@ from pruning.apply import pruned
 from pruning.evaluate import evaluate_quality, quality_curves
 from pruning.streaming import stream_quality, stream_quality_curves
 from pruning.width import width_pruned
-from tests.analysis.test_streaming import _mixed_gemma
+from tests.analysis.test_streaming import mixed_gemma
 from tests.pruning.streaming.stream_cases import (
     RTOL,
     load_in_memory,
@@ -82,7 +82,7 @@ def test_combined_variant_equals_nested_pruning(tmp_path):
 
 @pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
 def test_sliding_and_global_layers_keep_their_masks_when_layers_are_removed(model_type, tmp_path):
-    model = _mixed_gemma(model_type)  # sliding window 4 < T, both layer types
+    model = mixed_gemma(model_type)  # sliding window 4 < T, both layer types
     model.save_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     specs = {"l0": ("layer", [0]), "l1-2": ("layer", [1, 2]), "a0": ("attn", [0])}
