@@ -20,14 +20,6 @@ import streamlit as st
 
 from analysis.profile import Profile
 from analysis.settings import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BINS,
-    DEFAULT_CALIBRATION,
-    DEFAULT_KNN_K,
-    DEFAULT_MODEL,
-    DEFAULT_RENYI_ALPHA,
-    DEFAULT_SEED,
-    DEFAULT_SKIP_FIRST,
     ESTIMATORS,
     AnalysisRequest,
     CalibrationSettings,
@@ -42,7 +34,9 @@ from app.logic.prune_view import PruneView
 from app.logic.runs import AnalysisRecord, request_key
 from entrodrop import service
 
-DEFAULT_SOURCES = [DEFAULT_CALIBRATION]
+# The settings' own defaults (defined once, in analysis/settings.py) fill the widgets.
+_MODEL, _CAL, _EST = ModelSettings(), CalibrationSettings(), EstimatorSettings()
+DEFAULT_SOURCES = [_CAL.spec]
 
 # Session defaults. The widgets bound to these keys use persist_state="session", so a value
 # survives while its page is not shown (other pages read it).
@@ -52,24 +46,24 @@ DEFAULTS: dict[str, Any] = {
     "demo_name": "smollm2-135m",
     "model_path": "",
     "hub_id": "",
-    "model_spec": DEFAULT_MODEL,
+    "model_spec": _MODEL.spec,
     "device": "auto",
     "dtype": "auto",
     "trust_remote_code": False,
     "device_map_auto": False,
-    "load_mode": ModelSettings.load,
+    "load_mode": _MODEL.load,
     # calibration page
     "cal_sources": list(DEFAULT_SOURCES),
     "cal_uploaded": [],
     "cal_samples": None,
     "cal_seqlen": None,
-    "cal_seed": DEFAULT_SEED,
+    "cal_seed": _CAL.seed,
     "cal_text_column": "",
-    "est_bins": DEFAULT_BINS,
-    "est_knn_k": DEFAULT_KNN_K,
-    "est_renyi_alpha": DEFAULT_RENYI_ALPHA,
-    "est_skip_first": DEFAULT_SKIP_FIRST,
-    "est_batch_size": DEFAULT_BATCH_SIZE,
+    "est_bins": _EST.bins,
+    "est_knn_k": _EST.knn_k,
+    "est_renyi_alpha": _EST.renyi_alpha,
+    "est_skip_first": _EST.skip_first,
+    "est_batch_size": _EST.batch_size,
     # shared pruning choices (sidebar)
     "granularity": "attn",
     "criterion": "knn",
