@@ -35,6 +35,7 @@ from analysis.streaming import (
     stream_capture,
 )
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
+from entrodrop.service.validate import check_settings
 
 
 @dataclass
@@ -103,8 +104,8 @@ def analyze(
     cals = [c.validate().resolved(on_gpu) for c in request.calibrations]
     if not cals:
         raise SettingsError("at least one calibration set is needed")
-    for cal in cals:
-        request.estimators.validate(seqlen=cal.seqlen)
+    # Against the model's config, before any cache lookup, weight or data is read.
+    check_settings(request.model, cals, estimators=request.estimators, loaded=loaded)
     cache = cache or ProfileCache()
     result = AnalysisResult(runs=[None] * len(cals))  # type: ignore[list-item]
     keys: list[str | None] = [None] * len(cals)
@@ -229,6 +230,7 @@ def held_out_windows(cal: CalibrationSettings, loaded: Model, samples: int):
     """`samples` held-out windows [N, T] of the calibration source, disjoint from the
     windows the scores were computed on."""
     cal = cal.validate().resolved(loaded.on_gpu)
+    check_settings(None, [cal], loaded=loaded)
     with MODEL_LOCK:
         return load_held_out(cal, loaded.tokenizer, samples, model=torch_model(loaded),
                              on_gpu=loaded.on_gpu).input_ids

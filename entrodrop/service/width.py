@@ -11,6 +11,7 @@ from analysis.calibration import load_calibration
 from analysis.settings import CalibrationSettings
 from analysis.taylor import NeuronScores, intermediate_size, mlp_modules, neuron_scores
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
+from entrodrop.service.validate import ModelShape, check_settings, check_width_ratios
 from pruning.evaluate import evaluate_quality
 from pruning.manifest import width_manifest
 from pruning.streaming import stream_export_width, stream_neuron_scores, stream_quality
@@ -33,6 +34,7 @@ def width_scores(loaded: Model, cal: CalibrationSettings, criteria: Sequence[str
     forward + backward per batch, `magnitude` needs no data."""
     criteria = list(criteria)
     cal = cal.validate().resolved(loaded.on_gpu)
+    check_settings(None, [cal], batch_size=batch_size, loaded=loaded)
     out = {}
     with MODEL_LOCK:
         ids = None
@@ -120,7 +122,10 @@ def export_width(loaded: Model, scores: NeuronScores | Mapping, cal: Calibration
     """Write the width-pruned model and its manifest."""
     if not isinstance(scores, NeuronScores):
         scores = NeuronScores.from_dict(dict(scores))
-    keep = width_keep(scores, ratio, hidden_size(loaded), mode)
+    _low, _high, hidden, inter = width_ratio_range(loaded)
+    # A ratio that keeps every neuron would export the unpruned model labelled as pruned.
+    check_width_ratios(ModelShape(loaded.spec, hidden=hidden, intermediate=inter), [ratio], mode)
+    keep = width_keep(scores, ratio, hidden, mode)
     manifest = width_manifest(
         source_model=loaded.spec, source_identity=loaded.identity,
         calibration=asdict(cal.validate().resolved(loaded.on_gpu)), criterion=criterion,
