@@ -35,7 +35,7 @@ from analysis.streaming import (
     stream_capture,
 )
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
-from entrodrop.service.validate import check_settings
+from entrodrop.service.validate import check_settings, reading_calibration
 
 
 @dataclass
@@ -111,7 +111,8 @@ def analyze(
     keys: list[str | None] = [None] * len(cals)
     if request.use_cache:
         for idx, cal in enumerate(cals):
-            keys[idx] = profile_key(cache_parts(request.model, cal, request.estimators))
+            with reading_calibration(cal):
+                keys[idx] = profile_key(cache_parts(request.model, cal, request.estimators))
             try:
                 hit = cache.get(keys[idx])
             except CacheEntryInvalid as e:
@@ -160,7 +161,7 @@ def _analyze_in_memory(request, loaded, cals, todo, keys, cache, result, on_gpu,
         cal = cals[idx]
         stage = _stage(progress, n_done, len(todo), cal.spec)
         stage(0.0, "preparing calibration windows")
-        with MODEL_LOCK:
+        with MODEL_LOCK, reading_calibration(cal):
             calibration = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=on_gpu)
             profile = profile_model(loaded, calibration, request.estimators, progress=stage)
         _store(result, cache, keys[idx], idx, profile, cal.spec)
@@ -187,7 +188,7 @@ def _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progres
         stage = _stage(progress, n_done, len(todo), cal.spec)
         stage(0.0, "preparing calibration windows")
         started = time.perf_counter()
-        with MODEL_LOCK:
+        with MODEL_LOCK, reading_calibration(cal):
             calibration = load_calibration(cal, tokenizer, model=None, on_gpu=on_gpu)
             acc = stream_capture(spec, calibration.input_ids, request.estimators, device=device,
                                  dtype=dtype, progress=stage)
@@ -231,14 +232,14 @@ def held_out_windows(cal: CalibrationSettings, loaded: Model, samples: int):
     windows the scores were computed on."""
     cal = cal.validate().resolved(loaded.on_gpu)
     check_settings(None, [cal], loaded=loaded)
-    with MODEL_LOCK:
+    with MODEL_LOCK, reading_calibration(cal):
         return load_held_out(cal, loaded.tokenizer, samples, model=torch_model(loaded),
                              on_gpu=loaded.on_gpu).input_ids
 
 
 def preview_windows(loaded: Model, cal: CalibrationSettings, n: int = 3) -> dict:
     """The first n windows of a calibration set, decoded, with how they were made."""
-    with MODEL_LOCK:
+    with MODEL_LOCK, reading_calibration(cal):
         calibration = load_calibration(cal.validate(), loaded.tokenizer,
                                        model=torch_model(loaded), on_gpu=loaded.on_gpu)
     recipe = calibration.recipe

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.paths import check_input_file
 from analysis.settings import CalibrationSettings, EstimatorSettings, ModelSettings, SettingsError
 
 GIB = 2**30
@@ -264,6 +265,8 @@ def check_settings(model: ModelSettings | None, cals: Sequence[CalibrationSettin
         estimators.batch_size if estimators is not None else None)
     for cal in cals:
         cal = cal.validate().resolved(on_gpu)
+        if is_file_spec(cal.spec):
+            check_input_file(cal.spec, "calibration file")
         if estimators is not None:
             estimators.validate(seqlen=cal.seqlen)
         check_seqlen(shape, cal.seqlen)
@@ -273,6 +276,20 @@ def check_settings(model: ModelSettings | None, cals: Sequence[CalibrationSettin
                          logits=bool(held_out))
     check_width_ratios(shape, list(width_ratios), width_mode, export=width_export)
     return shape
+
+
+def is_file_spec(spec: str) -> bool:
+    """A calibration spec that names a file (not builtin: or preset:)."""
+    return not spec.strip().startswith(("builtin:", "preset:"))
+
+
+def reading_calibration(cal: CalibrationSettings):
+    """A context that turns a failure to read a calibration file into one error naming it."""
+    from contextlib import nullcontext
+
+    from analysis.paths import guarded_read
+
+    return guarded_read(cal.spec, "calibration file") if is_file_spec(cal.spec) else nullcontext()
 
 
 def _on_gpu(device: str) -> bool:

@@ -11,7 +11,12 @@ from analysis.calibration import load_calibration
 from analysis.settings import CalibrationSettings
 from analysis.taylor import NeuronScores, intermediate_size, mlp_modules, neuron_scores
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
-from entrodrop.service.validate import ModelShape, check_settings, check_width_ratios
+from entrodrop.service.validate import (
+    ModelShape,
+    check_settings,
+    check_width_ratios,
+    reading_calibration,
+)
 from pruning.evaluate import evaluate_quality
 from pruning.manifest import width_manifest
 from pruning.streaming import stream_export_width, stream_neuron_scores, stream_quality
@@ -39,8 +44,9 @@ def width_scores(loaded: Model, cal: CalibrationSettings, criteria: Sequence[str
     with MODEL_LOCK:
         ids = None
         if any(c != "magnitude" for c in criteria):
-            ids = load_calibration(cal, loaded.tokenizer, model=torch_model(loaded),
-                                   on_gpu=loaded.on_gpu).input_ids
+            with reading_calibration(cal):
+                ids = load_calibration(cal, loaded.tokenizer, model=torch_model(loaded),
+                                       on_gpu=loaded.on_gpu).input_ids
         for i, criterion in enumerate(criteria):
 
             def step(done: int, total: int, i=i, criterion=criterion) -> None:

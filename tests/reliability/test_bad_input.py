@@ -26,6 +26,7 @@ from tests.reliability.support import (
     SMALL,
     assert_user_error,
     cli_env,
+    copy_folder,
     pickle_bin_folder,
     remote_code_folder,
     run_many,
@@ -67,6 +68,17 @@ NEEDLES = {
     "calibration-latin1": ["not UTF-8", "byte 0xe9"],
     "calibration-no-text-column": ["no text column", "text_column"],
     "calibration-too-few-tokens": ["too little text", "N x T = 4 x 16 = 64"],
+    "calibration-symlink-loop": ["cannot read calibration file", "loop1.txt",
+                                 "it is a symlink loop"],
+    "calibration-parquet-is-text": ["is not a readable Parquet file", "text.parquet"],
+    "calibration-npy-is-text": ["is not a readable .npy array", "text.npy"],
+    "model-safetensors-is-text": ["corrupt or truncated", "text-weights"],
+    "model-config-is-a-symlink-loop": ["has no config.json", "config-loop"],
+    # --out files of analyze and evaluate: checked before any work.
+    "analyze-out-under-a-file": ["cannot write --out", "a-file is a file"],
+    "analyze-out-not-writable": ["cannot write --out"],
+    "analyze-out-is-a-folder": ["is a folder; give a file name"],
+    "evaluate-out-under-a-file": ["cannot write --out", "a-file is a file"],
     # K and S_start, which need a profile first.
     "prune-list-k-too-large": ["k must be between 0 and"],
     "export-s-start-out-of-range": ["s_start must be between 0 and 3"],
@@ -87,6 +99,8 @@ SUBPROCESS = [
     "calibration-too-few-tokens",
     "prune-list-k-too-large",
     "export-target-not-writable",
+    "calibration-symlink-loop",
+    "analyze-out-under-a-file",
 ]
 
 
@@ -110,6 +124,16 @@ def world(tmp_path_factory, tiny_llama_dir):
     for name, data in files.items():
         (root / name).write_bytes(data)
     (root / "a-file").write_text("not a folder")
+    (root / "text.parquet").write_text("the law of the court " * 50)
+    (root / "text.npy").write_text("the law of the court " * 50)
+    os.symlink(root / "loop2.txt", root / "loop1.txt")
+    os.symlink(root / "loop1.txt", root / "loop2.txt")
+    text_weights = copy_folder(tiny_llama_dir, root / "text-weights")
+    (text_weights / "model.safetensors").write_text("these are not weights")
+    config_loop = copy_folder(tiny_llama_dir, root / "config-loop")
+    (config_loop / "config.json").unlink()
+    os.symlink(config_loop / "config.json", config_loop / "config.json")
+    (root / "ro-json").mkdir()
     (root / "full").mkdir()
     (root / "full" / "keep.txt").write_text("mine")
 
@@ -141,6 +165,18 @@ def world(tmp_path_factory, tiny_llama_dir):
         "calibration-latin1": analyze(cal=str(root / "latin1.txt")),
         "calibration-no-text-column": analyze(cal=str(root / "nocol.jsonl")),
         "calibration-too-few-tokens": analyze(cal=str(root / "short.txt")),
+        "calibration-symlink-loop": analyze(cal=str(root / "loop1.txt")),
+        "calibration-parquet-is-text": analyze(cal=str(root / "text.parquet")),
+        "calibration-npy-is-text": analyze(cal=str(root / "text.npy")),
+        "model-safetensors-is-text": analyze(model=str(text_weights)),
+        "model-config-is-a-symlink-loop": analyze(model=str(config_loop)),
+        "analyze-out-under-a-file": [*analyze(), "--out", str(root / "a-file" / "p.json")],
+        "analyze-out-not-writable": [*analyze(), "--out",
+                                     str(_in_a_read_only_folder(root / "ro-json") / "p.json")],
+        "analyze-out-is-a-folder": [*analyze(), "--out", str(root / "full")],
+        "evaluate-out-under-a-file": ["evaluate", "--model", llama, "--calibration",
+                                      "builtin:random", *SMALL, "--held-out", "2",
+                                      "--out", str(root / "a-file" / "e.json")],
         "prune-list-k-too-large": ["prune-list", "--model", llama, "--calibration",
                                    "builtin:random", *SMALL, "--k", "99"],
         "export-s-start-out-of-range": export(root / "out-s-start", "--s-start", "9"),
