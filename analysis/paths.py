@@ -91,6 +91,16 @@ def remove_stale_temp_files(parent: Path, name: str | None = None) -> list[Path]
     return _remove_stale(parent, name, ".tmp", dirs=False)
 
 
+def stale_temp_dirs(parent: Path, name: str, suffix: str) -> list[Path]:
+    """The `make_temp_dir` folders in `parent` for `name` whose process no longer runs
+    (nothing is removed: the caller decides what to keep from them)."""
+    pattern = re.compile(r"^\." + re.escape(name) + r"\.(\d+)\.[^.]+" + re.escape(suffix) + "$")
+    if os.name != "posix" or not Path(parent).is_dir():
+        return []
+    return sorted(p for p in Path(parent).iterdir()
+                  if (m := pattern.match(p.name)) and p.is_dir() and not _pid_alive(int(m.group(1))))
+
+
 def _remove_stale(parent: Path, name: str | None, suffix: str, dirs: bool) -> list[Path]:
     stem = re.escape(name) if name is not None else ".+"
     pattern = re.compile(r"^\." + stem + r"\.(\d+)\.[^.]+" + re.escape(suffix) + "$")
