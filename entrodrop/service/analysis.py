@@ -150,7 +150,13 @@ def _stage(progress: Progress | None, n_done: int, total: int, spec: str) -> Pro
 def _store(result: AnalysisResult, cache: ProfileCache, key: str | None, idx: int,
            profile: Profile, spec: str) -> None:
     if key is not None:
-        cache.put(key, profile)
+        try:
+            cache.put(key, profile)
+        except OSError as e:  # read-only cache, an entry that is a folder, a full disk
+            # The finished result is still returned: only the cache copy is lost.
+            result.warn(f"{spec}: warning: the result could not be cached in "
+                        f"{cache.path(key)} ({e.strerror or e}); it is returned all the same "
+                        "and computed again next time")
     result.runs[idx] = profile
     for w in profile.warnings:
         result.warn(f"{spec}: warning: {w}")

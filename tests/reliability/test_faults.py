@@ -429,3 +429,36 @@ def test_a_killed_json_write_leaves_no_temporary_file_for_good(tiny_llama_dir, t
                      "builtin:random", *SMALL, "--out", str(folder / "p.json")]) == 0
     assert json.loads((folder / "p.json").read_text())["runs"]
     assert not dead.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("damage", ["entry-is-a-folder", "profiles-is-a-file", "read-only"])
+def test_a_cache_that_cannot_be_written_does_not_throw_the_result_away(
+        tiny_llama_dir, tmp_path, isolated_cache, monkeypatch, capsys, damage):
+    # Guards: a finished analysis whose cache entry cannot be written (read-only cache, an
+    # entry path that is a folder) was thrown away with exit 2; it now warns on stderr and
+    # still writes the result (exit 0).
+    args = ["analyze", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
+            *SMALL]
+    request = AnalysisRequest(
+        ModelSettings(str(tiny_llama_dir), device="cpu"),
+        (CalibrationSettings("builtin:random", samples=4, seqlen=16),),
+        EstimatorSettings(bins=8, knn_k=3, renyi_alpha=2.0))
+    key = service.analysis.profile_key(
+        service.cache_parts(request.model, request.calibrations[0], request.estimators))
+    profiles = isolated_cache / "profiles"
+    if damage == "entry-is-a-folder":
+        (profiles / f"{key}.json").mkdir(parents=True)
+    elif damage == "profiles-is-a-file":
+        isolated_cache.mkdir(parents=True, exist_ok=True)
+        profiles.write_text("not a folder")
+    else:  # root ignores permission bits, so the write itself is made to fail
+        def read_only(*_args, **_kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("analysis.profile.atomic_write_text", read_only)
+    out = tmp_path / "p.json"
+    assert cli.main(["--quiet", *args, "--out", str(out)]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    warned = [ln for ln in err if "could not be cached" in ln]
+    assert len(warned) == 1 and key in warned[0] and "Traceback" not in str(err), err
+    assert json.loads(out.read_text())["runs"][0]["blocks"]
