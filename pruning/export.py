@@ -460,9 +460,12 @@ def _model_card(name: str, record: Mapping[str, Any]) -> str:
         what = (f"The attention sub-blocks of layers {blocks} (of "
                 f"{record['num_layers_before']}) were made the identity; the MLPs of those "
                 f"layers stay. Their indices are in `config.{DROPPED_ATTN_KEY}`.")
+        # Only the model needs the export's code. The tokenizer is stock: without an explicit
+        # False, transformers sees the config's auto_map and asks on the terminal.
         load = (f'model = AutoModelForCausalLM.from_pretrained("{name}", '
                 'trust_remote_code=True)\n'
-                f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}", '
+                'trust_remote_code=False)')
         note = (f"Loading needs `trust_remote_code=True`: `{MODELING_NAME}` (in this folder, "
                 "torch and transformers only) replaces the dropped attention sub-blocks, "
                 "whose weights are not stored. The config's own `model_type` makes loading "

@@ -504,3 +504,19 @@ def test_the_service_refuses_a_width_export_that_prunes_nothing(tiny_llama_dir, 
         service.export_width(loaded, scores, cal, "magnitude", 2.0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert service.export_width(loaded, scores, cal, "magnitude", 1.98, tmp_path / "ok").is_dir()
+
+
+@pytest.mark.parametrize(("name", "stored"), [("....txt", "upload.txt"), (".jsonl", None),
+                                              ("notes.TXT", "notes.TXT"),
+                                              ("../../etc/cal.csv", "cal.csv")])
+def test_an_upload_keeps_its_file_type(tmp_path, name, stored):
+    # Guards: an upload named "....txt" was stored as "txt" (leading dots stripped), a file
+    # with no extension that no calibration reader would take.
+    from app.logic.inputs import UploadError, save_upload
+
+    if stored is None:  # ".jsonl" is a hidden file without a type, refused as before
+        with pytest.raises(UploadError):
+            save_upload(name, b"the law", max_bytes=1000, folder=tmp_path)
+        return
+    path = save_upload(name, b"the law of the court", max_bytes=1000, folder=tmp_path)
+    assert path.name == stored and path.parent.parent == tmp_path
