@@ -148,7 +148,8 @@ class EstimatorSettings:
             raise SettingsError(
                 f"renyi_alpha must be > 0, < 1000 and not 1; got {self.renyi_alpha}"
             )
-        if abs(float(self.renyi_alpha) - 1.0) < RENYI_ALPHA_MIN_GAP:
+        # The tolerance lets the alphas the message suggests (1 +- the gap) through.
+        if abs(float(self.renyi_alpha) - 1.0) < RENYI_ALPHA_MIN_GAP * (1 - 1e-9):
             raise SettingsError(
                 f"renyi_alpha={self.renyi_alpha} is within {RENYI_ALPHA_MIN_GAP:g} of 1, where "
                 "the Renyi entropy 1/(1-alpha) log sum p^alpha degenerates (0/0: every block "
