@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from analysis.errors import EntroDropError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Room for configs, tokenizers and file headers on top of the weights.
@@ -78,10 +84,21 @@ def remove_stale_temp_dirs(parent: Path, name: str | None = None,
     return _remove_stale(parent, name, suffix, dirs=True)
 
 
-def remove_stale_temp_files(parent: Path) -> list[Path]:
-    """Delete the `atomic_write_bytes` temporary files in `parent` whose process no longer
-    runs (killed between writing and renaming); nothing valid is lost."""
-    return _remove_stale(parent, None, ".tmp", dirs=False)
+def remove_stale_temp_files(parent: Path, name: str | None = None) -> list[Path]:
+    """Delete the `atomic_write_bytes` temporary files in `parent` (for `name`, or for any
+    name) whose process no longer runs (killed between writing and renaming); nothing valid
+    is lost."""
+    return _remove_stale(parent, name, ".tmp", dirs=False)
+
+
+def stale_temp_dirs(parent: Path, name: str, suffix: str) -> list[Path]:
+    """The `make_temp_dir` folders in `parent` for `name` whose process no longer runs
+    (nothing is removed: the caller decides what to keep from them)."""
+    pattern = re.compile(r"^\." + re.escape(name) + r"\.(\d+)\.[^.]+" + re.escape(suffix) + "$")
+    if os.name != "posix" or not Path(parent).is_dir():
+        return []
+    return sorted(p for p in Path(parent).iterdir()
+                  if (m := pattern.match(p.name)) and p.is_dir() and not _pid_alive(int(m.group(1))))
 
 
 def _remove_stale(parent: Path, name: str | None, suffix: str, dirs: bool) -> list[Path]:
@@ -110,3 +127,93 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by another user
         return True
     return True
+
+
+# --------------------------------------------------------------------------- user-named paths
+
+
+class PathError(EntroDropError):
+    """A file or folder the user named cannot be read or written; the message names it."""
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return "it is a symlink loop"
+    if isinstance(err, RuntimeError) and "symlink loop" in str(err).lower():
+        return "it is a symlink loop"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror[0].lower() + err.strerror[1:]
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def check_input_file(path: str | os.PathLike, what: str) -> None:
+    """Refuse, naming the file, an input that exists and yet cannot be read as a file: a
+    symlink loop, a FIFO or device (reading it would block or never end), no permission.
+    A path that does not exist, or a folder, is left to the reader's own message."""
+    path = Path(path).expanduser()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise PathError(f"cannot read {what} {path}: {_why(err)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise PathError(f"{what} {path} is not a regular file (a FIFO, socket or device); "
+                        "give a file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise PathError(f"cannot read {what} {path}: {_why(err)}") from None
+
+
+@contextmanager
+def guarded_read(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a failure to read `path` (an OSError, a symlink loop, bytes that are not the text
+    they should be) into one PathError naming the file; errors that already say what to do
+    (EntroDropError) pass through."""
+    try:
+        yield
+    except EntroDropError:
+        raise
+    except (OSError, UnicodeError) as err:
+        raise PathError(f"cannot read {what} {Path(path)}: {_why(err)}") from None
+    except RuntimeError as err:
+        if "symlink loop" not in str(err).lower():
+            raise
+        raise PathError(f"cannot read {what} {Path(path)}: {_why(err)}") from None
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder, a symlink
+    loop, a path under a file, or a folder this process cannot create files in (tried for
+    real: permission bits do not stop root). Nothing is created. Returns the path."""
+    path = Path(path).expanduser()
+    try:
+        if path.is_dir():
+            raise PathError(f"{what} {path} is a folder; give a file name such as result.json")
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a parent is a file
+        pass
+    except OSError as err:
+        raise PathError(f"cannot write {what} {path}: {_why(err)}") from None
+    existing = None
+    for ancestor in path.parents:
+        try:
+            if ancestor.exists():
+                existing = ancestor
+                break
+        except OSError as err:
+            raise PathError(f"cannot write {what} {path}: {ancestor}: {_why(err)}") from None
+    if existing is not None and not existing.is_dir():
+        raise PathError(f"cannot write {what} {path}: {existing} is a file, so nothing can "
+                        "be created under it; choose another path")
+    if existing is not None:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".entrodrop-", suffix=".probe", dir=existing))
+        except OSError as err:
+            raise PathError(f"cannot write {what} {path}: {_why(err)} in {existing}; choose "
+                            "another folder") from None
+    return path

@@ -42,6 +42,12 @@ DEFAULT_BATCH_SIZE = 4
 # N windows of T tokens. A GPU affords the research code's 128 x 256; a CPU gets a set
 # that analyses SmolLM2-135M in seconds.
 DEFAULT_SAMPLES = {"cpu": 32, "gpu": 128}
+MAX_SEED = 2**63 - 1
+"""Seeds become signed 64-bit integers (torch generators); larger ones overflow."""
+MAX_TOKENS = 2**31 - 1
+"""Most N x T tokens in one calibration set: beyond it 32-bit token counts overflow."""
+RENYI_ALPHA_MIN_GAP = 1e-3
+"""|alpha - 1| below this makes the Renyi entropy 0/0 in floating point."""
 DEFAULT_SEQLEN = {"cpu": 128, "gpu": 256}
 
 
@@ -110,6 +116,13 @@ class CalibrationSettings:
             _int_range("samples (N)", self.samples, 1, 100_000)
         if self.seqlen is not None:
             _int_range("seqlen (T)", self.seqlen, 2, 131_072)
+        _int_range("seed", self.seed, 0, MAX_SEED)
+        if self.samples is not None and self.seqlen is not None \
+                and self.samples * self.seqlen > MAX_TOKENS:
+            raise SettingsError(
+                f"N x T = {self.samples} x {self.seqlen} = {self.samples * self.seqlen} tokens "
+                f"is over the {MAX_TOKENS} that one calibration set may hold (token indices "
+                "are 32-bit in places); lower samples (N) or seqlen (T)")
         return self
 
 
@@ -129,9 +142,19 @@ class EstimatorSettings:
     def validate(self, seqlen: int | None = None) -> EstimatorSettings:
         _int_range("bins", self.bins, 2, 10_000)
         _int_range("knn_k", self.knn_k, 1, 10_000)
+        if isinstance(self.renyi_alpha, bool) or not isinstance(self.renyi_alpha, (int, float)):
+            raise SettingsError(f"renyi_alpha must be a number; got {self.renyi_alpha!r}")
         if not (0.0 < float(self.renyi_alpha) < 1000.0) or float(self.renyi_alpha) == 1.0:
             raise SettingsError(
                 f"renyi_alpha must be > 0, < 1000 and not 1; got {self.renyi_alpha}"
+            )
+        # The tolerance lets the alphas the message suggests (1 +- the gap) through.
+        if abs(float(self.renyi_alpha) - 1.0) < RENYI_ALPHA_MIN_GAP * (1 - 1e-9):
+            raise SettingsError(
+                f"renyi_alpha={self.renyi_alpha} is within {RENYI_ALPHA_MIN_GAP:g} of 1, where "
+                "the Renyi entropy 1/(1-alpha) log sum p^alpha degenerates (0/0: every block "
+                f"would score 0); use alpha <= {1 - RENYI_ALPHA_MIN_GAP:g} or >= "
+                f"{1 + RENYI_ALPHA_MIN_GAP:g}"
             )
         _int_range("skip_first", self.skip_first, 0, 100_000)
         _int_range("batch_size", self.batch_size, 1, 4096)

@@ -30,7 +30,13 @@ from torch import nn
 
 from analysis.architectures import Architecture, count_parameters, get_architecture
 from analysis.errors import EntroDropError
-from analysis.paths import disk_shortfall, make_temp_dir, remove_stale_temp_dirs, tensor_bytes
+from analysis.paths import (
+    disk_shortfall,
+    make_temp_dir,
+    remove_stale_temp_dirs,
+    stale_temp_dirs,
+    tensor_bytes,
+)
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
 from pruning.attn_export import DROPPED_ATTN_KEY, MODELING_NAME, attn_config, write_attn_code
@@ -235,10 +241,26 @@ def check_export_target(out_dir: str | os.PathLike, *, overwrite: bool = False) 
     out_dir = Path(out_dir)
     if out_dir.is_file():
         raise TargetIsFileError(f"{out_dir} is a file; choose a folder path for the export")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    here = Path.cwd().resolve()
+    try:
+        resolved = out_dir.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise TargetNotWritableError(f"cannot use {out_dir} as the export folder: {err}") from None
+    if resolved in (here, *here.parents):
         raise TargetExistsError(
-            f"{out_dir} already exists and is not empty; choose another folder or allow overwrite"
-        )
+            f"{out_dir} is the current folder or one that holds it; an export replaces its "
+            "target, so choose a new folder for it (e.g. --out pruned-model)")
+    recover_interrupted_overwrite(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise TargetExistsError(
+                f"{out_dir} already exists and is not empty; choose another folder or allow "
+                "overwrite")
+        if not (out_dir / MANIFEST_NAME).is_file():
+            # Overwrite replaces a previous export, never a folder of anything else.
+            raise TargetExistsError(
+                f"{out_dir} is not empty and holds no export of this tool (no {MANIFEST_NAME}), "
+                "so it is not replaced even with overwrite; choose a new or empty folder")
     for ancestor in out_dir.parents:
         if ancestor.exists():
             if not ancestor.is_dir():
@@ -319,11 +341,29 @@ def stock_class(model: nn.Module, granularity: str) -> type:
     return cls
 
 
+def recover_interrupted_overwrite(out_dir: Path) -> list[Path]:
+    """Tidy what an overwrite killed between its two renames left beside `out_dir`: the
+    previous export, moved aside into `.<name>.<pid>.<random>.old/previous`. While the
+    target is absent it is moved back (restored); otherwise the aside folder is removed.
+    Only folders of processes that no longer run are touched. Returns what was handled."""
+    out_dir = Path(out_dir)
+    handled = []
+    for aside in stale_temp_dirs(out_dir.parent, out_dir.name, ".old"):
+        previous = aside / "previous"
+        if not out_dir.exists() and (previous / MANIFEST_NAME).is_file():
+            os.replace(previous, out_dir)
+        shutil.rmtree(aside, ignore_errors=True)
+        handled.append(aside)
+    return handled
+
+
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(tmp, out_dir)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    # Tagged with this process id: a kill between the two renames below is undone by
+    # recover_interrupted_overwrite on the next export to this target.
+    aside = make_temp_dir(out_dir.parent, out_dir.name, suffix=".old")
     os.replace(out_dir, aside / "previous")
     try:
         os.replace(tmp, out_dir)
@@ -383,9 +423,12 @@ def block_model_card(name: str, record: Mapping[str, Any]) -> str:
         what = (f"The attention sub-blocks of layers {blocks} (of "
                 f"{record['num_layers_before']}) were made the identity; the MLPs of those "
                 f"layers stay. Their indices are in `config.{DROPPED_ATTN_KEY}`.")
+        # Only the model needs the export's code. The tokenizer is stock: without an explicit
+        # False, transformers sees the config's auto_map and asks on the terminal.
         load = (f'model = AutoModelForCausalLM.from_pretrained("{name}", '
                 'trust_remote_code=True)\n'
-                f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}", '
+                'trust_remote_code=False)')
         note = (f"Loading needs `trust_remote_code=True`: `{MODELING_NAME}` (in this folder, "
                 "torch and transformers only) replaces the dropped attention sub-blocks, "
                 "whose weights are not stored. The config's own `model_type` makes loading "

@@ -108,7 +108,9 @@ def save_upload(name: str, data: bytes, *, max_bytes: int, folder: Path | None =
             f"(the limit is set by ${ENV_UPLOAD_MAX_MB})"
         )
     digest = hashlib.sha256(data).hexdigest()[:16]
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip(".") or f"upload{suffix}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip(".")
+    if Path(safe).suffix.lower() != suffix:  # "....txt" would become "txt": no type left
+        safe = f"upload{suffix}"
     target = (folder or cache_dir() / "uploads") / digest / safe
     if not target.is_file():
         atomic_write_bytes(target, data)

@@ -22,6 +22,7 @@ from entrodrop.cli.common import (
     add_estimator_args,
     add_model_args,
     analysis_request,
+    check_json_out,
     report_messages,
     write_json,
 )
@@ -59,6 +60,7 @@ def distributed(device: str) -> Iterator[int]:
 
 def cmd_analyze(a: argparse.Namespace) -> int:
     specs = a.calibration or [DEFAULT_CALIBRATION]
+    check_json_out(a.out)  # before minutes of analysis
     with distributed(a.device) as rank:
         request = analysis_request(a, specs)
         if world_size() > 1:

@@ -23,7 +23,10 @@ from entrodrop.cli.common import (
     add_model_args,
     analysis_request,
     calibration_settings,
+    check_json_out,
+    estimator_settings,
     load,
+    model_settings,
     report_messages,
     write_json,
 )
@@ -148,6 +151,12 @@ def _width_curves(a: argparse.Namespace, loaded: service.Model, ids,
 def cmd_evaluate(a: argparse.Namespace) -> int:
     ks = parse_ks(a.ks) if a.ks else None  # malformed lists fail before any work
     ratios = parse_ratios(a.width_ratios) if a.width_ratios else None
+    check_json_out(a.out)
+    # Every setting against the model's config, before it loads.
+    service.check_settings(model_settings(a), [calibration_settings(a, a.calibration)],
+                           estimators=estimator_settings(a) if ks or a.k is not None else None,
+                           batch_size=a.batch_size, width_ratios=ratios or (),
+                           width_mode=a.width_mode, width_export=False, held_out=a.held_out)
     loaded = load(a)
     ids = service.held_out_windows(calibration_settings(a, a.calibration), loaded, a.held_out)
     report = _unpruned_figures(a, loaded, ids)

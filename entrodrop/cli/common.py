@@ -25,7 +25,13 @@ from typing import get_args
 
 from analysis.errors import EntroDropError
 from analysis.models import DEMO_MODELS
-from analysis.paths import atomic_write_text, cache_dir
+from analysis.paths import (
+    PathError,
+    atomic_write_text,
+    cache_dir,
+    check_output_file,
+    remove_stale_temp_files,
+)
 from analysis.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BINS,
@@ -212,12 +218,22 @@ def report_messages(result: service.AnalysisResult, quiet: bool) -> None:
         print(msg, file=sys.stderr)
 
 
+def check_json_out(path: str | None) -> None:
+    """Refuse an --out file that cannot be written, before any work (nothing is created)."""
+    if path:
+        check_output_file(path, "--out")
+
+
 def write_json(path: str, data: dict) -> None:
-    """Write `data` to the file --out names, atomically (never a half-written file)."""
-    out = Path(path)
-    if out.is_dir():
-        raise CLIError(f"--out {path!r} is a folder; give a file name such as result.json")
-    atomic_write_text(out, json.dumps(data, indent=2))
+    """Write `data` to the file --out names, atomically (never a half-written file). The
+    temporary file of a writer killed before its rename (tagged with its process id) is
+    removed first, so a kill never leaves one in the user's folder for good."""
+    out = check_output_file(path, "--out")
+    remove_stale_temp_files(out.parent, out.name)
+    try:
+        atomic_write_text(out, json.dumps(data, indent=2))
+    except OSError as err:
+        raise PathError(f"cannot write --out {out}: {err.strerror or err}") from None
 
 
 # --------------------------------------------------------------------------- running

@@ -17,6 +17,7 @@ from entrodrop.cli.common import (
     add_model_args,
     calibration_settings,
     load,
+    model_settings,
 )
 
 DEFAULT_WIDTH_CRITERION: TaylorCriterion = "taylor-entropy"
@@ -25,8 +26,10 @@ DEFAULT_WIDTH_CRITERION: TaylorCriterion = "taylor-entropy"
 
 def cmd_width(a: argparse.Namespace) -> int:
     service.check_export_target(a.out, overwrite=a.overwrite)  # before loading and scoring
-    loaded = load(a)
     cal = calibration_settings(a, a.calibration)
+    service.check_settings(model_settings(a), [cal], batch_size=a.batch_size,
+                           width_ratios=[a.ratio], width_mode=a.mode)
+    loaded = load(a)
     progress = ProgressBar(a.quiet)
     scores = service.width_scores(loaded, cal, [a.criterion], batch_size=a.batch_size,
                                   progress=progress)[a.criterion]

@@ -35,6 +35,7 @@ from analysis.streaming import (
     stream_capture,
 )
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
+from entrodrop.service.validate import check_settings, reading_calibration
 
 
 @dataclass
@@ -103,14 +104,15 @@ def analyze(
     cals = [c.validate().resolved(on_gpu) for c in request.calibrations]
     if not cals:
         raise SettingsError("at least one calibration set is needed")
-    for cal in cals:
-        request.estimators.validate(seqlen=cal.seqlen)
+    # Against the model's config, before any cache lookup, weight or data is read.
+    check_settings(request.model, cals, estimators=request.estimators, loaded=loaded)
     cache = cache or ProfileCache()
     result = AnalysisResult(runs=[None] * len(cals))  # type: ignore[list-item]
     keys: list[str | None] = [None] * len(cals)
     if request.use_cache:
         for idx, cal in enumerate(cals):
-            keys[idx] = profile_key(cache_parts(request.model, cal, request.estimators))
+            with reading_calibration(cal):
+                keys[idx] = profile_key(cache_parts(request.model, cal, request.estimators))
             try:
                 hit = cache.get(keys[idx])
             except CacheEntryInvalid as e:
@@ -148,7 +150,13 @@ def _stage(progress: Progress | None, n_done: int, total: int, spec: str) -> Pro
 def _store(result: AnalysisResult, cache: ProfileCache, key: str | None, idx: int,
            profile: Profile, spec: str) -> None:
     if key is not None:
-        cache.put(key, profile)
+        try:
+            cache.put(key, profile)
+        except OSError as e:  # read-only cache, an entry that is a folder, a full disk
+            # The finished result is still returned: only the cache copy is lost.
+            result.warn(f"{spec}: warning: the result could not be cached in "
+                        f"{cache.path(key)} ({e.strerror or e}); it is returned all the same "
+                        "and computed again next time")
     result.runs[idx] = profile
     for w in profile.warnings:
         result.warn(f"{spec}: warning: {w}")
@@ -159,7 +167,7 @@ def _analyze_in_memory(request, loaded, cals, todo, keys, cache, result, on_gpu,
         cal = cals[idx]
         stage = _stage(progress, n_done, len(todo), cal.spec)
         stage(0.0, "preparing calibration windows")
-        with MODEL_LOCK:
+        with MODEL_LOCK, reading_calibration(cal):
             calibration = load_calibration(cal, loaded.tokenizer, model=loaded.model, on_gpu=on_gpu)
             profile = profile_model(loaded, calibration, request.estimators, progress=stage)
         _store(result, cache, keys[idx], idx, profile, cal.spec)
@@ -186,7 +194,7 @@ def _analyze_streaming(request, cals, todo, keys, cache, result, on_gpu, progres
         stage = _stage(progress, n_done, len(todo), cal.spec)
         stage(0.0, "preparing calibration windows")
         started = time.perf_counter()
-        with MODEL_LOCK:
+        with MODEL_LOCK, reading_calibration(cal):
             calibration = load_calibration(cal, tokenizer, model=None, on_gpu=on_gpu)
             acc = stream_capture(spec, calibration.input_ids, request.estimators, device=device,
                                  dtype=dtype, progress=stage)
@@ -229,14 +237,15 @@ def held_out_windows(cal: CalibrationSettings, loaded: Model, samples: int):
     """`samples` held-out windows [N, T] of the calibration source, disjoint from the
     windows the scores were computed on."""
     cal = cal.validate().resolved(loaded.on_gpu)
-    with MODEL_LOCK:
+    check_settings(None, [cal], loaded=loaded)
+    with MODEL_LOCK, reading_calibration(cal):
         return load_held_out(cal, loaded.tokenizer, samples, model=torch_model(loaded),
                              on_gpu=loaded.on_gpu).input_ids
 
 
 def preview_windows(loaded: Model, cal: CalibrationSettings, n: int = 3) -> dict:
     """The first n windows of a calibration set, decoded, with how they were made."""
-    with MODEL_LOCK:
+    with MODEL_LOCK, reading_calibration(cal):
         calibration = load_calibration(cal.validate(), loaded.tokenizer,
                                        model=torch_model(loaded), on_gpu=loaded.on_gpu)
     recipe = calibration.recipe

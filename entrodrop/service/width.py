@@ -11,6 +11,12 @@ from analysis.calibration import load_calibration
 from analysis.settings import CalibrationSettings
 from analysis.taylor import NeuronScores, intermediate_size, mlp_modules, neuron_scores
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, torch_model
+from entrodrop.service.validate import (
+    ModelShape,
+    check_settings,
+    check_width_ratios,
+    reading_calibration,
+)
 from pruning.evaluate import evaluate_quality
 from pruning.manifest import width_manifest
 from pruning.streaming import stream_export_width, stream_neuron_scores, stream_quality
@@ -33,12 +39,14 @@ def width_scores(loaded: Model, cal: CalibrationSettings, criteria: Sequence[str
     forward + backward per batch, `magnitude` needs no data."""
     criteria = list(criteria)
     cal = cal.validate().resolved(loaded.on_gpu)
+    check_settings(None, [cal], batch_size=batch_size, loaded=loaded)
     out = {}
     with MODEL_LOCK:
         ids = None
         if any(c != "magnitude" for c in criteria):
-            ids = load_calibration(cal, loaded.tokenizer, model=torch_model(loaded),
-                                   on_gpu=loaded.on_gpu).input_ids
+            with reading_calibration(cal):
+                ids = load_calibration(cal, loaded.tokenizer, model=torch_model(loaded),
+                                       on_gpu=loaded.on_gpu).input_ids
         for i, criterion in enumerate(criteria):
 
             def step(done: int, total: int, i=i, criterion=criterion) -> None:
@@ -120,7 +128,10 @@ def export_width(loaded: Model, scores: NeuronScores | Mapping, cal: Calibration
     """Write the width-pruned model and its manifest."""
     if not isinstance(scores, NeuronScores):
         scores = NeuronScores.from_dict(dict(scores))
-    keep = width_keep(scores, ratio, hidden_size(loaded), mode)
+    _low, _high, hidden, inter = width_ratio_range(loaded)
+    # A ratio that keeps every neuron would export the unpruned model labelled as pruned.
+    check_width_ratios(ModelShape(loaded.spec, hidden=hidden, intermediate=inter), [ratio], mode)
+    keep = width_keep(scores, ratio, hidden, mode)
     manifest = width_manifest(
         source_model=loaded.spec, source_identity=loaded.identity,
         calibration=asdict(cal.validate().resolved(loaded.on_gpu)), criterion=criterion,

@@ -16,6 +16,7 @@ import pruning.export as export_module
 from analysis.architectures import count_parameters
 from pruning.apply import BlockSelectionError, active_pruning, pruned
 from pruning.export import (
+    MANIFEST_NAME,
     ExportError,
     InsufficientDiskSpaceError,
     TargetExistsError,
@@ -216,6 +217,9 @@ def test_non_empty_target_is_refused_and_overwrite_replaces_it(tmp_path):
     with pytest.raises(TargetExistsError, match="overwrite"):
         export_llama(target)
     assert (target / "keep.txt").read_text() == "mine"
+    with pytest.raises(TargetExistsError, match="holds no export of this tool"):
+        export_llama(target, overwrite=True)  # overwrite replaces only a previous export
+    (target / MANIFEST_NAME).write_text("{}")
 
     export_llama(target, granularity="attn", overwrite=True)
     assert not (target / "keep.txt").exists()

@@ -300,6 +300,9 @@ def test_export_refuses_to_overwrite_unless_asked(tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         export_width_pruned(model, None, keep, target, manifest={})
     assert (target / "old.txt").exists()
+    with pytest.raises(ExportError, match="holds no export of this tool"):
+        export_width_pruned(model, None, keep, target, manifest={}, overwrite=True)
+    (target / MANIFEST_NAME).write_text("{}")  # overwrite replaces only a previous export
     export_width_pruned(model, None, keep, target, manifest={}, overwrite=True)
     assert not (target / "old.txt").exists()
     assert (target / "config.json").exists() and (target / MANIFEST_NAME).exists()

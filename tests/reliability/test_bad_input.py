@@ -26,6 +26,7 @@ from tests.reliability.support import (
     SMALL,
     assert_user_error,
     cli_env,
+    copy_folder,
     pickle_bin_folder,
     remote_code_folder,
     run_many,
@@ -67,6 +68,17 @@ NEEDLES = {
     "calibration-latin1": ["not UTF-8", "byte 0xe9"],
     "calibration-no-text-column": ["no text column", "text_column"],
     "calibration-too-few-tokens": ["too little text", "N x T = 4 x 16 = 64"],
+    "calibration-symlink-loop": ["cannot read calibration file", "loop1.txt",
+                                 "it is a symlink loop"],
+    "calibration-parquet-is-text": ["is not a readable Parquet file", "text.parquet"],
+    "calibration-npy-is-text": ["is not a readable .npy array", "text.npy"],
+    "model-safetensors-is-text": ["corrupt or truncated", "text-weights"],
+    "model-config-is-a-symlink-loop": ["has no config.json", "config-loop"],
+    # --out files of analyze and evaluate: checked before any work.
+    "analyze-out-under-a-file": ["cannot write --out", "a-file is a file"],
+    "analyze-out-not-writable": ["cannot write --out"],
+    "analyze-out-is-a-folder": ["is a folder; give a file name"],
+    "evaluate-out-under-a-file": ["cannot write --out", "a-file is a file"],
     # K and S_start, which need a profile first.
     "prune-list-k-too-large": ["k must be between 0 and"],
     "export-s-start-out-of-range": ["s_start must be between 0 and 3"],
@@ -87,6 +99,8 @@ SUBPROCESS = [
     "calibration-too-few-tokens",
     "prune-list-k-too-large",
     "export-target-not-writable",
+    "calibration-symlink-loop",
+    "analyze-out-under-a-file",
 ]
 
 
@@ -110,6 +124,16 @@ def world(tmp_path_factory, tiny_llama_dir):
     for name, data in files.items():
         (root / name).write_bytes(data)
     (root / "a-file").write_text("not a folder")
+    (root / "text.parquet").write_text("the law of the court " * 50)
+    (root / "text.npy").write_text("the law of the court " * 50)
+    os.symlink(root / "loop2.txt", root / "loop1.txt")
+    os.symlink(root / "loop1.txt", root / "loop2.txt")
+    text_weights = copy_folder(tiny_llama_dir, root / "text-weights")
+    (text_weights / "model.safetensors").write_text("these are not weights")
+    config_loop = copy_folder(tiny_llama_dir, root / "config-loop")
+    (config_loop / "config.json").unlink()
+    os.symlink(config_loop / "config.json", config_loop / "config.json")
+    (root / "ro-json").mkdir()
     (root / "full").mkdir()
     (root / "full" / "keep.txt").write_text("mine")
 
@@ -141,6 +165,18 @@ def world(tmp_path_factory, tiny_llama_dir):
         "calibration-latin1": analyze(cal=str(root / "latin1.txt")),
         "calibration-no-text-column": analyze(cal=str(root / "nocol.jsonl")),
         "calibration-too-few-tokens": analyze(cal=str(root / "short.txt")),
+        "calibration-symlink-loop": analyze(cal=str(root / "loop1.txt")),
+        "calibration-parquet-is-text": analyze(cal=str(root / "text.parquet")),
+        "calibration-npy-is-text": analyze(cal=str(root / "text.npy")),
+        "model-safetensors-is-text": analyze(model=str(text_weights)),
+        "model-config-is-a-symlink-loop": analyze(model=str(config_loop)),
+        "analyze-out-under-a-file": [*analyze(), "--out", str(root / "a-file" / "p.json")],
+        "analyze-out-not-writable": [*analyze(), "--out",
+                                     str(_in_a_read_only_folder(root / "ro-json") / "p.json")],
+        "analyze-out-is-a-folder": [*analyze(), "--out", str(root / "full")],
+        "evaluate-out-under-a-file": ["evaluate", "--model", llama, "--calibration",
+                                      "builtin:random", *SMALL, "--held-out", "2",
+                                      "--out", str(root / "a-file" / "e.json")],
         "prune-list-k-too-large": ["prune-list", "--model", llama, "--calibration",
                                    "builtin:random", *SMALL, "--k", "99"],
         "export-s-start-out-of-range": export(root / "out-s-start", "--s-start", "9"),
@@ -357,3 +393,130 @@ def overflow_dir(tmp_path_factory):
     from tests.reliability.support import overflow_folder
 
     return overflow_folder(tmp_path_factory.mktemp("overflow"))
+
+
+# --------------------------------------------------------------------------- against the model
+
+_BASE = {"--calibration": "builtin:random", "--samples": "4", "--seqlen": "16", "--bins": "8",
+         "--knn-k": "3", "--renyi-alpha": "2", "--device": "cpu"}
+_WIDTH_BASE = {"--calibration": "builtin:random", "--samples": "4", "--seqlen": "16",
+               "--device": "cpu", "--criterion": "magnitude", "--out": "{tmp}/out"}
+
+
+@pytest.mark.parametrize(
+    ("family", "argv", "needle"),
+    [
+        pytest.param("llama", ["analyze", "--seqlen", "257"],
+                     "seqlen (T) = 257 is longer than the 256 positions", id="T-rope"),
+        pytest.param("gpt2", ["analyze", "--seqlen", "257"],
+                     "seqlen (T) = 257 is longer than the 256 positions", id="T-learned"),
+        pytest.param("llama", ["analyze", "--renyi-alpha", "1.0000001"],
+                     "within 0.001 of 1", id="alpha-near-1"),
+        pytest.param("llama", ["analyze", "--seed", str(2**63)],
+                     "seed must be between 0 and 9223372036854775807", id="seed-int64"),
+        pytest.param("llama", ["analyze", "--samples", "100000", "--seqlen", "131072"],
+                     "N x T = 100000 x 131072", id="NxT-int32"),
+        pytest.param("llama", ["evaluate", "--seqlen", "257"],
+                     "seqlen (T) = 257 is longer", id="T-evaluate"),
+        pytest.param("llama", ["evaluate", "--width-ratios", "1e9,0.5"],
+                     "width ratio 1e+09 keeps all 64 MLP neurons", id="ratio-list-evaluate"),
+        pytest.param("llama", ["evaluate", "--width-ratios", "0.5,1.5", "--width-mode", "uniform"],
+                     "width ratio 1.5 keeps every neuron in mode 'uniform'", id="ratio-uniform"),
+        pytest.param("llama", ["width", "--ratio", "1", "--mode", "uniform"],
+                     "width ratio 1 keeps every neuron in mode 'uniform'", id="ratio-width-uniform"),
+        pytest.param("llama", ["width", "--ratio", "1e9"],
+                     "width ratio 1e+09 keeps all 64 MLP neurons", id="ratio-width"),
+        pytest.param("llama", ["width", "--ratio", "2"],  # round(2 x 32) = 64 = I
+                     "width ratio 2 keeps all 64 MLP neurons", id="ratio-width-I/D"),
+        pytest.param("gpt2", ["width", "--seqlen", "300", "--ratio", "0.5"],
+                     "seqlen (T) = 300 is longer", id="T-width"),
+    ],
+)
+def test_settings_are_checked_against_the_model_before_it_loads(
+        tiny_llama_dir, tmp_path_factory, isolated_cache, tmp_path, capsys, monkeypatch,
+        family, argv, needle):
+    # Guards: T beyond the model's positions (IndexError in a learned position table),
+    # alpha next to 1 (every block scored 0.0), seeds and N x T that overflow, and width
+    # ratios that keep every neuron (an unpruned copy exported as pruned) are refused with
+    # one line, from the config alone: no weight is loaded, nothing is written.
+    folder = tiny_llama_dir if family == "llama" else _tiny_dir(tmp_path_factory, family)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    for where in ("analysis.models", "entrodrop.service.models", "entrodrop.service.analysis"):
+        monkeypatch.setattr(f"{where}.load_model", no_load)
+    command, *rest = argv
+    base = dict(_WIDTH_BASE if command == "width" else _BASE)
+    base.update(zip(rest[::2], rest[1::2], strict=True))
+    flat = [x.format(tmp=tmp_path) for kv in base.items() for x in kv]
+    rc = cli.main(["--quiet", command, "--model", str(folder), *flat])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+_TINY_DIRS: dict[str, Path] = {}
+
+
+def _tiny_dir(factory, family: str) -> Path:
+    from tests.tiny_models import save_tiny
+
+    if family not in _TINY_DIRS:
+        _TINY_DIRS[family] = save_tiny(family, factory.mktemp(f"tiny-{family}"))
+    return _TINY_DIRS[family]
+
+
+def test_a_batch_too_large_for_the_free_memory_is_refused_before_loading(
+        tiny_llama_dir, isolated_cache, tmp_path, capsys, monkeypatch):
+    # Guards: the activations of one batch are estimated from the config and compared with
+    # the free memory before the model loads (T=80,000 failed in the allocator, minutes in,
+    # with a message that was not recognised as out of memory).
+    from entrodrop.service.validate import activation_bytes, model_shape
+
+    shape = model_shape(str(tiny_llama_dir))
+    need = activation_bytes(shape, 4, 16)
+    monkeypatch.setattr("analysis.streaming.memory.free_bytes", lambda device: need - 1)
+    rc = cli.main(["--quiet", "analyze", "--model", str(tiny_llama_dir), *SMALL,
+                   "--calibration", "builtin:random", "--batch-size", "4"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1, err
+    assert "one batch of 4 window(s) of 16 tokens needs about" in err[0]
+    assert "lower the batch size, N (samples) or T (seqlen)" in err[0]
+    assert not isolated_cache.joinpath("profiles").exists()  # nothing ran
+    monkeypatch.setattr("analysis.streaming.memory.free_bytes", lambda device: need)
+    assert cli.main(["--quiet", "analyze", "--model", str(tiny_llama_dir), *SMALL,
+                     "--calibration", "builtin:random", "--batch-size", "4",
+                     "--out", str(tmp_path / "p.json")]) == 0, capsys.readouterr().err
+
+
+def test_the_service_refuses_a_width_export_that_prunes_nothing(tiny_llama_dir, tmp_path):
+    # Guards: the dashboard's export path (a model in memory) refuses the ratio too.
+    from analysis.settings import ModelSettings, SettingsError
+    from entrodrop import service
+
+    loaded = service.load(ModelSettings(str(tiny_llama_dir), device="cpu"))
+    cal = CalibrationSettings("builtin:random", 4, 16)
+    scores = service.width_scores(loaded, cal, ["magnitude"])["magnitude"]
+    with pytest.raises(SettingsError, match="keeps all 64 MLP neurons"):
+        service.export_width(loaded, scores, cal, "magnitude", 2.0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert service.export_width(loaded, scores, cal, "magnitude", 1.98, tmp_path / "ok").is_dir()
+
+
+@pytest.mark.parametrize(("name", "stored"), [("....txt", "upload.txt"), (".jsonl", None),
+                                              ("notes.TXT", "notes.TXT"),
+                                              ("../../etc/cal.csv", "cal.csv")])
+def test_an_upload_keeps_its_file_type(tmp_path, name, stored):
+    # Guards: an upload named "....txt" was stored as "txt" (leading dots stripped), a file
+    # with no extension that no calibration reader would take.
+    from app.logic.inputs import UploadError, save_upload
+
+    if stored is None:  # ".jsonl" is a hidden file without a type, refused as before
+        with pytest.raises(UploadError):
+            save_upload(name, b"the law", max_bytes=1000, folder=tmp_path)
+        return
+    path = save_upload(name, b"the law of the court", max_bytes=1000, folder=tmp_path)
+    assert path.name == stored and path.parent.parent == tmp_path

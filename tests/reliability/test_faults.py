@@ -8,6 +8,7 @@ sends SIGKILL, so no `finally` block or handler gets to tidy up.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -321,3 +322,143 @@ def test_an_analysis_on_a_damaged_conversion_says_so_and_gives_the_fresh_numbers
     assert messages.count(notice) == 1
     assert second.warnings == [] and second.runs[0].warnings == []
     assert second.runs[0].blocks == first.runs[0].blocks
+
+
+# --------------------------------------------------------------------------- data loss
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (so its temporary files are stale)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _export_args(model, out, k="1", *extra):
+    return ["--quiet", "export", "--model", str(model), "--calibration", "builtin:random",
+            *SMALL, "--granularity", "layer", "--k", k, "--out", str(out), *extra]
+
+
+def _one_error_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_an_export(tiny_llama_dir, tmp_path,
+                                                                 isolated_cache, monkeypatch,
+                                                                 capsys):
+    # Guards: --overwrite replaced any non-empty folder (a user's home, `--out .`); it now
+    # replaces only a previous export (its entrodrop.json), whatever the flag says.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert cli.main(_export_args(tiny_llama_dir, mine, "1", "--overwrite")) == 2
+    assert "holds no export of this tool (no entrodrop.json)" in _one_error_line(capsys)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+    for cwd_has_files in (True, False):
+        here = tmp_path / f"cwd-{cwd_has_files}"
+        here.mkdir()
+        if cwd_has_files:
+            (here / "notes.txt").write_text("mine")
+        monkeypatch.chdir(here)
+        for out in (".", "..", str(here)):
+            assert cli.main(_export_args(tiny_llama_dir, out, "1", "--overwrite")) == 2
+            assert "is the current folder or one that holds it" in _one_error_line(capsys)
+        assert [p.name for p in here.iterdir()] == (["notes.txt"] if cwd_has_files else [])
+
+    export = tmp_path / "export"  # a previous export is replaced, as before
+    assert cli.main(_export_args(tiny_llama_dir, export, "1")) == 0
+    assert cli.main(_export_args(tiny_llama_dir, export, "2", "--overwrite")) == 0
+    assert len(json.loads((export / MANIFEST_NAME).read_text())["pruned_blocks"]) == 2
+
+
+def _strand(out: Path, pid: int) -> Path:
+    """The state a kill between the two renames of an overwrite leaves: the target gone,
+    the previous export in `.<name>.<pid>.<random>.old/previous`."""
+    aside = out.parent / f".{out.name}.{pid}.k1ll3d00.old"
+    aside.mkdir()
+    out.rename(aside / "previous")
+    return aside
+
+
+def test_a_kill_between_the_renames_of_an_overwrite_is_undone(tiny_llama_dir, tmp_path,
+                                                              isolated_cache, capsys):
+    # Guards: the previous export no longer stays stranded in a `.old` folder with the
+    # target absent: the next export (or its up-front target check) puts it back, or
+    # removes the aside folder once the target exists again. A live writer's is left alone.
+    out = tmp_path / "exports" / "pruned"
+    assert cli.main(_export_args(tiny_llama_dir, out, "1")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    aside = _strand(out, _dead_pid())
+    assert not out.exists()
+    service.check_export_target(out, overwrite=True)  # what every export runs first
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # restored
+    assert not aside.exists()
+
+    aside = _strand(out, _dead_pid())
+    assert cli.main(_export_args(tiny_llama_dir, out, "2", "--overwrite")) == 0, \
+        capsys.readouterr().err
+    assert len(json.loads((out / MANIFEST_NAME).read_text())["pruned_blocks"]) == 2
+    assert [p.name for p in out.parent.iterdir()] == ["pruned"]  # nothing stranded
+
+    live = out.parent / f".pruned.{os.getpid()}.l1ve0000.old"  # a writer mid-overwrite
+    (live / "previous").mkdir(parents=True)
+    service.check_export_target(out, overwrite=True)
+    assert live.is_dir()
+
+
+def test_a_killed_json_write_leaves_no_temporary_file_for_good(tiny_llama_dir, tmp_path,
+                                                               isolated_cache):
+    # Guards: `--out` JSON is written through a temporary file beside it; one left by a
+    # writer killed before its rename is removed by the next write to that file (a live
+    # writer's, and other files, are kept).
+    folder = tmp_path / "results"
+    folder.mkdir()
+    dead = folder / f".p.json.{_dead_pid()}.x1y2z3.tmp"
+    live = folder / f".p.json.{os.getpid()}.a1b2c3.tmp"
+    other = folder / f".other.json.{_dead_pid()}.q1w2e3.tmp"
+    for f in (dead, live, other):
+        f.write_text('{"half": ')
+    assert cli.main(["--quiet", "analyze", "--model", str(tiny_llama_dir), "--calibration",
+                     "builtin:random", *SMALL, "--out", str(folder / "p.json")]) == 0
+    assert json.loads((folder / "p.json").read_text())["runs"]
+    assert not dead.exists() and live.exists() and other.exists()
+
+
+@pytest.mark.parametrize("damage", ["entry-is-a-folder", "profiles-is-a-file", "read-only"])
+def test_a_cache_that_cannot_be_written_does_not_throw_the_result_away(
+        tiny_llama_dir, tmp_path, isolated_cache, monkeypatch, capsys, damage):
+    # Guards: a finished analysis whose cache entry cannot be written (read-only cache, an
+    # entry path that is a folder) was thrown away with exit 2; it now warns on stderr and
+    # still writes the result (exit 0).
+    args = ["analyze", "--model", str(tiny_llama_dir), "--calibration", "builtin:random",
+            *SMALL]
+    request = AnalysisRequest(
+        ModelSettings(str(tiny_llama_dir), device="cpu"),
+        (CalibrationSettings("builtin:random", samples=4, seqlen=16),),
+        EstimatorSettings(bins=8, knn_k=3, renyi_alpha=2.0))
+    key = service.analysis.profile_key(
+        service.cache_parts(request.model, request.calibrations[0], request.estimators))
+    profiles = isolated_cache / "profiles"
+    if damage == "entry-is-a-folder":
+        (profiles / f"{key}.json").mkdir(parents=True)
+    elif damage == "profiles-is-a-file":
+        isolated_cache.mkdir(parents=True, exist_ok=True)
+        profiles.write_text("not a folder")
+    else:  # root ignores permission bits, so the write itself is made to fail
+        def read_only(*_args, **_kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("analysis.profile.atomic_write_text", read_only)
+    out = tmp_path / "p.json"
+    assert cli.main(["--quiet", *args, "--out", str(out)]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    warned = [ln for ln in err if "could not be cached" in ln]
+    assert len(warned) == 1 and key in warned[0] and "Traceback" not in str(err), err
+    assert json.loads(out.read_text())["runs"][0]["blocks"]

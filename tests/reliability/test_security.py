@@ -197,3 +197,31 @@ def test_the_app_listens_on_localhost_by_default():
     configs = [p for p in REPO.rglob(".streamlit/config.toml") if ".venv" not in p.parts]
     for config in configs:
         assert "0.0.0.0" not in config.read_text(), config
+
+
+def test_the_attn_model_card_loads_without_any_prompt(tmp_path):
+    # Guards: the README's snippet loaded the tokenizer without trust_remote_code, so
+    # transformers (seeing the config's auto_map) asked on the terminal whether to run the
+    # export's code; only the model needs it, and the snippet now says so for both.
+    import re
+
+    from pruning.export import export_pruned
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+
+    out = tmp_path / "attn-export"
+    export_pruned(tiny_model("llama"), tiny_tokenizer(), out, granularity="attn", blocks=[1],
+                  manifest={})
+    readme = (out / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    assert 'AutoTokenizer.from_pretrained("attn-export", trust_remote_code=False)' in snippet
+    guard = ("import builtins\n"
+             "def _no_prompt(*a):\n"
+             "    raise SystemExit('prompted: ' + ' '.join(map(str, a)))\n"
+             "builtins.input = _no_prompt\n")
+    code = guard + snippet + "\nprint(type(model).__name__, tokenizer('the law')['input_ids'])\n"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "prompted" not in r.stderr and "EntroDropLlamaForCausalLM" in r.stdout, r.stdout

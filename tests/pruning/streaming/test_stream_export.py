@@ -175,6 +175,7 @@ def test_existing_target_is_refused_and_a_failed_export_leaves_nothing(tmp_path,
     with pytest.raises(TargetExistsError):
         stream_export_blocks(source, target, "layer", [1], {})
     assert (target / "mine.txt").read_text() == "mine"
+    (target / "entrodrop.json").write_text("{}")  # overwrite replaces only a previous export
 
     calls = []
 
@@ -189,7 +190,7 @@ def test_existing_target_is_refused_and_a_failed_export_leaves_nothing(tmp_path,
     with pytest.raises(OSError, match="disk went away"):
         stream_export_blocks(source, target, "attn", [1], {}, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
-    assert sorted(p.name for p in target.iterdir()) == ["mine.txt"]
+    assert sorted(p.name for p in target.iterdir()) == ["entrodrop.json", "mine.txt"]
 
 
 @pytest.mark.parametrize("call, match", [
