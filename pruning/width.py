@@ -83,11 +83,18 @@ def keep_indices(
                 f"scores of layer {layer_idx} must be a non-empty 1-D tensor of finite values"
             )
         size = s.numel()
-        k = int(ratio * hidden_size) if mode == "per_layer" else round(ratio * size)
-        k = min(max(k, 1), size)
+        k = min(max(requested_neurons(ratio, mode, hidden_size, size), 1), size)
         best = torch.sort(s, descending=True, stable=True).indices[:k]
         keep.append(torch.sort(best).values.long())
     return keep
+
+
+def requested_neurons(ratio: float, mode: KeepMode, hidden_size: int | None,
+                      intermediate: int) -> int:
+    """Neurons a ratio asks a layer of `intermediate` neurons to keep, before clamping to
+    [1, I]: int(ratio * D) per layer (truncated, as the official code does), or
+    round(ratio * I) in `uniform` mode."""
+    return int(ratio * hidden_size) if mode == "per_layer" else round(ratio * intermediate)
 
 
 def apply_width_pruning(model: nn.Module, keep: list[torch.Tensor]) -> None:

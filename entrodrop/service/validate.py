@@ -24,6 +24,7 @@ from pathlib import Path
 
 from analysis.paths import check_input_file
 from analysis.settings import CalibrationSettings, EstimatorSettings, ModelSettings, SettingsError
+from pruning.width import requested_neurons
 
 GIB = 2**30
 ACTIVATION_FACTOR = 8
@@ -217,11 +218,6 @@ def check_memory(shape: ModelShape | None, batch: int, seqlen: int, device: str,
             f"GiB are free on {device}; lower the batch size, N (samples) or T (seqlen)")
 
 
-def width_keep_count(ratio: float, mode: str, hidden: int, intermediate: int) -> int:
-    """Neurons a layer of `intermediate` neurons keeps at `ratio` (as pruning.width counts)."""
-    return round(ratio * hidden) if mode == "per_layer" else round(ratio * intermediate)
-
-
 def check_width_ratios(shape: ModelShape | None, ratios: Iterable[float], mode: str, *,
                        export: bool = True) -> None:
     """Each ratio must be a positive number that asks for at most the neurons a layer has.
@@ -239,10 +235,9 @@ def check_width_ratios(shape: ModelShape | None, ratios: Iterable[float], mode: 
                 + ("; the export would be the unpruned model" if export else ""))
         if shape is None or shape.hidden is None or shape.intermediate is None:
             continue
-        keep = width_keep_count(ratio, mode, shape.hidden, shape.intermediate)
+        keep = requested_neurons(ratio, mode, shape.hidden, shape.intermediate)
         if keep > shape.intermediate or (export and keep >= shape.intermediate):
-            most = (shape.intermediate - 0.5) / shape.hidden if mode == "per_layer" else \
-                (shape.intermediate - 0.5) / shape.intermediate
+            most = shape.intermediate / shape.hidden if mode == "per_layer" else 1.0
             raise SettingsError(
                 f"width ratio {ratio:g} keeps all {shape.intermediate} MLP neurons of every "
                 f"layer of {shape.spec} (mode {mode!r}: {keep} asked for), so nothing would "

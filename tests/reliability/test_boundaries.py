@@ -5,7 +5,7 @@ same way. `analyze`, `export` and `width` run in-process through `entrodrop.cli.
 cases also run as real subprocesses.
 
 The tiny llama has 256 positions, hidden size D = 32 and MLP width I = 64, so a per-layer
-width ratio keeps round(ratio * 32) neurons and 2.0 keeps all 64.
+width ratio keeps int(ratio * 32) neurons and 2.0 keeps all 64.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ CASES = {
     "batch-beyond": ("analyze", {"--batch-size": "4097"}, "batch_size must be between"),
     "knn-k-at-T": ("analyze", {"--knn-k": "14"}, None),  # T - skip_first = 15 > 14
     "knn-k-beyond-T": ("analyze", {"--knn-k": "15"}, "knn_k=15 must be smaller"),
-    # Width ratios: round(ratio * 32) < 64 prunes; 2.0 keeps every neuron.
+    # Width ratios: int(ratio * 32) < 64 prunes; 2.0 keeps every neuron.
     "ratio-at-keep-all": ("width", {"--ratio": "1.98"}, None),
     "ratio-keeps-all": ("width", {"--ratio": "2"}, "keeps all 64 MLP neurons"),
     "ratio-typo": ("width", {"--ratio": "1e9"}, "keeps all 64 MLP neurons"),
