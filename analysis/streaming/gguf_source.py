@@ -70,6 +70,9 @@ def gguf_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 class GGUFSource:
     """A GGUF file whose tensors are read, dequantised to float32 and renamed one by one."""
 
+    owns_reads = True
+    """Every read is a new array in process memory (no file mapping behind it)."""
+
     def __init__(self, path: Path):
         import gguf
         from transformers import AutoConfig
@@ -122,8 +125,7 @@ class GGUFSource:
         if got != s.n_bytes:
             raise StreamingError(f"GGUF file {str(self.path)!r} ends inside tensor {gguf_name!r}; "
                                  "it is truncated. Download or export it again.")
-        values = dequantize(raw.view(s.np_dtype).reshape(s.np_shape), s.qtype)
-        tensor = self._to_hf(gguf_name, torch.from_numpy(np.ascontiguousarray(values, np.float32)))
+        tensor = self._to_hf(gguf_name, torch.from_numpy(_dequantized(raw, s, dequantize)))
         if tuple(tensor.shape) != shape:
             raise StreamingError(
                 f"GGUF tensor {gguf_name!r} has shape {tuple(tensor.shape)}, but the model "
@@ -141,6 +143,25 @@ class GGUFSource:
         if self.arch == "gpt2" and gguf_name.endswith(_GPT2_TRANSPOSED):
             return w.t().contiguous()
         return w
+
+
+_CHUNK_VALUES = 1 << 24
+"""Values dequantised at a time: numpy's dequantisers make several full-size temporaries,
+which for a 128k x 4096 embedding would double the peak memory of the whole step."""
+
+
+def _dequantized(raw: np.ndarray, stored: _Stored, dequantize) -> np.ndarray:
+    """The float32 values of one stored tensor, dequantised a block of rows at a time into
+    one output array (rows are independent in every GGUF type)."""
+    data = raw.view(stored.np_dtype).reshape(stored.np_shape)
+    if data.ndim < 2:
+        return np.ascontiguousarray(dequantize(data, stored.qtype), np.float32)
+    first = np.ascontiguousarray(dequantize(data[:1], stored.qtype), np.float32)
+    out = np.empty((data.shape[0], *first.shape[1:]), np.float32)
+    step = max(1, _CHUNK_VALUES // max(first.size, 1))
+    for start in range(0, data.shape[0], step):
+        out[start:start + step] = dequantize(data[start:start + step], stored.qtype)
+    return out
 
 
 def _unpermute_rotary(w: torch.Tensor, heads: int) -> torch.Tensor:

@@ -114,6 +114,20 @@ def test_quantized_gguf_streams_what_transformers_loads(tiny_llama, tmp_path):
     assert weight_bytes_of(path) == 4 * numel  # dequantised to float32
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_dequantising_a_few_rows_at_a_time_gives_the_whole_tensor(tiny_llama, tmp_path,
+                                                                   monkeypatch, quantized):
+    import analysis.streaming.gguf_source as gguf_source
+
+    path = tmp_path / "tiny.gguf"
+    write_gguf(tiny_llama, path, "llama", quantized=quantized)
+    whole = {name: open_source(path).read(name) for name in open_source(path).names()}
+    monkeypatch.setattr(gguf_source, "_CHUNK_VALUES", 40)  # a few rows per block
+    source = open_source(path)
+    for name, tensor in whole.items():
+        assert torch.equal(source.read(name), tensor), name
+
+
 # --------------------------------------------------------------------------- demo models
 
 
