@@ -238,7 +238,10 @@ class Dashboard:
         self.settle()
 
     def k_caption(self) -> Locator:
-        return self.sidebar.locator("p", has_text=re.compile(r"^S_start = \d+ · "))
+        # A rerun that moves the caption shows the old copy (stale) beside the new one
+        # until the run ends; only the live copy is the current state.
+        live = self.sidebar.locator('[data-testid="stElementContainer"]:not([data-stale="true"])')
+        return live.locator("p", has_text=re.compile(r"^S_start = \d+ · "))
 
     def step_k(self, key: str) -> None:
         """Move the K slider by one with the keyboard and wait for the rerun."""
