@@ -5,6 +5,8 @@ Points on the residual stream, for a model with L decoder layers:
 - A_i, i = 0..L-1: the residual right after layer i's attention sub-block is added back.
 
 Block i at granularity `layer` maps X = Z_i to Y = Z_{i+1}; at `attn` it maps Z_i to A_i.
+A span of n layers l..l+n-1 maps Z_l to Z_{l+n}; its angular distance is accumulated for
+every span of up to `span_count(L)` layers (ANGULAR_MAX_SPAN).
 Each point's entropy is computed once, on the model's device, as the batch passes; only
 sums and counts are kept, so memory does not grow with the number of samples.
 """
@@ -24,6 +26,17 @@ from analysis.settings import ESTIMATORS, EstimatorSettings
 
 Progress = Callable[[float, str], None]
 
+ANGULAR_MAX_SPAN = 16
+"""Longest span n (in layers) whose angular distance d(Z_l, Z_{l+n}) a profile holds. All
+spans cost little in memory, but layer streaming must keep the last n-1 layers' hidden
+states of the whole calibration set to pair them, so n is bounded. Changing it changes
+profiles: bump analysis.profile.SCHEMA_VERSION with it."""
+
+
+def span_count(num_layers: int) -> int:
+    """S, the number of span lengths n = 1..S a profile of an L-layer model holds."""
+    return min(ANGULAR_MAX_SPAN, num_layers)
+
 
 @dataclass
 class Accumulator:
@@ -33,6 +46,8 @@ class Accumulator:
     attn_entropy: torch.Tensor  # [E, L] sum over samples of H(A_i)
     layer_cosine: torch.Tensor  # [L] sum over samples of 1 - mean_t cos(Z_i, Z_{i+1})
     attn_cosine: torch.Tensor  # [L] sum over samples of 1 - mean_t cos(Z_i, A_i)
+    attn_angular: torch.Tensor  # [L] sum over samples of mean_t arccos(cos(Z_i, A_i)) / pi
+    span_angular: torch.Tensor  # [S, L] [n-1, l]: sum of the same for (Z_l, Z_{l+n}), l <= L-n
     z_nonfinite: torch.Tensor  # [L+1] count of non-finite entries
     attn_nonfinite: torch.Tensor  # [L]
     sink_max_norm: torch.Tensor  # [L+1, T] max over samples of ||Z_j[t]|| (all positions)
@@ -44,13 +59,14 @@ class Accumulator:
         f = dict(dtype=torch.float64, device=device)
         return cls(
             torch.zeros(e, L + 1, **f), torch.zeros(e, L, **f), torch.zeros(L, **f),
-            torch.zeros(L, **f), torch.zeros(L + 1, **f), torch.zeros(L, **f),
+            torch.zeros(L, **f), torch.zeros(L, **f), torch.zeros(span_count(L), L, **f),
+            torch.zeros(L + 1, **f), torch.zeros(L, **f),
             torch.zeros(L + 1, seqlen, **f), torch.zeros((), **f),
         )
 
     def _sum_fields(self) -> tuple[str, ...]:
-        return ("z_entropy", "attn_entropy", "layer_cosine", "attn_cosine",
-                "z_nonfinite", "attn_nonfinite", "samples")
+        return ("z_entropy", "attn_entropy", "layer_cosine", "attn_cosine", "attn_angular",
+                "span_angular", "z_nonfinite", "attn_nonfinite", "samples")
 
     def merge(self, other: Accumulator) -> Accumulator:
         """Combine two shards' statistics (sums add, maxima take the max)."""
@@ -168,8 +184,9 @@ class BlockStats:
         return [fn(*args) for args in zip(*lists, strict=True)]
 
     def _cosines(self, xs: list[torch.Tensor], ys: list[torch.Tensor],
-                 norms: dict[int, torch.Tensor]) -> torch.Tensor:
-        """[P] sums over the batch of the cosine importance of each (X, Y) pair.
+                 norms: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """([P], [P]) sums over the batch of the cosine importance and of the angular
+        distance of each (X, Y) pair, both from the same dot products and norms.
 
         ``norms`` maps id(point) to its token norms [B, T], computed once per point and
         shared by the two or three pairs it is part of.
@@ -184,12 +201,13 @@ class BlockStats:
 
         dots = self._per_point(dot, xs, ys)
         # One call over all pairs: [P*B, N'] rows.
-        imp = estimators.cosine_from_parts(
-            torch.cat([d.to(dev) for d in dots]),
-            torch.cat([norms[id(x)][:, skip:].to(dev) for x in xs]),
-            torch.cat([norms[id(y)][:, skip:].to(dev) for y in ys]),
-        )
-        return imp.double().nan_to_num_(nan=0.0).view(len(xs), -1).sum(dim=1)
+        parts = (torch.cat([d.to(dev) for d in dots]),
+                 torch.cat([norms[id(x)][:, skip:].to(dev) for x in xs]),
+                 torch.cat([norms[id(y)][:, skip:].to(dev) for y in ys]))
+        imp = estimators.cosine_from_parts(*parts)
+        ang = estimators.angular_from_parts(*parts)
+        return tuple(v.double().nan_to_num_(nan=0.0).view(len(xs), -1).sum(dim=1)
+                     for v in (imp, ang))
 
     def _stack(self, points: list[torch.Tensor], idx) -> torch.Tensor:
         """The used positions of points[i] for i in idx, stacked along the sample axis."""
@@ -243,9 +261,16 @@ class BlockStats:
         token_norms = self._per_point(
             lambda h: torch.linalg.vector_norm(h, dim=-1, dtype=torch.float32), points)
         norms = {id(h): n for h, n in zip(points, token_norms, strict=True)}
-        cos = self._cosines(x + x, z[1:] + attn, norms)
+        cos, ang = self._cosines(x + x, z[1:] + attn, norms)
         acc.layer_cosine += cos[:num_layers]
         acc.attn_cosine += cos[num_layers:]
+        acc.span_angular[0] += ang[:num_layers]
+        acc.attn_angular += ang[num_layers:]
+        # Longer spans pair every Z_l with Z_{l+n}; one call per n keeps the stacked
+        # working set on a GPU the size of the pairs above.
+        for n in range(2, acc.span_angular.shape[0] + 1):
+            _, ang = self._cosines(z[:num_layers + 1 - n], z[n:], norms)
+            acc.span_angular[n - 1, :num_layers + 1 - n] += ang
         dev = acc.sink_max_norm.device
         sink = torch.stack([norms[id(h)].to(dev) for h in z]).amax(dim=1)  # [L+1, T]
         sink = sink.nan_to_num(nan=float("inf")).double()

@@ -427,6 +427,43 @@ def cosine_from_parts(dots: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
     return 1.0 - (dots / (norm_x.clamp_min(_COS_EPS) * norm_y.clamp_min(_COS_EPS))).mean(dim=1)
 
 
+def angular_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Angular distance between two points on the residual stream (Gromov et al., "The
+    Unreasonable Ineffectiveness of the Deeper Layers", 2024), not an entropy.
+
+        d_b = (1/T) sum_t arccos(clamp(cos(x[b,t], y[b,t]), -1, 1)) / pi,
+
+    with cos as in `cosine_importance` (a zero vector has cosine 0, so distance 1/2).
+    Range [0, 1]: 0 when Y == X up to a positive scale, 1/2 for orthogonal tokens, 1 for
+    opposite ones. With x = Z_l and y = Z_{l+n} it scores the span of n layers l..l+n-1.
+
+    Shapes: x [B, T, D], y [B, T, D] -> [B] float32.
+    """
+    x = _as_states(x, "x")
+    y = _as_states(y, "y")
+    if x.shape != y.shape:
+        raise EstimatorInputError(
+            f"x and y must have the same shape [B, T, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    return angular_from_parts(
+        torch.linalg.vecdot(x, y, dim=-1),
+        torch.linalg.vector_norm(x, dim=-1),
+        torch.linalg.vector_norm(y, dim=-1),
+    )
+
+
+def angular_from_parts(dots: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
+    """``angular_distance`` from per-token dot products and norms (see `cosine_from_parts`).
+
+    The cosine is clamped to [-1, 1] before arccos: rounding can push |cos| of parallel
+    tokens just past 1, where arccos is NaN. NaN/inf inputs still give NaN.
+
+    Shapes: dots, norm_x, norm_y [B, T] float32 -> [B] float32.
+    """
+    cos = dots / (norm_x.clamp_min(_COS_EPS) * norm_y.clamp_min(_COS_EPS))
+    return (torch.arccos(cos.clamp(-1.0, 1.0)) / math.pi).mean(dim=1)
+
+
 def nonfinite_count(x: Tensor) -> Tensor:
     """Number of NaN / +-inf entries per sample.
 

@@ -2,7 +2,8 @@
 
 A `Profile` is what one forward pass over one calibration set measured: the entropy curve
 H(Z_j), j = 0..L, per estimator, and per block (both granularities) the entropy increase
-delta_h per estimator and the cosine importance. It round-trips through plain JSON (never
+delta_h per estimator, the cosine importance and the angular distance, and the angular
+distance of every span of up to S layers. It round-trips through plain JSON (never
 pickle) with a schema version; `Profile.scores` is the one place that reads a block score.
 Cache entries also carry a checksum of their payload, so a truncated or edited entry is
 detected and recomputed.
@@ -30,7 +31,10 @@ from analysis.settings import (
     Score,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added the angular distances (`BlockScores.angular`, `Profile.angular_spans`). Records
+and cache entries of schema 1 are refused with a message to rerun the analysis, and the
+cache key includes the version, so an old entry is never served for a new request."""
 
 
 class CacheEntryInvalid(ValueError):
@@ -51,6 +55,8 @@ class BlockScores:
     """dH_i = H(Y_i) - H(X_i) per estimator."""
     cosine: list[float | None]
     """1 - mean_t cos(X_t, Y_t): ShortGPT's Block Influence (layer), LLMDrop's (attn)."""
+    angular: list[float | None]
+    """mean_t arccos(cos(X_t, Y_t)) / pi: Gromov et al.'s angular distance of the block."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,10 @@ class Profile:
     """The automatic S_start of each estimator's curve (None when the curve is unusable)."""
     sink_max_norm: list[list[float | None]]
     """Largest activation norm per point (Z_0, then A_i and Z_{i+1} per layer) and position."""
+    angular_spans: list[list[float | None]] = field(default_factory=list)
+    """[n-1][l], n = 1..S, l = 0..L-n: mean angular distance between Z_l and Z_{l+n}, i.e.
+    across the n layers l..l+n-1 (row n-1 has L-n+1 values; row 0 equals the layer blocks'
+    `angular`). S = min(L, ANGULAR_MAX_SPAN)."""
     nonfinite_blocks: dict[Granularity, list[int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -89,7 +99,8 @@ class Profile:
     def scores(self, granularity: Granularity, criterion: Score) -> list[float]:
         """Per-block scores (length L); lower is pruned first, null is read as NaN.
 
-        An estimator name gives its entropy increase delta_h; `cosine` the importance."""
+        An estimator name gives its entropy increase delta_h; `cosine` the importance;
+        `angular` the angular distance between the block's input and output."""
         if granularity not in GRANULARITIES:
             raise ProfileFormatError(
                 f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
@@ -97,8 +108,22 @@ class Profile:
             raise ProfileFormatError(
                 f"criterion must be one of {', '.join(SCORES)}; got {criterion!r}")
         block = self.blocks[granularity]
-        values = block.cosine if criterion == "cosine" else block.delta_h[criterion]
+        if criterion == "cosine":
+            values = block.cosine
+        elif criterion == "angular":
+            values = block.angular
+        else:
+            values = block.delta_h[criterion]
         return _nan_for_null(values)
+
+    def span_distances(self, n: int) -> list[float]:
+        """d(Z_l, Z_{l+n}) for l = 0..L-n: the angular distance across the n layers starting
+        at l (null read as NaN); ProfileFormatError when n is outside 1..S."""
+        if not 1 <= n <= len(self.angular_spans):
+            raise ProfileFormatError(
+                f"the profile holds angular spans of 1..{len(self.angular_spans)} layers; "
+                f"got n = {n}")
+        return _nan_for_null(self.angular_spans[n - 1])
 
     def curve(self, estimator: Estimator) -> list[float]:
         """H(Z_j), j = 0..L, of one estimator; null is read as NaN."""
@@ -113,8 +138,9 @@ class Profile:
             "settings": self.settings,
             "entropy_curve": self.entropy_curve,
             "attn_entropy": self.attn_entropy,
-            "blocks": {g: {"delta_h": b.delta_h, "cosine": b.cosine}
+            "blocks": {g: {"delta_h": b.delta_h, "cosine": b.cosine, "angular": b.angular}
                        for g, b in self.blocks.items()},
+            "angular_spans": self.angular_spans,
             "s_start": self.s_start,
             "sink": {"max_norm": self.sink_max_norm},
             "nonfinite_blocks": self.nonfinite_blocks,
@@ -130,14 +156,17 @@ class Profile:
         found = data.get("schema_version")
         if found != SCHEMA_VERSION:
             raise ProfileFormatError(
-                f"profile schema {found!r} is not {SCHEMA_VERSION}; rerun the analysis")
+                f"profile schema {found!r} is not {SCHEMA_VERSION} (schema 2 added the angular "
+                "distances); rerun the analysis")
         try:
             num_layers = int(data["model"]["num_layers"])
             blocks = {g: BlockScores(
                 delta_h={e: _values(data["blocks"][g]["delta_h"][e], num_layers)
                          for e in ESTIMATORS},
-                cosine=_values(data["blocks"][g]["cosine"], num_layers))
+                cosine=_values(data["blocks"][g]["cosine"], num_layers),
+                angular=_values(data["blocks"][g]["angular"], num_layers))
                 for g in GRANULARITIES}
+            spans = [_values(row, num_layers - n) for n, row in enumerate(data["angular_spans"])]
             return cls(
                 model=dict(data["model"]),
                 calibration=dict(data["calibration"]),
@@ -147,6 +176,7 @@ class Profile:
                 attn_entropy={e: _values(data["attn_entropy"][e], num_layers)
                               for e in ESTIMATORS},
                 blocks=blocks,
+                angular_spans=spans,
                 s_start={e: data["s_start"][e] for e in ESTIMATORS},
                 sink_max_norm=[list(row) for row in data["sink"]["max_norm"]],
                 nonfinite_blocks={g: list(v) for g, v in data.get("nonfinite_blocks", {}).items()},
@@ -214,6 +244,12 @@ def build_profile(
         attn_h[name] = _clean(a[e].tolist())
         layer_dh[name] = _clean((z[e, 1:] - z[e, :-1]).tolist())
         attn_dh[name] = _clean((a[e] - z[e, :-1]).tolist())
+    spans = []
+    for width in range(1, acc.span_angular.shape[0] + 1):
+        last = num_layers + 1 - width  # spans start at l = 0..L-width
+        row = (acc.span_angular[width - 1, :last] / n).masked_fill(
+            z_bad[:last] | z_bad[width:], float("nan"))
+        spans.append(_clean(row.tolist()))
     layer_bad = (z_bad[:-1] | z_bad[1:]).tolist()
     attn_bad = (z_bad[:-1] | a_bad).tolist()
     nonfinite_blocks = {
@@ -235,14 +271,22 @@ def build_profile(
         entropy_curve=curve,
         attn_entropy=attn_h,
         blocks={
-            "layer": BlockScores(layer_dh, _clean((acc.layer_cosine / n).tolist())),
-            "attn": BlockScores(attn_dh, _clean((acc.attn_cosine / n).tolist())),
+            "layer": BlockScores(layer_dh, _clean((acc.layer_cosine / n).tolist()),
+                                 spans[0]),
+            "attn": BlockScores(attn_dh, _clean((acc.attn_cosine / n).tolist()),
+                                _masked(acc.attn_angular / n, attn_bad)),
         },
+        angular_spans=spans,
         s_start={name: auto_s_start_of(curve[name]) for name in ESTIMATORS},
         sink_max_norm=[_clean(row) for row in acc.sink_max_norm.tolist()],
         nonfinite_blocks=nonfinite_blocks,
         warnings=warnings,
     )
+
+
+def _masked(values, bad: list[bool]) -> list[float | None]:
+    """Scores of blocks with non-finite hidden states are unknown (the sums skip NaN)."""
+    return [None if b else v for v, b in zip(_clean(values.tolist()), bad, strict=True)]
 
 
 def profile_key(parts: dict) -> str:

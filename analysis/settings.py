@@ -18,14 +18,15 @@ LoadMode = Literal["auto", "memory", "stream"]
 """memory: the whole model in memory; stream: one decoder layer at a time (models larger
 than memory); auto: stream only when the weights do not fit in the free memory."""
 Estimator = Literal["bucket", "knn", "renyi"]
-Score = Literal["bucket", "knn", "renyi", "cosine"]
-"""A per-block score held by a profile: an estimator's delta_h, or the cosine importance."""
+Score = Literal["bucket", "knn", "renyi", "cosine", "angular"]
+"""A per-block score held by a profile: an estimator's delta_h, the cosine importance, or
+the angular distance between a block's input and output."""
 
 DEVICES: tuple[Device, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[DType, ...] = ("auto", "float32", "bfloat16", "float16")
 LOAD_MODES: tuple[LoadMode, ...] = ("auto", "memory", "stream")
 ESTIMATORS: tuple[Estimator, ...] = ("bucket", "knn", "renyi")
-SCORES: tuple[Score, ...] = (*ESTIMATORS, "cosine")
+SCORES: tuple[Score, ...] = (*ESTIMATORS, "cosine", "angular")
 GRANULARITIES: tuple[Granularity, ...] = ("layer", "attn")
 
 # Defaults, defined once: the CLI, the dashboard and the library read them from here.

@@ -6,11 +6,13 @@ from analysis.profile import SCHEMA_VERSION, Profile
 from analysis.settings import ESTIMATORS
 
 
-def profile_json(num_layers: int, *, curve=None, delta_h=None, cosine=None, spec="tiny",
-                 calibration_spec="builtin:licenses") -> dict:
+def profile_json(num_layers: int, *, curve=None, delta_h=None, cosine=None, angular=None,
+                 spans=None, spec="tiny", calibration_spec="builtin:licenses") -> dict:
     """A complete profile record. `curve` maps estimator -> L+1 values, `delta_h` maps
     granularity -> estimator -> L values, `cosine` maps granularity -> L values; anything
-    not given is a ramp, so every field is present and of the right length."""
+    not given is a ramp, so every field is present and of the right length. `angular` maps
+    granularity -> L values (default: the cosine); `spans` is the [n-1][l] angular span
+    table (default: n times the layer blocks' angular at l, for n = 1..min(L, 16))."""
     ramp = [float(i) for i in range(num_layers)]
     curve = {e: list(map(float, (curve or {}).get(e, range(num_layers + 1)))) for e in ESTIMATORS}
     blocks = {}
@@ -19,6 +21,11 @@ def profile_json(num_layers: int, *, curve=None, delta_h=None, cosine=None, spec
         blocks[g] = {"delta_h": {e: [None if v is None else float(v) for v in given.get(e, ramp)]
                                  for e in ESTIMATORS},
                      "cosine": [float(v) for v in (cosine or {}).get(g, ramp)]}
+        blocks[g]["angular"] = [float(v) for v in (angular or {}).get(g, blocks[g]["cosine"])]
+    if spans is None:
+        one = blocks["layer"]["angular"]
+        spans = [[n * one[l] for l in range(num_layers - n + 1)]
+                 for n in range(1, min(num_layers, 16) + 1)]
     return {
         "schema_version": SCHEMA_VERSION,
         "model": {"spec": spec, "architecture": "LlamaForCausalLM", "identity": "id-" + spec,
@@ -29,6 +36,7 @@ def profile_json(num_layers: int, *, curve=None, delta_h=None, cosine=None, spec
         "entropy_curve": curve,
         "attn_entropy": {e: ramp for e in ESTIMATORS},
         "blocks": blocks,
+        "angular_spans": spans,
         "s_start": {e: 0 for e in ESTIMATORS},
         "sink": {"max_norm": [[1.0] * 4 for _ in range(2 * num_layers + 1)]},
         "nonfinite_blocks": {"layer": [], "attn": []},

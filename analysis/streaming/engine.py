@@ -9,7 +9,8 @@
    then dropped. The next layer's tensors are read on a background thread meanwhile.
 
 At any time at most two layers' weights exist (the current one and the prefetched one),
-plus the calibration set's hidden states [N, T, D] in the compute dtype.
+plus the calibration set's hidden states [N, T, D] in the compute dtype, and, on the CPU,
+those of the last S-1 layers (S = `span_count(L)`), which the angular spans pair with.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ class _LayerStats(BlockStats):
     accumulator's rows for those points.
     """
 
+    def __init__(self, acc: Accumulator, opts: EstimatorSettings):
+        super().__init__(acc, opts)
+        self.batch = 0
+        """Index of the batch being folded, set by the engine before each flush."""
+        self.history: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        """batch -> (Z_j on the CPU, its token norms) for the last S-1 layer inputs: the
+        angular spans pair Z_{i+1} with Z_{i+1-n}, n <= S."""
+
     def _fold(self) -> None:
         acc = self.acc
         (i,) = self.inputs
@@ -74,9 +83,26 @@ class _LayerStats(BlockStats):
         token_norms = self._per_point(
             lambda h: torch.linalg.vector_norm(h, dim=-1, dtype=torch.float32), points)
         norms = {id(h): n for h, n in zip(points, token_norms, strict=True)}
-        cos = self._cosines([x, x], [y, a], norms)
+        cos, ang = self._cosines([x, x], [y, a], norms)
         acc.layer_cosine[i] += cos[0]
         acc.attn_cosine[i] += cos[1]
+        acc.span_angular[0, i] += ang[0]
+        acc.attn_angular[i] += ang[1]
+        # Spans n >= 2 ending at Z_{i+1}: the history holds Z_{i-1}, Z_{i-2}, ... newest last.
+        history = self.history.setdefault(self.batch, [])
+        earlier = history[::-1]  # Z_{i-1}, Z_{i-2}, ...: n = 2, 3, ...
+        if earlier:
+            for h, h_norm in earlier:
+                norms[id(h)] = h_norm
+            _, ang = self._cosines([y] * len(earlier), [h for h, _ in earlier], norms)
+            for n, value in enumerate(ang.tolist(), start=2):
+                acc.span_angular[n - 1, i + 1 - n] += value
+        keep = acc.span_angular.shape[0] - 1
+        if keep > 0:
+            # On the CPU: S-1 copies of the calibration set's hidden states would not fit
+            # on the device next to the layer when streaming is needed at all.
+            history.append((x.to("cpu"), norms[id(x)].to("cpu")))
+            del history[:-keep]
         dev = acc.sink_max_norm.device
         for j, h in zip(z_rows, zs, strict=True):
             sink = norms[id(h)].to(dev).amax(dim=0).nan_to_num(nan=float("inf")).double()
@@ -159,6 +185,7 @@ def stream_capture(
                         args, kwargs = layer_inputs[b][i]
                         layer_inputs[b][i] = None  # this layer's masks are not needed again
                         hidden[b] = output_hidden(layer(h, *args, **kwargs))
+                        stats.batch = b
                         stats.flush()
                         _report(progress, (i * len(batches) + b + 1) / steps,
                                 f"layer {i + 1}/{num_layers}, {min((b + 1) * bs, len(ids))}/{len(ids)} windows")

@@ -5,7 +5,7 @@ import torch
 
 from analysis import estimators
 from analysis.architectures import get_architecture
-from analysis.capture import Accumulator, block_hooks, capture, record_points
+from analysis.capture import Accumulator, block_hooks, capture, record_points, span_count
 from analysis.settings import EstimatorSettings
 from tests.tiny_models import MODEL_TYPES, tiny_ids, tiny_model
 
@@ -80,6 +80,15 @@ def test_capture_statistics_equal_estimators_on_recorded_points(model_type):
         torch.testing.assert_close(acc.attn_cosine[i].float(), cos, rtol=1e-4, atol=1e-5)
         lcos = estimators.cosine_importance(used(pts["z"][i]), used(pts["z"][i + 1])).sum()
         torch.testing.assert_close(acc.layer_cosine[i].float(), lcos, rtol=1e-4, atol=1e-5)
+        ang = estimators.angular_distance(used(pts["z"][i]), used(a)).sum()
+        torch.testing.assert_close(acc.attn_angular[i].float(), ang, rtol=1e-4, atol=1e-5)
+    num_layers = len(pts["attn"])
+    assert acc.span_angular.shape == (span_count(num_layers), num_layers)
+    for n in range(1, span_count(num_layers) + 1):
+        for start in range(num_layers + 1 - n):
+            d = estimators.angular_distance(used(pts["z"][start]), used(pts["z"][start + n])).sum()
+            torch.testing.assert_close(acc.span_angular[n - 1, start].float(), d,
+                                       rtol=1e-4, atol=1e-5)
 
 
 def test_batch_size_does_not_change_results():
@@ -87,7 +96,8 @@ def test_batch_size_does_not_change_results():
     ids = tiny_ids(6, 20, seed=1)
     a = capture(model, ids, EstimatorSettings(knn_k=3, batch_size=1))
     b = capture(model, ids, EstimatorSettings(knn_k=3, batch_size=4))
-    for name in ("z_entropy", "attn_entropy", "layer_cosine", "attn_cosine", "sink_max_norm"):
+    for name in ("z_entropy", "attn_entropy", "layer_cosine", "attn_cosine", "attn_angular",
+                 "span_angular", "sink_max_norm"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
 
 

@@ -13,6 +13,7 @@ from analysis.estimators import (
     _knn,
     _kth_smallest,
     _shift_to_bulk,
+    angular_distance,
     bucket_entropy,
     cosine_importance,
     entropies,
@@ -451,3 +452,33 @@ def test_non_cpu_path_needs_no_data_dependent_host_round_trip():
     assert out.shape == (3, 6) and out.device.type == "meta"
     assert cosine_importance(x, x).shape == (6,)
     assert nonfinite_count(x).shape == (6,)
+
+
+def test_angular_distance_matches_the_closed_form_on_rotated_tokens():
+    # Token t of y is x's token rotated by a known angle theta_t in the plane of the first
+    # two axes, and scaled (scale must not matter): d = mean_t theta_t / pi.
+    thetas = torch.tensor([[0.0, math.pi / 2, math.pi, math.pi / 3],
+                           [math.pi / 4, 0.0, 2 * math.pi / 3, math.pi / 6]])
+    x = torch.zeros(2, 4, 5)
+    x[..., 0] = 1.0
+    y = torch.zeros(2, 4, 5)
+    y[..., 0] = 3.0 * torch.cos(thetas)
+    y[..., 1] = 3.0 * torch.sin(thetas)
+    expected = thetas.mean(dim=1) / math.pi
+    torch.testing.assert_close(angular_distance(x, y), expected, atol=1e-6, rtol=0)
+
+
+def test_angular_distance_is_zero_for_identical_and_one_for_opposite_states():
+    x = torch.randn(3, 7, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(angular_distance(x, 2.5 * x), torch.zeros(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(angular_distance(x, -x), torch.ones(3), atol=1e-3, rtol=0)
+
+
+def test_angular_distance_is_nan_for_non_finite_states_and_rejects_shape_mismatch():
+    x = torch.ones(2, 3, 4)
+    y = x.clone()
+    y[1, 0, 0] = float("nan")
+    d = angular_distance(x, y)
+    assert d[0] == 0.0 and torch.isnan(d[1])
+    with pytest.raises(EstimatorInputError):
+        angular_distance(x, torch.ones(2, 3, 5))

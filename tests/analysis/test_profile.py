@@ -97,3 +97,29 @@ def test_scores_rejects_unknown_granularity_and_criterion():
 ])
 def test_auto_s_start_of_is_the_first_half_minimum(curve, expected):
     assert auto_s_start_of(curve) == expected
+
+
+def test_angular_scores_and_spans_are_read_from_the_record():
+    spans = [[0.1 * (n + 1) + 0.01 * i for i in range(L - n)] for n in range(L)]
+    p = make_profile(L, angular={"layer": spans[0], "attn": [0.5] * L}, spans=spans)
+    assert p.scores("layer", "angular") == spans[0]
+    assert p.scores("attn", "angular") == [0.5] * L
+    assert p.span_distances(3) == spans[2] and len(p.span_distances(L)) == 1
+    with pytest.raises(ProfileFormatError, match=f"spans of 1..{L} layers; got n = {L + 1}"):
+        p.span_distances(L + 1)
+
+
+def test_a_schema_1_record_without_angular_distances_is_refused_with_a_reason():
+    record = _record()
+    record["schema_version"] = 1
+    del record["angular_spans"]
+    with pytest.raises(ProfileFormatError, match="schema 1 is not 2.*angular.*rerun"):
+        Profile.from_json(record)
+
+
+def test_cache_key_changes_with_the_schema_version(monkeypatch):
+    from analysis import profile as profile_module
+    parts = {"model": "m", "calibration": "c"}
+    new = profile_module.profile_key(parts)
+    monkeypatch.setattr(profile_module, "SCHEMA_VERSION", 1)
+    assert profile_module.profile_key(parts) != new
