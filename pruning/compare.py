@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from pruning.decision import Decision
 from pruning.ranking import RankingError, block_list, validate_k
 
 
@@ -114,4 +115,39 @@ def agreement_matrix(sets: Mapping[str, Sequence[int]]) -> Agreement:
         counts=dict(sorted(counts.items())),
         picked_by_all=sorted(b for b, c in counts.items() if c == n),
         picked_by_majority=sorted(b for b, c in counts.items() if 2 * c > n),
+    )
+
+
+class CriteriaTable(TypedDict):
+    """Every pair of criteria compared at one budget k (what `prune-list --criteria` prints)."""
+
+    k: int
+    criteria: list[str]
+    prune_sets: dict[str, list[int]]
+    """criterion -> its prune set at k, ascending."""
+    overlap: list[list[int]]
+    """overlap[i][j] = |A_k ∩ B_k| of criteria[i] and criteria[j]; the diagonal is k."""
+    jaccard: list[list[float]]
+    kendall_tau: list[list[float | None]]
+    """Kendall tau of the two full orders (at k, for criteria whose order depends on k)."""
+
+
+def criteria_table(decisions: Mapping[str, Decision], k: int) -> CriteriaTable:
+    """Overlaps, Jaccard and Kendall tau at budget k between every two decisions (same
+    granularity and plan), named by the mapping's keys. k must be one every criterion
+    decides (angular_span and ppl_greedy may stop before the last prunable block)."""
+    if not decisions:
+        raise RankingError("criteria_table needs at least one decision")
+    names = list(decisions)
+    limit = min(d.max_k for d in decisions.values())
+    k = validate_k(k, limit, "the largest K every criterion decides")
+    at_k = {name: d.with_k(k) for name, d in decisions.items()}
+    grid = [[compare_orders(list(at_k[a].order), list(at_k[b].order), k) for b in names]
+            for a in names]
+    return CriteriaTable(
+        k=k, criteria=names,
+        prune_sets={n: sorted(at_k[n].blocks) for n in names},
+        overlap=[[c.overlap for c in row] for row in grid],
+        jaccard=[[c.jaccard for c in row] for row in grid],
+        kendall_tau=[[c.kendall_tau for c in row] for row in grid],
     )

@@ -155,11 +155,12 @@ def quality_curves(
     model: nn.Module,
     input_ids: torch.Tensor,
     granularity: Literal["layer", "attn"],
-    orders: Mapping[str, Sequence[int]],
+    orders: Mapping[str, Orders],
     ks: Sequence[int],
     **kw,
 ) -> list[dict]:
-    """Quality after pruning the first K blocks of each criterion's order, for every K.
+    """Quality after pruning the first K blocks of each criterion's order (or its prune
+    set at K, for a criterion given as {K: blocks}), for every K.
 
     Returns rows {criterion, k, perplexity, kl, top1}, grouped by criterion in the order
     given, K ascending; every criterion gets a K = 0 row (the unpruned figures). All
@@ -176,11 +177,14 @@ def quality_curves(
     return curve_rows(plan, evaluate_quality(model, input_ids, variants, **kw))
 
 
+Orders = Sequence[int] | Mapping[int, Sequence[int]]
+"""A criterion's pruning order (the set at K is its first K blocks), or its prune set at
+each K ({K: blocks}) for criteria whose sets are not nested (angular_span)."""
 CurvePlan = list[tuple[str, int, str]]
 """(criterion, K, name of the variant giving its figures), one per row of the curves."""
 
 
-def plan_curves(granularity: str, orders: Mapping[str, Sequence[int]], ks: Sequence[int],
+def plan_curves(granularity: str, orders: Mapping[str, Orders], ks: Sequence[int],
                 variant: Callable[[list[int]], VariantT]) -> tuple[dict[str, VariantT], CurvePlan]:
     """The variants `quality_curves` evaluates, {name: variant(first K blocks of an order)},
     one per distinct pruned set, and its rows; K = 0 rows read the reference."""
@@ -193,9 +197,14 @@ def plan_curves(granularity: str, orders: Mapping[str, Sequence[int]], ks: Seque
     variants: dict[str, VariantT] = {}
     plan: CurvePlan = []
     for criterion, order in orders.items():
-        order = [operator.index(b) for b in order]
+        sets = order if isinstance(order, Mapping) else None
+        order = [] if sets is not None else [operator.index(b) for b in order]
         for k in k_values:
-            if k > len(order):
+            if sets is not None and k not in sets and k != 0:
+                raise EvaluationError(
+                    f"{criterion!r} has no prune set for K={k} (it decides K in "
+                    f"{sorted(sets)}); lower K")
+            if sets is None and k > len(order):
                 raise EvaluationError(
                     f"K={k} is larger than the {len(order)} blocks in the order of "
                     f"{criterion!r}; lower K or rank more blocks"
@@ -203,7 +212,7 @@ def plan_curves(granularity: str, orders: Mapping[str, Sequence[int]], ks: Seque
             if k == 0:
                 plan.append((criterion, 0, UNPRUNED))
                 continue
-            blocks = order[:k]
+            blocks = ([operator.index(b) for b in sets[k]] if sets is not None else order[:k])
             name = f"{granularity}:{','.join(map(str, sorted(blocks)))}"
             variants.setdefault(name, variant(blocks))
             plan.append((criterion, k, name))

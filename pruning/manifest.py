@@ -27,7 +27,8 @@ def _finite_or_none(values: Sequence[float]) -> list[float | None]:
 def block_manifest(profile: Profile, decision: Decision, baseline: Decision,
                    measured: Mapping | None = None) -> dict:
     """What a block export records: where it came from (model, calibration recipe,
-    estimator settings), the decision (criterion, s_start, k, blocks, full order, scores),
+    estimator settings), the decision (criterion and what else made it: a random seed, the
+    angular span, the perplexity-greedy search; s_start, k, blocks, full order, scores),
     the baseline criterion's choice at the same k and how the two agree, and any quality
     and speed figures measured for this prune set (`measured`, empty when none were)."""
     c = compare_orders(list(decision.order), list(baseline.order), decision.k)
@@ -40,6 +41,7 @@ def block_manifest(profile: Profile, decision: Decision, baseline: Decision,
         "estimator_settings": profile.settings,
         "granularity": decision.granularity,
         "criterion": decision.criterion,
+        "criterion_details": dict(decision.details),
         "stage_policy": decision.policy,
         "s_start": decision.s_start,
         "allow_last": decision.plan.allow_last,

@@ -17,6 +17,7 @@ from entrodrop.service.analysis import (
     held_out_windows,
     preview_windows,
     profile_model,
+    selection_windows,
 )
 from entrodrop.service.blocks import (
     DEFAULT_STAGE_ESTIMATOR,
@@ -24,6 +25,8 @@ from entrodrop.service.blocks import (
     decision,
     export_blocks,
     generate,
+    greedy_estimate,
+    greedy_search,
     model_figures,
     parameter_savings,
     quality_of,
@@ -63,7 +66,7 @@ __all__ = [
     "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "Model",
     "ModelRegistry", "StreamedModel", "WholeModelNeeded",
     "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_target",
-    "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
+    "decision", "devices", "greedy_estimate", "greedy_search", "selection_windows", "export_blocks", "export_width", "generate", "held_out_windows",
     "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows",
     "profile_model", "quality_of", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",
     "width_ratio_range", "width_scores",

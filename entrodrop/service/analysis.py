@@ -243,6 +243,18 @@ def held_out_windows(cal: CalibrationSettings, loaded: Model, samples: int):
                              on_gpu=loaded.on_gpu).input_ids
 
 
+def selection_windows(cal: CalibrationSettings, loaded: Model, samples: int):
+    """The first `samples` windows [N, T] of the calibration set the scores were computed
+    on: what a search that chooses blocks by their effect (ppl_greedy) selects on, so that
+    the held-out windows stay unseen by every criterion."""
+    cal = cal.validate().resolved(loaded.on_gpu)
+    check_settings(None, [cal], loaded=loaded)
+    with MODEL_LOCK, reading_calibration(cal):
+        ids = load_calibration(cal, loaded.tokenizer, model=torch_model(loaded),
+                               on_gpu=loaded.on_gpu).input_ids
+    return ids[:samples]
+
+
 def preview_windows(loaded: Model, cal: CalibrationSettings, n: int = 3) -> dict:
     """The first n windows of a calibration set, decoded, with how they were made."""
     with MODEL_LOCK, reading_calibration(cal):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from analysis.architectures import count_parameters, weight_bytes
@@ -11,9 +12,10 @@ from analysis.settings import Estimator, Granularity
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, whole_model
 from pruning.apply import pruned
 from pruning.decision import Decision, decide
-from pruning.evaluate import UNPRUNED, evaluate_quality, quality_curves
+from pruning.evaluate import UNPRUNED, EvaluationError, Orders, evaluate_quality, quality_curves
 from pruning.export import check_export_target as export_target_check
 from pruning.export import export_pruned
+from pruning.greedy import GreedyResult, greedy_cost, greedy_order
 from pruning.manifest import block_manifest
 from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
@@ -35,25 +37,75 @@ def stage_plan(profile: Profile, *, policy: StagePolicy = "auto", s_start: int |
 
 
 def decision(profile: Profile, granularity: Granularity, criterion: Criterion, k: int,
-             plan: StagePlan) -> Decision:
-    """The full prune order of one criterion under `plan`, and its first k blocks."""
-    return decide(profile, granularity, criterion, k, plan)
+             plan: StagePlan, *, greedy: GreedyResult | None = None) -> Decision:
+    """The full prune order of one criterion under `plan`, and its first k blocks
+    (`greedy`: the perplexity-greedy search, needed for ppl_greedy only)."""
+    return decide(profile, granularity, criterion, k, plan, greedy=greedy)
 
 
-def quality_over_k(loaded: Model, held_out_ids, orders: Mapping[str, Sequence[int]],
+def greedy_search(loaded: Model, selection_ids, granularity: Granularity, plan: StagePlan, *,
+                  steps: int | None = None, batch_size: int = 4,
+                  progress: Progress | None = None) -> GreedyResult:
+    """The perplexity-greedy order (ppl_greedy) of the plan's prunable blocks, `steps`
+    long (default: all of them), chosen on `selection_ids` [N, T] (use calibration windows,
+    not the held-out ones the curves are measured on). Each step evaluates every remaining
+    block in one pass over the windows; `progress` gets the step and an estimate of the time
+    left. Costs `greedy_cost(len(plan.prunable), steps)` variant passes."""
+    if granularity not in ("layer", "attn"):
+        raise EvaluationError(f"granularity must be 'layer' or 'attn'; got {granularity!r}")
+    base: list[float] = []  # the unpruned figure comes with the first step's pass
+
+    def evaluate(sets, step_progress):
+        with MODEL_LOCK:
+            if isinstance(loaded, StreamedModel):
+                res = stream_quality(loaded.spec, selection_ids,
+                                     {n: (granularity, sorted(b)) for n, b in sets.items()},
+                                     **_stream_kw(loaded, batch_size,
+                                                  lambda f, _m: step_progress(f)))
+            else:
+                model = loaded.model
+                res = evaluate_quality(
+                    model, selection_ids,
+                    {n: _pruned_variant(model, granularity, b) for n, b in sets.items()},
+                    batch_size=batch_size, progress=lambda d, t: step_progress(d / max(t, 1)))
+        base.append(res[UNPRUNED].perplexity)
+        return {n: q.perplexity for n, q in res.items()}
+
+    n, t = (int(v) for v in selection_ids.shape)
+    result = greedy_order(evaluate, granularity, plan.prunable, steps=steps,
+                          windows=(n, t), progress=progress)
+    return replace(result, base_perplexity=base[0])
+
+
+def greedy_estimate(plan: StagePlan, steps: int | None = None) -> dict:
+    """How many variant passes over the selection windows a greedy search costs, before it
+    runs (each costs about one forward pass of the windows)."""
+    steps = len(plan.prunable) if steps is None else steps
+    return {"candidates": len(plan.prunable), "steps": steps,
+            "variant_passes": greedy_cost(len(plan.prunable), steps)}
+
+
+def _pruned_variant(model, granularity: Granularity, blocks: Sequence[int]):
+    blocks = list(blocks)
+    return lambda: pruned(model, granularity, blocks)
+
+
+def quality_over_k(loaded: Model, held_out_ids, orders: Mapping[str, Orders],
                    granularity: Granularity, ks: Sequence[int], *, batch_size: int = 4,
                    progress: Progress | None = None) -> list[dict]:
     """Perplexity, KL and top-1 agreement after pruning the first K blocks of each order,
     side by side for every K (the unpruned model runs once per batch as the reference).
-    A K larger than the shortest order is left out rather than failing the whole curve."""
-    limit = min(len(o) for o in orders.values())
+    An order may also be {K: prune set} (`Decision.prune_sets()`), for criteria whose sets
+    are not nested. A K that some criterion does not decide (larger than the shortest
+    order) is left out rather than failing the whole curve."""
+    limit = min(max(o) if isinstance(o, Mapping) else len(o) for o in orders.values())
     ks = [k for k in ks if k <= limit]
 
     def step(done: int, total: int) -> None:
         if progress is not None:
             progress(done / max(total, 1), f"evaluated batch {done} of {total}")
 
-    orders = {c: list(o) for c, o in orders.items()}
+    orders = {c: (dict(o) if isinstance(o, Mapping) else list(o)) for c, o in orders.items()}
     with MODEL_LOCK:
         if isinstance(loaded, StreamedModel):
             return stream_quality_curves(loaded.spec, held_out_ids, granularity, orders, list(ks),

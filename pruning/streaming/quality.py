@@ -29,6 +29,7 @@ from analysis.streaming.sources import TensorSource
 from pruning.evaluate import (
     UNPRUNED,
     EvaluationError,
+    Orders,
     Quality,
     QualitySums,
     checked_input_ids,
@@ -167,7 +168,7 @@ def stream_quality_curves(
     source: str | Path | TensorSource,
     input_ids: torch.Tensor,
     granularity: str,
-    orders: Mapping[str, Sequence[int]],
+    orders: Mapping[str, Orders],
     ks: Sequence[int],
     **kw,
 ) -> list[dict]:

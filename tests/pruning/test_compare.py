@@ -109,3 +109,21 @@ def test_agreement_matrix_errors():
         agreement_matrix({"x": [1, 1]})
     with pytest.raises(RankingError, match="negative"):
         agreement_matrix({"x": [-1]})
+
+
+def test_criteria_table_compares_every_pair_of_criteria_at_k():
+    from pruning.compare import criteria_table
+    from pruning.decision import decide
+    from pruning.stages import plan_stages
+    from tests.profiles import make_profile
+
+    plan = plan_stages(6, policy="manual", s_start=1)  # prunable 1..4
+    p = make_profile(6, cosine={"layer": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]})
+    ds = {c: decide(p, "layer", c, 0, plan) for c in ("cosine", "reverse", "angular_span")}
+    t = criteria_table(ds, 2)
+    assert t["prune_sets"] == {"cosine": [1, 2], "reverse": [3, 4], "angular_span": [1, 2]}
+    assert t["overlap"] == [[2, 0, 2], [0, 2, 0], [2, 0, 2]]
+    assert t["kendall_tau"][0][1] == -1.0 and t["kendall_tau"][0][0] == 1.0
+    assert t["jaccard"][1][2] == 0.0
+    with pytest.raises(RankingError, match="between 0 and 4"):
+        criteria_table(ds, 5)

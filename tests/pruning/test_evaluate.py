@@ -221,3 +221,14 @@ def test_quality_curves_bad_input(llama, granularity, orders, ks, match):
 
 
 # ---------------------------------------------------------------------------- speed
+
+
+def test_plan_curves_takes_prune_sets_per_k_for_criteria_whose_sets_are_not_nested():
+    from pruning.evaluate import plan_curves
+    variants, plan = plan_curves("layer", {"span": {0: [], 1: [2], 2: [0, 1]}, "knn": [2, 0]},
+                                 [1, 2], lambda blocks: sorted(blocks))
+    assert variants == {"layer:2": [2], "layer:0,1": [0, 1], "layer:0,2": [0, 2]}
+    assert plan == [("span", 0, "unpruned"), ("span", 1, "layer:2"), ("span", 2, "layer:0,1"),
+                    ("knn", 0, "unpruned"), ("knn", 1, "layer:2"), ("knn", 2, "layer:0,2")]
+    with pytest.raises(EvaluationError, match="'span' has no prune set for K=3"):
+        plan_curves("layer", {"span": {1: [2]}}, [3], lambda b: b)

@@ -75,3 +75,45 @@ def test_end_to_end_from_profile():
     order = prune_order(p.scores("layer", "knn"), plan)
     assert order == [4, 3, 2]
     assert prune_set(order, 2) == [4, 3]
+
+
+def test_criteria_lists_expand_random_and_all_and_refuse_unknown_names():
+    from pruning.ranking import CRITERIA, expand_criteria
+    assert expand_criteria("knn, random,cosine,knn") == [
+        "knn", "random:0", "random:1", "random:2", "cosine"]
+    assert expand_criteria(["random:42", "reverse"]) == ["random:42", "reverse"]
+    assert expand_criteria("all") == list(CRITERIA)
+    with pytest.raises(RankingError, match="criterion must be one of .*ppl_greedy.*got 'kn'"):
+        expand_criteria("kn")
+    with pytest.raises(RankingError, match="random:<seed>.*got 'random:x'"):
+        expand_criteria("random:x")
+    with pytest.raises(RankingError, match="empty"):
+        expand_criteria(" , ")
+
+
+def test_reverse_scores_put_the_last_prunable_block_first():
+    from pruning.ranking import reverse_scores
+    plan = plan_stages(8, policy="manual", s_start=2)  # prunable 2..6
+    assert prune_order(reverse_scores(8), plan) == [6, 5, 4, 3, 2]
+
+
+def test_random_orders_depend_on_the_seed_only_and_cover_the_prunable_blocks():
+    from pruning.ranking import random_scores
+    plan = plan_stages(12, policy="manual", s_start=1)
+    orders = {s: prune_order(random_scores(12, s), plan) for s in (0, 1, 2)}
+    assert all(sorted(o) == list(plan.prunable) for o in orders.values())
+    assert orders[0] == prune_order(random_scores(12, 0), plan)
+    assert len({tuple(o) for o in orders.values()}) == 3
+    # numpy's PCG64 stream is fixed across platforms: the same seed, the same permutation.
+    assert random_scores(5, 0) == [float(v) for v in np.random.default_rng(0).permutation(5)]
+
+
+def test_best_span_takes_the_smallest_distance_among_spans_inside_the_prunable_blocks():
+    from pruning.ranking import best_span
+    plan = plan_stages(6, policy="manual", s_start=1)  # prunable 1..4
+    # n = 2: spans start at l = 0..4; l = 0 and l = 4 leave the prunable blocks.
+    distances = [0.0, 0.5, 0.3, float("nan"), 0.1]
+    assert best_span(distances, plan, 2) == (2, 3)
+    assert best_span([0.2, 0.2, 0.2, 0.9, 0.9], plan, 2) == (1, 2)  # tie: smallest l
+    assert best_span([0.1, 0.2], plan, 5) is None
+    assert best_span([], plan, 0) == ()
