@@ -24,7 +24,7 @@ def profile_json(num_layers: int, *, curve=None, delta_h=None, cosine=None, angu
         blocks[g]["angular"] = [float(v) for v in (angular or {}).get(g, blocks[g]["cosine"])]
     if spans is None:
         one = blocks["layer"]["angular"]
-        spans = [[n * one[l] for l in range(num_layers - n + 1)]
+        spans = [[n * one[s] for s in range(num_layers - n + 1)]
                  for n in range(1, min(num_layers, 16) + 1)]
     return {
         "schema_version": SCHEMA_VERSION,

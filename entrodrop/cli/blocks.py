@@ -20,6 +20,7 @@ from entrodrop.cli.common import (
     add_calibration_args,
     add_decision_args,
     add_estimator_args,
+    add_greedy_args,
     add_model_args,
     analysis_request,
     calibration_settings,
@@ -30,8 +31,10 @@ from entrodrop.cli.common import (
     report_messages,
     write_json,
 )
+from pruning.compare import criteria_table
 from pruning.decision import Decision
-from pruning.ranking import BASELINE
+from pruning.greedy import GreedyResult
+from pruning.ranking import BASELINE, GREEDY, SPAN, expand_criteria
 from pruning.stages import StagePlan
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
@@ -56,14 +59,56 @@ def plan_of(a: argparse.Namespace, profile: Profile) -> StagePlan:
                               allow_last=a.allow_last, stage_estimator=a.stage_estimator)
 
 
-def decision_of(a: argparse.Namespace, profile: Profile, plan: StagePlan) -> Decision:
-    return service.decision(profile, a.granularity, a.criterion, a.k, plan)
+def greedy_of(a: argparse.Namespace, plan: StagePlan, granularity: str,
+              loaded: service.Model | None = None) -> GreedyResult:
+    """The perplexity-greedy search for `granularity` under `plan`, run once per command
+    on the first --greedy-windows calibration windows (it loads the model if needed)."""
+    found = a.__dict__.setdefault("_greedy", {})
+    if granularity not in found:
+        if loaded is None:
+            loaded = getattr(a, "_loaded", None) or load(a)
+        a._loaded = loaded  # one load per command, whichever granularity asks first
+        ids = service.selection_windows(calibration_settings(a, a.calibration), loaded,
+                                        a.greedy_windows)
+        cost = service.greedy_estimate(plan, a.greedy_steps)
+        if not a.quiet:
+            print(f"ppl_greedy ({granularity}): {cost['steps']} steps over "
+                  f"{cost['candidates']} blocks = {cost['variant_passes']} variant passes over "
+                  f"{ids.shape[0]}x{ids.shape[1]} calibration tokens", file=sys.stderr)
+        progress = ProgressBar(a.quiet)
+        found[granularity] = service.greedy_search(loaded, ids, granularity, plan,
+                                                   steps=a.greedy_steps,
+                                                   batch_size=a.batch_size, progress=progress)
+        progress.done()
+    return found[granularity]
+
+
+def decision_for(a: argparse.Namespace, profile: Profile, plan: StagePlan, granularity: str,
+                 criterion: str, k: int, loaded: service.Model | None = None) -> Decision:
+    """Any criterion's decision; ppl_greedy runs its search first."""
+    greedy = greedy_of(a, plan, granularity, loaded) if criterion == GREEDY else None
+    return service.decision(profile, granularity, criterion, k, plan, greedy=greedy)
+
+
+def decision_of(a: argparse.Namespace, profile: Profile, plan: StagePlan,
+                loaded: service.Model | None = None) -> Decision:
+    return decision_for(a, profile, plan, a.granularity, a.criterion, a.k, loaded)
 
 
 def cmd_prune_list(a: argparse.Namespace) -> int:
     profile = profile_of(a)
-    d = decision_of(a, profile, plan_of(a, profile))
-    out = {**d.to_json(), RANK_STRING_KEY: d.rank_string(), "prunable": list(d.plan.prunable)}
+    plan = plan_of(a, profile)
+    if a.criteria:
+        criteria = expand_criteria(a.criteria)
+        decisions = {c: decision_for(a, profile, plan, a.granularity, c, a.k) for c in criteria}
+        out = {"granularity": a.granularity, "k": a.k, "s_start": plan.s_start,
+               "policy": plan.policy, "prunable": list(plan.prunable),
+               "decisions": {c: {**d.to_json(), RANK_STRING_KEY: d.rank_string()}
+                             for c, d in decisions.items()},
+               "comparison": criteria_table(decisions, a.k)}
+    else:
+        d = decision_of(a, profile, plan)
+        out = {**d.to_json(), RANK_STRING_KEY: d.rank_string(), "prunable": list(d.plan.prunable)}
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0
@@ -104,7 +149,7 @@ def _unpruned_figures(a: argparse.Namespace, loaded: service.Model, ids) -> dict
 def _pruned_figures(a: argparse.Namespace, loaded: service.Model, ids, d: Decision) -> dict:
     blocks = list(d.blocks)
     q = service.quality_of(loaded, ids, a.granularity, blocks, batch_size=a.batch_size)
-    line = (f"{a.granularity}/{a.criterion} K={a.k} blocks {blocks}: perplexity "
+    line = (f"{a.granularity}/{d.criterion} K={a.k} blocks {blocks}: perplexity "
             f"{q['perplexity']:.3f}, KL {q['kl']:.4f}, top-1 {q['top1']:.3f}")
     if isinstance(loaded, service.StreamedModel):
         # Timing decode steps would re-read every layer per token: speed needs the model.
@@ -121,17 +166,28 @@ def _pruned_figures(a: argparse.Namespace, loaded: service.Model, ids, d: Decisi
 
 
 def _k_curves(a: argparse.Namespace, loaded: service.Model, ids, profile: Profile,
-              plan: StagePlan, ks: list[int]) -> list[dict]:
-    criteria = a.criteria.split(",")
+              plan: StagePlan, ks: list[int], details: dict) -> list[dict]:
+    criteria = expand_criteria(a.criteria)
     rows = []
     for g in a.curve_granularities.split(","):
-        orders = {c: service.decision(profile, g, c, 0, plan).order for c in criteria}
+        if g not in GRANULARITIES:
+            raise CLIError(f"--curve-granularities takes {' and '.join(GRANULARITIES)}; got {g!r}")
+        used = [c for c in criteria if not (c == SPAN and g != "layer")]
+        if len(used) < len(criteria) and not a.quiet:
+            print(f"note: {SPAN} is defined for layer blocks only; left out of the {g} curves",
+                  file=sys.stderr)
+        if not used:
+            continue
+        decisions = {c: decision_for(a, profile, plan, g, c, 0, loaded) for c in used}
+        details[g] = {c: d.details for c, d in decisions.items() if d.details}
+        orders = {c: d.prune_sets() for c, d in decisions.items()}
         for row in service.quality_over_k(loaded, ids, orders, g, ks, batch_size=a.batch_size):
             rows.append({"granularity": g, **row})
-    print(f"{'gran':5} {'criterion':9} {'K':>3} {'perplexity':>11} {'KL':>8} {'top-1':>6}")
+    print(f"{'gran':5} {'criterion':13} {'K':>3} {'perplexity':>11} {'KL':>8} {'top-1':>6}")
     for r in rows:
-        print(f"{r['granularity']:5} {r['criterion']:9} {r['k']:>3} {r['perplexity']:>11.3f} "
-              f"{r['kl']:>8.4f} {r['top1']:>6.3f}")
+        print(f"{r['granularity']:5} {r['criterion']:13} {r['k']:>3} "
+              f"{_num(r['perplexity'], '>11.3f'):>11} {_num(r['kl'], '>8.4f'):>8} "
+              f"{_num(r['top1'], '>6.3f'):>6}")
     return rows
 
 
@@ -160,13 +216,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     loaded = load(a)
     ids = service.held_out_windows(calibration_settings(a, a.calibration), loaded, a.held_out)
     report = _unpruned_figures(a, loaded, ids)
+    if ks is not None:
+        expand_criteria(a.criteria)  # a bad name fails before the analysis
     if ks is not None or a.k is not None:
         profile = profile_of(a)
         plan = plan_of(a, profile)
     if a.k is not None:
-        report["pruned"] = _pruned_figures(a, loaded, ids, decision_of(a, profile, plan))
+        d = decision_of(a, profile, plan, loaded)
+        report["pruned"] = {**_pruned_figures(a, loaded, ids, d), "criterion": d.criterion,
+                            "criterion_details": d.details}
     if ks is not None:
-        report["curves"] = _k_curves(a, loaded, ids, profile, plan, ks)
+        details: dict = {}
+        report["curves"] = _k_curves(a, loaded, ids, profile, plan, ks, details)
+        report["criteria_details"] = details
     if ratios is not None:
         report["width_curves"] = _width_curves(a, loaded, ids, ratios)
     if a.out:
@@ -177,8 +239,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     service.check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
     profile = profile_of(a)
-    d = decision_of(a, profile, plan_of(a, profile))
-    loaded = load(a)
+    # A profile-decided criterion is checked (e.g. K) before the model loads.
+    loaded = load(a) if a.criterion == GREEDY else None
+    d = decision_of(a, profile, plan_of(a, profile), loaded)
+    loaded = loaded or load(a)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
                                 progress=progress)
@@ -192,11 +256,16 @@ def _add_profile_args(p: argparse.ArgumentParser, with_k: bool = True) -> None:
     add_calibration_args(p, multiple=False)
     add_estimator_args(p)
     add_decision_args(p, with_k=with_k)
+    add_greedy_args(p)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune-list", help="the ranked prune order and the first K blocks")
     _add_profile_args(p)
+    p.add_argument("--criteria", default=None,
+                   help="several criteria side by side (comma-separated; 'random' = "
+                        "random:0,1,2, 'all' = every one): each order and prune set, and the "
+                        "overlap, Jaccard and Kendall tau of every pair at --k")
     p.set_defaults(func=cmd_prune_list)
 
     p = sub.add_parser("export", help="export the pruned model as a checkpoint")
@@ -215,7 +284,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help=argparse.SUPPRESS)
     p.add_argument("--ks", default=None, help="quality curves over these K, e.g. 0..8")
     p.add_argument("--criteria", default=f"{DEFAULT_CRITERION},{BASELINE}",
-                   help="orders to compare in the curves")
+                   help="criteria compared in the curves (comma-separated; 'random' = "
+                        "random:0,1,2, 'all' = every one; ppl_greedy runs its search first)")
     p.add_argument("--curve-granularities", default=",".join(GRANULARITIES))
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help="timing repeats for the speed ratios")

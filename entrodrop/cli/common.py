@@ -55,7 +55,7 @@ from analysis.settings import (
     default_seqlen,
 )
 from entrodrop import service
-from pruning.ranking import CRITERIA, Criterion
+from pruning.ranking import CRITERIA, Criterion, RankingError, check_criterion
 from pruning.stages import STAGE_POLICIES
 from pruning.width import KeepMode
 
@@ -67,6 +67,9 @@ EXIT_INTERRUPTED = 130
 DEFAULT_GRANULARITY: Granularity = "attn"
 DEFAULT_CRITERION: Criterion = "knn"
 DEFAULT_K = 4
+DEFAULT_GREEDY_WINDOWS = 8
+"""Calibration windows a perplexity-greedy search selects on: each of its C(C+1)/2 variant
+passes runs over all of them."""
 KEEP_MODES: tuple[KeepMode, ...] = get_args(KeepMode)
 DEFAULT_KEEP_MODE: KeepMode = "per_layer"
 """Width pruning keeps int(ratio * hidden_size) neurons per layer (SPEC, official code)."""
@@ -158,9 +161,29 @@ def add_estimator_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write cache/profiles")
 
 
+def criterion_arg(text: str) -> Criterion:
+    """argparse type of --criterion: any criterion name, random:<seed> included."""
+    try:
+        return check_criterion(text)
+    except RankingError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_greedy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--greedy-windows", type=int, default=DEFAULT_GREEDY_WINDOWS,
+                   help="calibration windows the ppl_greedy search selects on (the first N "
+                        "of --calibration; held-out windows stay unseen)")
+    p.add_argument("--greedy-steps", type=int, default=None,
+                   help="blocks the ppl_greedy search removes (default: every prunable block; "
+                        "a search of S steps over C blocks costs sum C-s passes)")
+
+
 def add_decision_args(p: argparse.ArgumentParser, with_k: bool = True) -> None:
     p.add_argument("--granularity", choices=GRANULARITIES, default=DEFAULT_GRANULARITY)
-    p.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION)
+    p.add_argument("--criterion", type=criterion_arg, default=DEFAULT_CRITERION,
+                   metavar="CRITERION",
+                   help=f"what orders the blocks: {', '.join(CRITERIA)} or random:<seed> "
+                        "(ppl_greedy runs a perplexity-greedy search on the model)")
     if with_k:
         p.add_argument("--k", type=int, default=DEFAULT_K, help="number of blocks to prune")
     p.add_argument("--policy", choices=STAGE_POLICIES, default=None,

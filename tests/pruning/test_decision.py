@@ -80,7 +80,7 @@ def test_angular_span_at_attn_says_why_it_is_layer_only_and_angular_works_there(
 
 
 def test_angular_span_stops_at_the_longest_span_the_profile_holds():
-    spans = [[0.1 * (l + 1) for l in range(L - n + 1)] for n in range(1, 3)]  # n = 1, 2 only
+    spans = [[0.1 * (start + 1) for start in range(L - n + 1)] for n in range(1, 3)]  # n = 1, 2 only
     p = make_profile(L, spans=spans)
     plan = plan_stages(L, policy="manual", s_start=1)
     d = decide(p, "layer", "angular_span", 2, plan)

@@ -84,3 +84,56 @@ def test_evaluate_width_curves(tiny_llama_dir, cache, tmp_path):
     for x in rows[1:]:
         if x["ratio"] == 1.0:  # keeping every neuron changes nothing
             assert x["kl"] == pytest.approx(0.0, abs=1e-6) and x["top1"] == 1.0
+
+
+def test_prune_list_compares_several_criteria_with_overlaps_and_kendall_tau(tiny_llama_dir, cache):
+    r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--granularity", "layer", "--criteria", "cosine,angular_span,reverse,random",
+                 "--k", "2", "--policy", "manual", "--s-start", "1", "--allow-last"], cache)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    names = ["cosine", "angular_span", "reverse", "random:0", "random:1", "random:2"]
+    assert list(out["decisions"]) == names == out["comparison"]["criteria"]
+    assert out["decisions"]["reverse"]["blocks"] == [3, 2]
+    assert out["decisions"]["random:1"]["criterion_details"]["seed"] == 1
+    span = out["decisions"]["angular_span"]["blocks"]
+    assert sorted(span) in ([1, 2], [2, 3])  # two consecutive prunable layers
+    assert [row[i] for i, row in enumerate(out["comparison"]["overlap"])] == [2] * 6
+    assert out["comparison"]["kendall_tau"][2][2] == 1.0
+
+
+def test_prune_list_refuses_an_unknown_criterion_and_span_at_attn_in_one_line(tiny_llama_dir, cache):
+    r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--criterion", "entropy"], cache)
+    assert r.returncode == 2 and "criterion must be one of" in r.stderr
+    r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--granularity", "attn", "--criterion", "angular_span"], cache)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "layer blocks only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_curves_and_export_with_the_perplexity_greedy_criterion(tiny_llama_dir, cache, tmp_path):
+    out = tmp_path / "eval.json"
+    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS, "--held-out", "2",
+                 "--policy", "manual", "--s-start", "1", "--ks", "0..2", "--repeats", "1",
+                 "--criteria", "ppl_greedy,angular_span,random:5", "--greedy-windows", "2",
+                 "--greedy-steps", "2", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    got = {(row["granularity"], row["criterion"], row["k"]) for row in data["curves"]}
+    assert got == {("layer", c, k) for c in ("ppl_greedy", "angular_span", "random:5")
+                   for k in (0, 1, 2)} | {("attn", c, k) for c in ("ppl_greedy", "random:5")
+                                           for k in (0, 1, 2)}
+    search = data["criteria_details"]["layer"]["ppl_greedy"]["search"]
+    assert len(search["order"]) == 2 and search["windows"] == [2, 16]
+    assert data["criteria_details"]["attn"]["random:5"]["seed"] == 5
+
+    target = tmp_path / "greedy-export"
+    r = run_cli(["--quiet", "export", "--model", str(tiny_llama_dir), *ANALYSIS, "--granularity",
+                 "layer", "--criterion", "ppl_greedy", "--k", "1", "--policy", "manual",
+                 "--s-start", "1", "--greedy-windows", "2", "--greedy-steps", "1",
+                 "--out", str(target)], cache)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((target / "entrodrop.json").read_text())
+    assert manifest["criterion"] == "ppl_greedy"
+    assert manifest["pruned_blocks"] == manifest["criterion_details"]["search"]["order"]
