@@ -18,6 +18,7 @@ from analysis.settings import GRANULARITIES
 from app import charts
 from app.logic.prune_view import PruneView, build_view, ranking_rows, view_to_json
 from app.logic.runs import calibration_matrix, robustness, run_label, views_for_runs
+from pruning.decision import criterion_scores
 from pruning.manifest import RANK_STRING_NOTE
 
 
@@ -59,7 +60,7 @@ def figures(snap: Mapping) -> list[tuple[str, object, str]]:
         other[gran] = build_view(profile, **{**settings, "granularity": gran,
                                              "k": min(view.k, view.max_k)}).pruned
     out.append(("Score per block", charts.delta_h_figure(
-        {g: profile.scores(g, view.criterion) for g in GRANULARITIES}, other,
+        {g: criterion_scores(profile, g, view.criterion) for g in GRANULARITIES}, other,
         view.criterion, view.plan.s_start, view.plan.frozen),
         "dH_i = H(Y_i) - H(X_i) per block; the lowest are pruned first."))
     out.append(("Attention-sink diagnostic", charts.sink_figure(

@@ -11,7 +11,7 @@ from app import state
 from app.logic.prune_view import build_view
 from app.logic.runs import run_label
 from entrodrop import service
-from pruning.ranking import CRITERIA
+from pruning.ranking import PROFILE_CRITERIA, RANDOM_SEEDS
 from pruning.stages import STAGE_POLICIES, max_k
 
 CRITERION_LABELS = {
@@ -19,6 +19,10 @@ CRITERION_LABELS = {
     "bucket": "bucket entropy (histogram)",
     "renyi": "Renyi entropy",
     "cosine": "cosine (ShortGPT / LLMDrop)",
+    "angular": "angular distance, one block (Gromov et al.)",
+    "angular_span": "angular distance, best span of K layers (Gromov et al.)",
+    "reverse": "reverse order (last blocks first)",
+    **{f"random:{seed}": f"random order, seed {seed} (control)" for seed in RANDOM_SEEDS},
 }
 POLICY_LABELS = {
     "auto": "auto (minimum of H in the first half)",
@@ -65,7 +69,8 @@ def _pruning_controls(runs: list[Profile]) -> None:
     st.selectbox("Granularity", GRANULARITIES, key="granularity", persist_state="session",
                  help="layer: remove whole decoder layers. attn: make the attention sub-block "
                       "the identity and keep the MLP.")
-    st.selectbox("Criterion", CRITERIA, key="criterion", persist_state="session",
+    # ppl_greedy needs the model and minutes of search: the CLI runs it (`--criteria`).
+    st.selectbox("Criterion", PROFILE_CRITERIA, key="criterion", persist_state="session",
                  format_func=CRITERION_LABELS.get,
                  help="The order is compared with the cosine baseline on the Prune list page.")
     st.radio("S_start policy", STAGE_POLICIES, key="stage_policy", persist_state="session",

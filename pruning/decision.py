@@ -32,10 +32,10 @@ from pruning.rankstring import order_to_rank_string
 from pruning.stages import StagePlan
 
 SPAN_AT_ATTN = (
-    "angular_span is defined for layer blocks only: removing a span of attention "
-    "sub-blocks keeps the MLPs between them, so the distance between the residual stream "
-    "before and after the span does not measure what the removal takes out. At attn, use "
-    "angular (the angular distance across one attention sub-block)")
+    "at attn, angular_span takes spans of one attention sub-block, so its order is the "
+    "angular one: removing several attention sub-blocks keeps the MLPs between them, and "
+    "the distance between the residual stream before and after such a span does not "
+    "measure what the removal takes out")
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,13 @@ class Decision:
 def criterion_scores(profile: Profile, granularity: Granularity, criterion: Criterion, *,
                      greedy: GreedyResult | None = None) -> list[float]:
     """Per-block scores (length L, lower pruned first) of any criterion. angular_span's
-    per-block score is the one-block angular distance (its spans are in `decide`)."""
+    per-block score is the one-block angular distance (its spans are in `decide`; at attn
+    a span is one attention sub-block, see SPAN_AT_ATTN)."""
     criterion = check_criterion(criterion)
     L = profile.num_layers
     if criterion in SCORES:
         return profile.scores(granularity, criterion)
     if criterion == SPAN:
-        if granularity != "layer":
-            raise RankingError(SPAN_AT_ATTN)
         return profile.scores(granularity, "angular")
     if criterion == REVERSE:
         return reverse_scores(L)
@@ -156,6 +155,9 @@ def decide(profile: Profile, granularity: Granularity, criterion: Criterion, k: 
         d = Decision(granularity, criterion, 0, plan, tuple(scores), tuple(order), (),
                      limit=greedy.steps, details=details)
         return d.with_k(k)
+    if criterion == SPAN and granularity != "layer":
+        return Decision(granularity, criterion, k, plan, tuple(scores), tuple(order),
+                        tuple(prune_set(order, k)), details={"note": SPAN_AT_ATTN})
     if criterion == SPAN:
         sets: list[tuple[int, ...]] = []
         for n in range(min(len(plan.prunable), len(profile.angular_spans)) + 1):

@@ -86,14 +86,14 @@ def calibration_matrix(runs: Sequence[Profile], *, granularity: Granularity,
     in that run's pruning order (frozen blocks: None).
     """
     matrix = []
-    for run, view in zip(runs, views, strict=True):
+    for _run, view in zip(runs, views, strict=True):
         if mode == "rank":
             rank = {b: r for r, b in enumerate(view.order)}
             matrix.append([rank.get(b) for b in range(view.plan.num_layers)])
             continue
         # Only the candidates are scaled: frozen and Stage-1 blocks are never pruned, and
         # their (often extreme) scores would squash the colours of the blocks that are.
-        values = run.scores(granularity, criterion)
+        values = list(view.scores)  # the criterion's scores, whichever criterion it is
         candidates = set(view.plan.prunable)
         finite = [v for b, v in enumerate(values) if b in candidates and math.isfinite(v)]
         lo, hi = (min(finite), max(finite)) if finite else (0.0, 1.0)

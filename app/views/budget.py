@@ -27,9 +27,11 @@ st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="bu
                 persist_state="session")
 st.caption(f"K values: {ks}. Computed once per profile and settings, then cached.")
 cal = record.request.calibrations[index]
-budget_key = json_key(profile_fingerprint(profile), view.granularity, view.order,
-                      view.baseline_order, ks, int(ss["budget_held_out"]),
-                      record.request.model, cal)
+# Prune sets per K, not one order: angular_span's best span of K layers is not nested in K+1's.
+orders = {view.criterion: view.decision.prune_sets(),
+          view.baseline: view.baseline_decision.prune_sets()}
+budget_key = json_key(profile_fingerprint(profile), view.granularity, orders,
+                      ks, int(ss["budget_held_out"]), record.request.model, cal)
 rows = state.cache_lookup("budget", budget_key)
 if st.button("Compute quality curves", key="run_budget", type="primary",
              icon=":material/query_stats:"):
@@ -39,7 +41,6 @@ if st.button("Compute quality curves", key="run_budget", type="primary",
 
         def compute():
             ids = service.held_out_windows(cal, loaded, int(ss["budget_held_out"]))
-            orders = {view.criterion: view.order, view.baseline: view.baseline_order}
             return service.quality_over_k(loaded, ids, orders, view.granularity, ks,
                                           batch_size=int(ss["est_batch_size"]),
                                           progress=update)

@@ -8,6 +8,7 @@ from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import charts, state
 from app.logic.prune_view import build_view
 from app.logic.runs import json_key, profile_fingerprint
+from pruning.decision import criterion_scores
 
 ss = st.session_state
 st.title("Entropy dynamics")
@@ -75,7 +76,7 @@ for gran in GRANULARITIES:
         profile, **{**state.view_settings(), "granularity": gran})
     other[gran] = other_view.pruned
 st.plotly_chart(charts.delta_h_figure(
-    {g: profile.scores(g, view.criterion) for g in GRANULARITIES}, other,
+    {g: criterion_scores(profile, g, view.criterion) for g in GRANULARITIES}, other,
     view.criterion, view.plan.s_start, view.plan.frozen), key="dh_chart", width="stretch")
 with st.expander("What you are seeing", icon=":material/school:"):
     st.markdown(

@@ -34,7 +34,7 @@ from entrodrop.cli.common import (
 from pruning.compare import criteria_table
 from pruning.decision import Decision
 from pruning.greedy import GreedyResult
-from pruning.ranking import BASELINE, GREEDY, SPAN, expand_criteria
+from pruning.ranking import BASELINE, GREEDY, expand_criteria
 from pruning.stages import StagePlan
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
@@ -172,13 +172,7 @@ def _k_curves(a: argparse.Namespace, loaded: service.Model, ids, profile: Profil
     for g in a.curve_granularities.split(","):
         if g not in GRANULARITIES:
             raise CLIError(f"--curve-granularities takes {' and '.join(GRANULARITIES)}; got {g!r}")
-        used = [c for c in criteria if not (c == SPAN and g != "layer")]
-        if len(used) < len(criteria) and not a.quiet:
-            print(f"note: {SPAN} is defined for layer blocks only; left out of the {g} curves",
-                  file=sys.stderr)
-        if not used:
-            continue
-        decisions = {c: decision_for(a, profile, plan, g, c, 0, loaded) for c in used}
+        decisions = {c: decision_for(a, profile, plan, g, c, 0, loaded) for c in criteria}
         details[g] = {c: d.details for c, d in decisions.items() if d.details}
         orders = {c: d.prune_sets() for c, d in decisions.items()}
         for row in service.quality_over_k(loaded, ids, orders, g, ks, batch_size=a.batch_size):

@@ -163,3 +163,29 @@ def test_unusable_curve_gives_error_in_sidebar_and_pages_stay_usable(ui):
     at.radio(key="stage_policy").set_value("reference").run()
     ui.assert_clean(at)
     assert at.session_state["_view"].plan.frozen == (0, 1, NUM_LAYERS - 1)
+
+
+def test_every_profile_criterion_is_offered_and_ranks_renders_and_budgets(ui):
+    from pruning.ranking import PROFILE_CRITERIA
+    at = ui.analysed(seed=15)
+    profile = at.session_state["analysis"].runs[0]
+    at.switch_page("views/prune_list.py").run()
+    assert list(at.selectbox(key="criterion").options) == [
+        at.selectbox(key="criterion").format_func(c) for c in PROFILE_CRITERIA]
+    at.selectbox(key="granularity").set_value("layer").run()
+    for criterion in ("angular", "reverse", "random:1", "angular_span"):
+        at.switch_page("views/prune_list.py").run()
+        at.selectbox(key="criterion").set_value(criterion).run()
+        ui.assert_clean(at)
+        view = at.session_state["_view"]
+        expected = build_view(profile, granularity="layer", criterion=criterion, policy="auto",
+                              s_start=None, allow_last=False, k=view.k)
+        assert view.criterion == criterion and view.order == expected.order
+        for page in ("dynamics", "heatmap"):
+            at.switch_page(f"views/{page}.py").run()
+            ui.assert_clean(at)
+    at.switch_page("views/budget.py").run()
+    at.button(key="run_budget").click().run()
+    ui.assert_clean(at)
+    rows = at.session_state["budget_result"]["rows"]
+    assert {r["criterion"] for r in rows} == {"angular_span", "cosine"}

@@ -72,11 +72,12 @@ def test_angular_span_prunes_the_best_span_of_k_layers_and_orders_the_rest_by_an
     assert decide(p, "layer", "angular", 2, plan).blocks == (2, 4)  # per block: 0.1, 0.3
 
 
-def test_angular_span_at_attn_says_why_it_is_layer_only_and_angular_works_there():
+def test_angular_span_at_attn_is_the_one_block_angular_order_and_says_why():
     plan = plan_stages(L, policy="manual", s_start=1)
-    with pytest.raises(RankingError, match="layer blocks only.*MLPs between them.*use angular"):
-        decide(_span_profile(), "attn", "angular_span", 1, plan)
-    assert decide(_span_profile(), "attn", "angular", 2, plan).blocks == (4, 3)
+    span = decide(_span_profile(), "attn", "angular_span", 2, plan)
+    angular = decide(_span_profile(), "attn", "angular", 2, plan)
+    assert span.order == angular.order == (4, 3, 2, 1) and span.blocks == (4, 3)
+    assert "MLPs between them" in span.details["note"] and span.sets is None
 
 
 def test_angular_span_stops_at_the_longest_span_the_profile_holds():

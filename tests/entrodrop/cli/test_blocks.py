@@ -102,14 +102,16 @@ def test_prune_list_compares_several_criteria_with_overlaps_and_kendall_tau(tiny
     assert out["comparison"]["kendall_tau"][2][2] == 1.0
 
 
-def test_prune_list_refuses_an_unknown_criterion_and_span_at_attn_in_one_line(tiny_llama_dir, cache):
+def test_prune_list_refuses_an_unknown_criterion_and_a_k_past_the_greedy_steps(tiny_llama_dir, cache):
     r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS,
                  "--criterion", "entropy"], cache)
     assert r.returncode == 2 and "criterion must be one of" in r.stderr
     r = run_cli(["--quiet", "prune-list", "--model", str(tiny_llama_dir), *ANALYSIS,
-                 "--granularity", "attn", "--criterion", "angular_span"], cache)
+                 "--criterion", "ppl_greedy", "--greedy-steps", "1", "--greedy-windows", "1",
+                 "--k", "2", "--policy", "manual", "--s-start", "1"], cache)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "layer blocks only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "largest K that ppl_greedy decides" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_evaluate_curves_and_export_with_the_perplexity_greedy_criterion(tiny_llama_dir, cache, tmp_path):
@@ -121,9 +123,8 @@ def test_evaluate_curves_and_export_with_the_perplexity_greedy_criterion(tiny_ll
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     got = {(row["granularity"], row["criterion"], row["k"]) for row in data["curves"]}
-    assert got == {("layer", c, k) for c in ("ppl_greedy", "angular_span", "random:5")
-                   for k in (0, 1, 2)} | {("attn", c, k) for c in ("ppl_greedy", "random:5")
-                                           for k in (0, 1, 2)}
+    assert got == {(g, c, k) for g in ("layer", "attn")
+                   for c in ("ppl_greedy", "angular_span", "random:5") for k in (0, 1, 2)}
     search = data["criteria_details"]["layer"]["ppl_greedy"]["search"]
     assert len(search["order"]) == 2 and search["windows"] == [2, 16]
     assert data["criteria_details"]["attn"]["random:5"]["seed"] == 5
