@@ -41,6 +41,10 @@ def _assert_same_profile(stream, memory):
             _close(stream.scores(g, e), memory.scores(g, e))
     for g in ("layer", "attn"):
         _close(stream.scores(g, "cosine"), memory.scores(g, "cosine"))
+        _close(stream.scores(g, "angular"), memory.scores(g, "angular"))
+    assert len(stream.angular_spans) == len(memory.angular_spans) == min(stream.num_layers, 16)
+    for row_s, row_m in zip(stream.angular_spans, memory.angular_spans, strict=True):
+        _close(row_s, row_m)
     assert stream.s_start == memory.s_start
 
 
@@ -115,3 +119,22 @@ def test_tied_embeddings_are_counted_once_in_a_streamed_model(tmp_path):
     streamed = service.load(ModelSettings(str(tmp_path / "tied"), device="cpu", load="stream"))
     assert (service.model_summary(streamed)["parameters"]
             == service.model_summary(memory)["parameters"])
+
+
+def test_greedy_search_on_a_streamed_model_equals_the_loaded_model(tiny_llama_dir):
+    from pruning.stages import plan_stages
+    cal = CalibrationSettings("builtin:random", 4, 16)
+    plan = plan_stages(4, policy="manual", s_start=1, allow_last=True)
+    found = {}
+    for load in ("memory", "stream"):
+        loaded = service.load(ModelSettings(str(tiny_llama_dir), device="cpu", load=load))
+        ids = service.selection_windows(cal, loaded, 2)
+        messages = []
+        found[load] = service.greedy_search(loaded, ids, "attn", plan, steps=2,
+                                            progress=lambda f, m: messages.append(m))
+        assert any("s left" in m for m in messages)
+    assert found["stream"].order == found["memory"].order
+    for a, b in zip(found["stream"].perplexity, found["memory"].perplexity, strict=True):
+        assert math.isclose(a, b, rel_tol=1e-4)
+    assert math.isclose(found["stream"].base_perplexity, found["memory"].base_perplexity,
+                        rel_tol=1e-4)
