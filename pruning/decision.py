@@ -102,7 +102,7 @@ class Decision:
             order = _set_first(blocks, self.scores, self.plan)
         return Decision(self.granularity, self.criterion, k, self.plan, self.scores,
                         tuple(order), tuple(blocks), self.sets, self.limit,
-                        _span_details(self, blocks) if self.criterion == SPAN else self.details)
+                        _span_details(self, blocks) if self.sets is not None else self.details)
 
     def to_json(self) -> dict:
         out = {"granularity": self.granularity, "criterion": self.criterion, "k": self.k,

@@ -78,6 +78,7 @@ def test_angular_span_at_attn_is_the_one_block_angular_order_and_says_why():
     angular = decide(_span_profile(), "attn", "angular", 2, plan)
     assert span.order == angular.order == (4, 3, 2, 1) and span.blocks == (4, 3)
     assert "MLPs between them" in span.details["note"] and span.sets is None
+    assert span.with_k(3).blocks == (4, 3, 2) and span.with_k(1).details == span.details
 
 
 def test_angular_span_stops_at_the_longest_span_the_profile_holds():
