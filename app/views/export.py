@@ -25,7 +25,8 @@ profile, view = state.require_view()
 
 root = export_root()
 model_name = re.sub(r"[^A-Za-z0-9._-]+", "-", profile.spec.split("/")[-1])
-suggested = f"{model_name.strip('-')}-{view.granularity}-{view.criterion}-k{view.k}"
+criterion_name = re.sub(r"[^A-Za-z0-9._-]+", "-", view.criterion)  # random:1 -> random-1
+suggested = f"{model_name.strip('-')}-{view.granularity}-{criterion_name}-k{view.k}"
 if not ss["export_name"]:
     ss["export_name"] = suggested
 

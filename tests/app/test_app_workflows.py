@@ -221,3 +221,23 @@ def test_app_and_cli_exports_of_the_same_settings_write_equal_manifests(
     app_width, cli_width = _manifest(root / "app-width"), _manifest(tmp_path / "cli-width")
     assert app_width["method"] == "width" and app_width["kept_per_layer"] == [32] * NUM_LAYERS
     assert app_width == cli_width
+
+
+def test_export_of_a_random_order_suggests_a_portable_name_and_records_its_seed(ui, tmp_path,
+                                                                                monkeypatch):
+    root = tmp_path / "exports"
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
+    at = ui.analysed(seed=34)
+    at.selectbox(key="granularity").set_value("layer").run()
+    at.selectbox(key="criterion").set_value("random:1").run()
+    at.slider(key="k").set_value(1).run()
+    at.switch_page("views/export.py").run()
+    ui.assert_clean(at)
+    name = at.text_input(key="export_name").value
+    assert name.endswith("-layer-random-1-k1") and ":" not in name
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    manifest = json.loads((root / name / "entrodrop.json").read_text())
+    assert manifest["criterion"] == "random:1"
+    assert manifest["criterion_details"]["seed"] == 1
+    assert manifest["pruned_blocks"] == list(at.session_state["_view"].pruned)
