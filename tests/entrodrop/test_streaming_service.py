@@ -131,7 +131,7 @@ def test_greedy_search_on_a_streamed_model_equals_the_loaded_model(tiny_llama_di
         ids = service.selection_windows(cal, loaded, 2)
         messages = []
         found[load] = service.greedy_search(loaded, ids, "attn", plan, steps=2,
-                                            progress=lambda f, m: messages.append(m))
+                                            progress=lambda f, m, out=messages: out.append(m))
         assert any("s left" in m for m in messages)
     assert found["stream"].order == found["memory"].order
     for a, b in zip(found["stream"].perplexity, found["memory"].perplexity, strict=True):
