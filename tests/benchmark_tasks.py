@@ -81,7 +81,7 @@ def direct_accuracy(model, tokenizer, docs: list[dict]) -> dict:
     acc, acc_norm, lls = [], [], []
     for d in docs:
         ll = choice_loglikelihoods(model, tokenizer, d["question"], d["choices"])
-        norm = [v / len(c) for v, c in zip(ll, d["choices"])]
+        norm = [v / len(c) for v, c in zip(ll, d["choices"], strict=True)]
         acc.append(float(max(range(3), key=lambda i: (ll[i], -i)) == d["label"]))
         acc_norm.append(float(max(range(3), key=lambda i: (norm[i], -i)) == d["label"]))
         lls.append(ll)
