@@ -176,9 +176,11 @@ def variants_over_k(orders: Mapping[str, Sequence[int]], granularity: Granularit
 
 
 @functools.lru_cache(maxsize=4)
-def _task_manager(include_path: str | None, with_defaults: bool):
+def _task_manager(include_path: str | None, with_defaults: bool, fingerprint: str | None):
     # Indexing the harness's own ~15k task files takes seconds; a directory of local tasks
     # alone is indexed at once, so the defaults are read only when a name needs them.
+    # `fingerprint` (the directory's contents) is in the key so that a task added to the
+    # directory while the dashboard runs is found.
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=include_path, include_defaults=with_defaults)
@@ -187,11 +189,12 @@ def _task_manager(include_path: str | None, with_defaults: bool):
 def task_manager(settings: BenchmarkSettings):
     """The harness's task index for `settings` (the built-in tasks only when needed)."""
     include = str(Path(settings.include_path).resolve()) if settings.include_path else None
+    fingerprint = task_dir_fingerprint(include)
     if include is not None:
-        local = _task_manager(include, False)
+        local = _task_manager(include, False, fingerprint)
         if all(t in local.all_tasks for t in settings.tasks):
             return local
-    manager = _task_manager(include, True)
+    manager = _task_manager(include, True, fingerprint)
     missing = [t for t in settings.tasks if t not in manager.all_tasks]
     if missing:
         name = missing[0]

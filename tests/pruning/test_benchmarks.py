@@ -187,3 +187,13 @@ def test_lm_eval_on_pruned_demo_model_equals_direct_computation(tmp_path, demo_c
         assert _score(run.scores, "acc").samples == 8
         lls.append(want["lls"])
     assert lls[0] != lls[1]  # the harness saw a different model at K=2
+
+
+def test_a_task_added_to_the_directory_later_is_found(tmp_path):
+    folder = write_task(tmp_path / "t", make_docs(4))
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    evaluate_model(model, tok, BenchmarkSettings((TASK,), str(folder), limit=1))
+    write_task(folder, make_docs(4), name="entrodrop_added_later")
+    scores = evaluate_model(model, tok, BenchmarkSettings(("entrodrop_added_later",),
+                                                          str(folder), limit=1))
+    assert {s.task for s in scores} == {"entrodrop_added_later"}
