@@ -183,7 +183,12 @@ def _task_manager(include_path: str | None, with_defaults: bool, fingerprint: st
     # directory while the dashboard runs is found.
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, include_defaults=with_defaults)
+    try:
+        with _quiet_harness():
+            return TaskManager(include_path=include_path, include_defaults=with_defaults)
+    except Exception as e:  # a YAML file the harness cannot parse, an unreadable file
+        raise BenchmarkError(f"cannot read the task directory {include_path}: "
+                             f"{_one_line(e)}") from None
 
 
 def task_manager(settings: BenchmarkSettings):
@@ -372,19 +377,42 @@ def scores_of(results: Mapping[str, Any], version: str) -> tuple[BenchmarkScore,
     return tuple(out)
 
 
-def evaluate_model(model: nn.Module, tokenizer, settings: BenchmarkSettings,
-                   tasks: tuple[Any, list] | None = None) -> tuple[BenchmarkScore, ...]:
-    """Run the harness on `model` as it is now (pruned or not). `tasks` comes from
-    `load_tasks(settings)`, so several variants read the data once."""
-    import lm_eval
+@functools.lru_cache(maxsize=2)
+def _lm_class(bars: bool):
+    """The harness's HF wrapper; without `bars`, one whose request loops draw no tqdm bar
+    (the harness hard-codes `disable_tqdm=False` in the calls it makes)."""
     from lm_eval.models.huggingface import HFLM
+
+    if bars:
+        return HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+def evaluate_model(model: nn.Module, tokenizer, settings: BenchmarkSettings,
+                   tasks: tuple[Any, list] | None = None, *,
+                   bars: bool = True) -> tuple[BenchmarkScore, ...]:
+    """Run the harness on `model` as it is now (pruned or not). `tasks` comes from
+    `load_tasks(settings)`, so several variants read the data once; `bars`: the harness's
+    own progress bars on stderr."""
+    import lm_eval
 
     settings = settings.validate()
     manager, built = tasks if tasks is not None else load_tasks(settings)
     # The harness may give the tokenizer a pad token and flips its padding side while it
     # runs; the shared tokenizer of the dashboard must not change, so it gets a copy.
     with _quiet_harness():
-        lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer),
+        lm = _lm_class(bars)(pretrained=model, tokenizer=copy.deepcopy(tokenizer),
                   batch_size=settings.batch_size)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=list(built), task_manager=manager, limit=settings.limit,
@@ -394,7 +422,8 @@ def evaluate_model(model: nn.Module, tokenizer, settings: BenchmarkSettings,
 
 def benchmark_variants(model: nn.Module, tokenizer, variants: Sequence[Variant],
                        settings: BenchmarkSettings, *, source: str,
-                       progress: Progress | None = None) -> list[BenchmarkRun]:
+                       progress: Progress | None = None,
+                       bars: bool = True) -> list[BenchmarkRun]:
     """Score every variant of `model`, pruning it in place for each and restoring it after
     (also on error). Variants that are the same model (every K=0) are scored once."""
     settings = settings.validate()
@@ -409,7 +438,7 @@ def benchmark_variants(model: nn.Module, tokenizer, variants: Sequence[Variant],
             progress(i / len(unique), f"variant {i + 1} of {len(unique)}: {what}")
         context = pruned(model, v.granularity, v.blocks) if v.blocks else nullcontext()
         with context:
-            scored[key] = evaluate_model(model, tokenizer, settings, tasks)
+            scored[key] = evaluate_model(model, tokenizer, settings, tasks, bars=bars)
     if progress is not None:
         progress(1.0, f"scored {len(unique)} variants")
     return [BenchmarkRun(v, scored[v.model_key()], source, settings) for v in variants]

@@ -97,7 +97,7 @@ def benchmarks_section(profile, view, record) -> None:
             loaded = state.loaded_model(update)
             rows = state.cache_compute("benchmarks", key, lambda: accuracy_rows(
                 service.benchmark_over_k(loaded, orders, view.granularity, ks, settings,
-                                         progress=update)))
+                                         progress=update, bars=False)))
             bar.progress(1.0, text="Benchmarks done")
         if not rows:
             ss.pop("bench_result", None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from analysis.profile import Profile
@@ -173,6 +174,9 @@ def benchmark_settings(a: argparse.Namespace) -> BenchmarkSettings | None:
         if read_manifest(a.model) is None:
             raise CLIError(f"--record needs --model to be an export folder of this tool (with "
                            f"entrodrop.json); {a.model} is not")
+    if a.quiet or os.environ.get("ENTRODROP_PROGRESS") == "0":
+        # The harness and `datasets` draw their own tqdm bars; tqdm reads this default.
+        os.environ["TQDM_DISABLE"] = "1"
     tasks = tuple(t.strip() for t in a.tasks.split(","))
     settings = BenchmarkSettings(tasks, a.include_path, a.limit, a.batch_size)
     return service.check_benchmark_tasks(settings)
@@ -200,10 +204,11 @@ def benchmark_table(rows: list[dict]) -> list[str]:
 def _benchmarks(a: argparse.Namespace, loaded: service.Model, settings: BenchmarkSettings,
                 variants: list[Variant] | None) -> dict:
     progress = ProgressBar(a.quiet)
+    bars = not progress.quiet
     if variants is None:
-        runs = [service.benchmark_model(loaded, settings, progress=progress)]
+        runs = [service.benchmark_model(loaded, settings, progress=progress, bars=bars)]
     else:
-        runs = service.benchmark(loaded, variants, settings, progress=progress)
+        runs = service.benchmark(loaded, variants, settings, progress=progress, bars=bars)
     progress.done()
     rows = accuracy_rows(runs)
     limit = f", first {settings.limit} documents per task" if settings.limit else ""
@@ -276,7 +281,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     if bench is not None:
         # Scored in memory, pruned in place, before the export is written.
         variant = Variant(d.granularity, d.criterion, d.k, tuple(sorted(d.blocks)))
-        runs: list[BenchmarkRun] = service.benchmark(loaded, [variant], bench)
+        bars = not ProgressBar(a.quiet).quiet
+        runs: list[BenchmarkRun] = service.benchmark(loaded, [variant], bench, bars=bars)
         for line in benchmark_table(accuracy_rows(runs)):
             print(line)
         benchmarks = manifest_record(runs)

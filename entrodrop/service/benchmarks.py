@@ -33,32 +33,33 @@ def check_benchmark_tasks(settings: BenchmarkSettings) -> BenchmarkSettings:
 
 def benchmark_over_k(loaded: Model, orders: Mapping[str, Sequence[int]],
                      granularity: Granularity, ks: Sequence[int],
-                     settings: BenchmarkSettings, *,
-                     progress: Progress | None = None) -> list[BenchmarkRun]:
+                     settings: BenchmarkSettings, *, progress: Progress | None = None,
+                     bars: bool = True) -> list[BenchmarkRun]:
     """Every criterion's first K blocks for every K, each scored on the in-memory model
     pruned in place (the unpruned model, K=0, once for all criteria)."""
     return benchmark(loaded, variants_over_k(orders, granularity, ks), settings,
-                     progress=progress)
+                     progress=progress, bars=bars)
 
 
 def benchmark(loaded: Model, variants: Sequence[Variant], settings: BenchmarkSettings, *,
-              progress: Progress | None = None) -> list[BenchmarkRun]:
-    """The given variants (any granularity, criterion and K) scored on the in-memory model."""
+              progress: Progress | None = None, bars: bool = True) -> list[BenchmarkRun]:
+    """The given variants (any granularity, criterion and K) scored on the in-memory model;
+    `bars`: the harness's own tqdm bars on stderr."""
     model = whole_model(loaded, WHAT)
     with MODEL_LOCK:
         return benchmark_variants(model.model, model.tokenizer, list(variants), settings,
-                                  source=model.spec, progress=progress)
+                                  source=model.spec, progress=progress, bars=bars)
 
 
 def benchmark_model(loaded: Model, settings: BenchmarkSettings, *,
-                    progress: Progress | None = None) -> BenchmarkRun:
+                    progress: Progress | None = None, bars: bool = True) -> BenchmarkRun:
     """The model as loaded, labelled from its `entrodrop.json` when it is one of our
     exports (criterion, granularity, K and blocks are then those the export recorded)."""
     model = whole_model(loaded, WHAT)
     if progress is not None:
         progress(0.0, f"scoring {model.spec}")
     with MODEL_LOCK:
-        scores = evaluate_model(model.model, model.tokenizer, settings)
+        scores = evaluate_model(model.model, model.tokenizer, settings, bars=bars)
     if progress is not None:
         progress(1.0, f"scored {model.spec}")
     return BenchmarkRun(export_variant(model.source_path), scores, model.spec, settings)

@@ -30,6 +30,7 @@ def test_evaluate_tasks_prints_accuracy_against_k_per_criterion(tiny_llama_dir, 
                  "--ks", "0,1,2", "--criteria", "knn,cosine", "--curve-granularities", "layer",
                  "--out", str(out)], cache)
     assert r.returncode == 0, r.stderr
+    assert "loglikelihood requests" not in r.stderr  # --quiet: no harness progress bars
     lines = r.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("lm-eval 0.4.13"))
     assert lines[start + 1].split() == ["gran", "criterion", "task", "metric", "K=0", "K=1", "K=2"]
