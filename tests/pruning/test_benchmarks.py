@@ -197,3 +197,27 @@ def test_a_task_added_to_the_directory_later_is_found(tmp_path):
     scores = evaluate_model(model, tok, BenchmarkSettings(("entrodrop_added_later",),
                                                           str(folder), limit=1))
     assert {s.task for s in scores} == {"entrodrop_added_later"}
+
+
+def test_record_benchmarks_replaces_a_run_with_the_same_settings_only(tmp_path):
+    from pruning.manifest import ManifestError, read_manifest, record_benchmarks
+
+    with pytest.raises(ManifestError, match="no entrodrop.json"):
+        record_benchmarks(tmp_path, {"runs": []})
+    (tmp_path / "entrodrop.json").write_text(json.dumps({"method": "block", "k": 1}))
+
+    def run(limit, value):
+        return {"settings": {"tasks": [TASK], "limit": limit},
+                "scores": [{"metric": "acc", "value": value}]}
+
+    record_benchmarks(tmp_path, {"harness": "lm-eval", "runs": [run(4, 0.5)]})
+    record_benchmarks(tmp_path, {"harness": "lm-eval", "runs": [run(8, 0.25)]})
+    record_benchmarks(tmp_path, {"harness": "lm-eval", "runs": [run(4, 0.75)]})
+    record = read_manifest(tmp_path)
+    assert record["k"] == 1  # the rest of the manifest is kept
+    assert [(r["settings"]["limit"], r["scores"][0]["value"])
+            for r in record["benchmarks"]["runs"]] == [(8, 0.25), (4, 0.75)]
+    assert read_manifest(tmp_path / "elsewhere") is None
+    (tmp_path / "entrodrop.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="cannot read"):
+        read_manifest(tmp_path)
