@@ -179,7 +179,11 @@ def benchmark_settings(a: argparse.Namespace) -> BenchmarkSettings | None:
         os.environ["TQDM_DISABLE"] = "1"
     tasks = tuple(t.strip() for t in a.tasks.split(","))
     settings = BenchmarkSettings(tasks, a.include_path, a.limit, a.batch_size)
-    return service.check_benchmark_tasks(settings)
+    service.check_benchmark_tasks(settings)
+    if service.load_plan(model_settings(a)).mode == "stream":
+        raise CLIError(f"lm-eval benchmarks need the whole model in memory, and {a.model} would "
+                       "be streamed layer by layer; use --load memory if it fits")
+    return settings
 
 
 def benchmark_table(rows: list[dict]) -> list[str]:

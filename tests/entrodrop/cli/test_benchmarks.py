@@ -98,6 +98,7 @@ def test_evaluate_hub_task_offline_fails_in_one_line(tiny_llama_dir, cache):
     (["--limit", "3"], "need --tasks"),
     (["--tasks", TASK, "--limit", "0"], "limit"),
     (["--tasks", TASK, "--record"], "export folder"),
+    (["--tasks", TASK, "--load", "stream"], "whole model in memory"),
 ])
 def test_evaluate_refuses_bad_benchmark_options_before_loading(tiny_llama_dir, cache, task_dir,
                                                                 args, message):
