@@ -6,6 +6,7 @@ import streamlit as st
 
 from app import charts, state
 from app.logic.runs import budget_ks, json_key, profile_fingerprint
+from app.views.benchmarks_section import benchmarks_section
 from entrodrop import service
 
 ss = st.session_state
@@ -130,3 +131,5 @@ if texts:
     t1.text(texts["unpruned"])
     t2.markdown(f"**Pruned** (blocks {texts.get('blocks')})")
     t2.text(texts["pruned"])
+
+benchmarks_section(profile, view, record)

@@ -18,6 +18,14 @@ from entrodrop.service.analysis import (
     preview_windows,
     profile_model,
 )
+from entrodrop.service.benchmarks import (
+    benchmark,
+    benchmark_model,
+    benchmark_over_k,
+    check_benchmark_tasks,
+    export_variant,
+    record_in_export,
+)
 from entrodrop.service.blocks import (
     DEFAULT_STAGE_ESTIMATOR,
     check_export_target,
@@ -60,7 +68,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 says what and what to do next. Anything else is a bug."""
 
 __all__ = [
-    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "Model",
+    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "benchmark", "benchmark_model",
+    "benchmark_over_k", "check_benchmark_tasks", "export_variant", "record_in_export", "USER_ERRORS", "AnalysisResult", "Model",
     "ModelRegistry", "StreamedModel", "WholeModelNeeded",
     "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_target",
     "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",

@@ -132,12 +132,13 @@ def generate(loaded: Model, granularity: Granularity, blocks: Sequence[int], pro
 
 
 def export_blocks(loaded: Model, profile: Profile, chosen: Decision, out_dir, *,
-                  measured: Mapping | None = None, overwrite: bool = False,
-                  progress: Progress | None = None) -> Path:
+                  measured: Mapping | None = None, benchmarks: Mapping | None = None,
+                  overwrite: bool = False, progress: Progress | None = None) -> Path:
     """Write the model with `chosen.blocks` pruned, and its manifest (with the baseline
-    criterion's choice at the same k, and any figures measured for this prune set)."""
+    criterion's choice at the same k, any figures measured for this prune set, and any
+    lm-eval scores of it, `pruning.benchmarks.manifest_record`)."""
     baseline = decide(profile, chosen.granularity, BASELINE, chosen.k, chosen.plan)
-    manifest = block_manifest(profile, chosen, baseline, measured)
+    manifest = block_manifest(profile, chosen, baseline, measured, benchmarks)
     if isinstance(loaded, StreamedModel):
         # Tensors are copied from the checkpoint one by one, in the dtype an in-memory load
         # would have exported.
