@@ -160,8 +160,8 @@ def sink_figure(max_norm: Sequence[Sequence], skip_first: int) -> go.Figure:
     first = max(int(skip_first), 1)
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.3, 0.7],
                         horizontal_spacing=0.03,
-                        subplot_titles=[f"position{'s' if first > 1 else ''} "
-                                        f"0..{first - 1} vs the rest",
+                        subplot_titles=[("position 0" if first == 1 else
+                                         f"positions 0..{first - 1}") + " against the rest",
                                         "every position"])
     js = list(range(len(z)))
 
@@ -213,7 +213,7 @@ def calibration_heatmap_figure(names: Sequence[str], matrix: Sequence[Sequence],
         x=list(range(width)), y=list(range(len(names))),
         colorscale="RdBu", reversescale=False,
         colorbar=dict(title=dict(text=title, side="top"), orientation="h", yref="container",
-                      y=8, yanchor="bottom", ypad=0, len=0.5, lenmode="fraction",
+                      y=0.0, yanchor="bottom", ypad=8, len=0.5, lenmode="fraction",
                       thickness=14, x=0.5, xanchor="center"),
         hovertemplate="block %{x}<br>%{z:.3g}<extra></extra>", name="scores",
     ))
@@ -236,8 +236,8 @@ def calibration_heatmap_figure(names: Sequence[str], matrix: Sequence[Sequence],
     fig.update_yaxes(tickvals=list(range(len(names))),
                      ticktext=[n + (" (current)" if i == current else "")
                                for i, n in enumerate(names)], autorange="reversed")
-    fig.update_layout(title="Calibration sets x blocks (outlined: each set's prune set; "
-                            "grey: S1 = Stage 1, F = frozen)",
+    fig.update_layout(title="Calibration sets x blocks (outlined: prune set; S1: Stage 1, "
+                            "F: frozen)",
                       xaxis_title="block", xaxis_dtick=1, height=230 + 45 * len(names),
                       margin=dict(_MARGIN, l=180, b=130))
     return fig
@@ -274,15 +274,15 @@ def quality_figure(rows: Sequence[Mapping], *, x: str = "k", group: str = "crite
     `scale` ('log' or 'linear') is the perplexity axis. With `clip`, perplexities above
     EXTREME_FACTOR x the lowest one are drawn as triangles on the axis top, labelled with
     their value. The dotted line at `marker_x` carries `marker_label`."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in _METRICS],
-                        horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09)
     groups = list(dict.fromkeys(r[group] for r in rows if r.get(x) is not None))
     ppl = [v for r in rows if r.get(x) is not None
            if (v := _num(r.get("perplexity"))) is not None and v > 0]
     cap = min(ppl) * EXTREME_FACTOR if clip and ppl else None
     if cap is not None and max(ppl) <= cap:
         cap = None
-    for col, (metric, _) in enumerate(_METRICS, start=1):
+    for col, (metric, title) in enumerate(_METRICS, start=1):
+        fig.update_yaxes(title_text=title, row=1, col=col)
         for name in groups:
             pts = sorted((r[x], _num(r.get(metric))) for r in rows if r[group] == name
                          and r.get(x) is not None)
@@ -361,16 +361,16 @@ def order_figure(orders: Mapping[str, Sequence[int]], k: int,
                       annotation_text=f"K = {k}: ranks above are pruned",
                       annotation_position="bottom right", annotation_font_color=PRUNED)
     if stage1:
-        fig.add_annotation(xref="paper", yref="paper", x=0, y=-0.06, showarrow=False,
-                           xanchor="left", yanchor="top", font=dict(size=11, color="#555"),
+        fig.add_annotation(xref="paper", yref="paper", x=0, y=0, yshift=-10, showarrow=False,
+                           xanchor="left", yanchor="top", font=dict(size=12, color="#555"),
                            text=f"Not ranked (Stage 1 or frozen): {', '.join(map(str, stage1))}")
     fig.update_xaxes(tickvals=list(range(len(names))), ticktext=names, side="top",
-                     range=[-0.4, len(names) - 0.6], showgrid=False)
-    fig.update_yaxes(autorange="reversed", title_text="rank in the pruning order (0 first)",
-                     dtick=1, showgrid=False, zeroline=False)
+                     range=[-0.4, len(names) - 0.6], showgrid=False, tickfont=dict(size=14))
+    fig.update_yaxes(range=[max(depth, 1) - 0.4, -0.6], title_text="rank in the pruning order "
+                     "(0 first)", dtick=1, showgrid=False, zeroline=False)
     fig.update_layout(title="Pruning orders side by side (red: pruned by every criterion at "
                             "K, orange: by some)",
-                      height=140 + 24 * max(depth, 1), margin=dict(_MARGIN, t=90, b=40),
+                      height=160 + 24 * max(depth, 1), margin=dict(_MARGIN, t=90, b=50),
                       plot_bgcolor="white")
     return fig
 
@@ -428,7 +428,11 @@ def entropy_curve_spec(curves: Mapping[str, Sequence], estimators: Sequence[str]
     num_points = max(len(curves[n]) for n in names)
     last = max(num_points - 2, 0)  # S_start ranges over blocks 0..L-1
     b = _boundary_expr(s_start, last)
-    x_scale = {"domain": [-0.5, num_points - 0.5], "nice": False, "zero": False}
+    # The y axes are drawn inside the plot, in a margin left of j = 0: Streamlit sets each
+    # row of a stretched chart to the full container width, so an axis outside it would
+    # push the chart past the page's edge.
+    left = -0.5 - max(1.2, 0.06 * num_points)
+    x_scale = {"domain": [left, num_points - 0.5], "nice": False, "zero": False}
     x_axis = {"title": "j (Z_0 = embeddings, Z_j = output of layer j-1)", "tickMinStep": 1,
               "values": list(range(num_points)), "grid": False}
     # Pixel position of the boundary; the x scale is shared by every row, so it is "x".
@@ -439,7 +443,7 @@ def entropy_curve_spec(curves: Mapping[str, Sequence], estimators: Sequence[str]
         colour = SERIES.get(name, KEPT)
         one = [{"filter": {"field": "estimator", "equal": name}}]
         edge = [*one, {"filter": "datum.j == 0"}, {"calculate": b, "as": "edge"},
-                {"calculate": "-0.5", "as": "left"}]
+                {"calculate": str(left), "as": "left"}]
         x_enc = {"field": "j", "type": "quantitative", "scale": x_scale,
                  "axis": x_axis if i == len(names) - 1 else {**x_axis, "title": None,
                                                              "labels": False}}
@@ -450,7 +454,12 @@ def entropy_curve_spec(curves: Mapping[str, Sequence], estimators: Sequence[str]
             {"transform": one, "mark": {"type": "line", "color": colour},
              "encoding": {"x": x_enc, "y": {"field": "H", "type": "quantitative",
                                             "scale": {"zero": False},
-                                            "title": f"{name} H, nats"}}},
+                                            "axis": {"title": f"{name} H, nats",
+                                                     "labelAlign": "left", "labelPadding": -22,
+                                                     "ticks": False, "domain": False,
+                                                     "titleX": 10, "titleFontSize": 11,
+                                                     "tickCount": 5, "labelFontSize": 10,
+                                                     "labelBaseline": "middle"}}}},
             {"name": f"curve_{i}", "transform": one,
              "mark": {"type": "point", "filled": True, "size": 60, "color": colour,
                       "cursor": "ew-resize"},
@@ -467,17 +476,17 @@ def entropy_curve_spec(curves: Mapping[str, Sequence], estimators: Sequence[str]
             text = {"type": "text", "baseline": "bottom", "fontSize": 12}
             layers += [
                 {"transform": edge, "mark": {
-                    **text, "y": -20, "fontWeight": "bold", "color": PRUNED,
+                    **text, "y": -24, "fontWeight": "bold", "color": PRUNED,
                     "align": "center",
                     "x": {"expr": f"clamp({px}, 45, {wide} - 45)"},
                     "text": {"expr": "'S_start = ' + datum.edge"}}},
                 {"transform": edge, "mark": {
-                    **text, "y": -4, "align": "right", "color": "#555",
+                    **text, "y": -8, "align": "right", "color": "#555",
                     "x": {"expr": f"{px} - 6"},
                     "text": {"expr": f"{px} >= 170 ? '◀ Stage 1 (never pruned)' : "
                                      f"{px} >= 70 ? '◀ Stage 1' : ''"}}},
                 {"transform": edge, "mark": {
-                    **text, "y": -4, "align": "left", "color": "#555",
+                    **text, "y": -8, "align": "left", "color": "#555",
                     "x": {"expr": f"{px} + 6"},
                     "text": {"expr": f"{wide} - {px} >= 170 ? 'Stage 2 (may be pruned) ▶' : "
                                      f"{wide} - {px} >= 80 ? 'Stage 2 ▶' : ''"}}},
