@@ -91,7 +91,13 @@ def main() -> int:
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", choices=["k", "s_start"], default=None,
+                   help="measure one latency only (k also runs on older versions of the app)")
+    p.add_argument("--repo", type=Path, default=ROOT,
+                   help="the checkout whose app is served (to compare two versions side by "
+                        "side on the same machine)")
     a = p.parse_args()
+    sys.path.insert(0, str(a.repo))
 
     from playwright.sync_api import expect, sync_playwright
 
@@ -117,7 +123,7 @@ def main() -> int:
            "--server.port", str(port), "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none", "--", "--model", a.model]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, cwd=a.repo, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         _wait_healthy(proc, url, log)
@@ -137,29 +143,33 @@ def main() -> int:
             print(f"model {a.model}; analysis through the UI {time.perf_counter() - t0:.1f} s")
             page.evaluate(_MARK_KEYDOWN)
 
-            d.go("Prune list")
-            k_slider = d.sidebar.get_by_role("slider", name="K (blocks to prune)")
-            k_ms = _measure(page, k_slider, d.k_value(),
-                            lambda k: page.evaluate(_WAIT_K, k), a.repeats, a.warmup)
-            d.go("Entropy dynamics")
-            d.wait_charts(2)
-            s_slider = d.main.get_by_role("slider", name="S_start (first block that may be "
-                                                         "pruned)")
-            s_now = int(re.search(r"S_start = (\d+)", d.k_caption().inner_text()).group(1))
-            s_ms = _measure(page, s_slider, s_now,
-                            lambda s: page.evaluate(_WAIT_S, [s, STAGE1_FILL]),
-                            a.repeats, a.warmup)
+            results = {}
+            if a.only in (None, "k"):
+                d.go("Prune list")
+                k_slider = d.sidebar.get_by_role("slider", name="K (blocks to prune)")
+                results["k_to_prune_table"] = _summary(_measure(
+                    page, k_slider, d.k_value(), lambda k: page.evaluate(_WAIT_K, k),
+                    a.repeats, a.warmup))
+            if a.only in (None, "s_start"):
+                d.go("Entropy dynamics")
+                d.wait_charts(2)
+                s_slider = d.main.get_by_role("slider", name="S_start (first block that may "
+                                                             "be pruned)")
+                s_now = int(re.search(r"S_start = (\d+)",
+                                      d.k_caption().inner_text()).group(1))
+                results["s_start_to_dynamics"] = _summary(_measure(
+                    page, s_slider, s_now,
+                    lambda s: page.evaluate(_WAIT_S, [s, STAGE1_FILL]), a.repeats, a.warmup))
             d.assert_clean("after the measurements")
             browser.close()
     finally:
         _stop(proc)
 
-    results = {"k_to_prune_table": _summary(k_ms), "s_start_to_dynamics": _summary(s_ms)}
     for name, r in results.items():
         status = "ok" if r["p90_ms"] < TARGET_MS else "SLOW"
         print(f"  {name:<22} median {r['median_ms']:6.1f} ms   p90 {r['p90_ms']:6.1f} ms   "
               f"max {r['max_ms']:6.1f} ms   ({r['repeats']} presses) [{status}]")
-    print(json.dumps({"bench": "browser_latency", "model": a.model, "target_p90_ms": TARGET_MS,
+    print(json.dumps({"bench": "browser_latency", "model": a.model, "repo": str(a.repo), "target_p90_ms": TARGET_MS,
                       "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                       **results}))
     return 0

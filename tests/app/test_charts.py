@@ -181,17 +181,34 @@ def test_quality_without_clipping_on_a_linear_axis_shows_every_value():
 
 # --------------------------------------------------------------------------- orders
 
+def _paths(fig) -> dict[int, tuple[str, list[tuple[int, int]]]]:
+    """block -> (line colour, [(column, rank)...]) from the order figure's gap-separated
+    traces."""
+    out = {}
+    for trace in fig.data:
+        run = []
+        for x, y, t in zip(trace.x, trace.y, trace.text, strict=True):
+            if x is None:
+                block = int(run[0][2])
+                out[block] = (trace.line.color, [(c, r) for c, r, _ in run])
+                run = []
+            else:
+                run.append((x, y, t))
+    return out
+
+
 def test_order_figure_joins_each_block_across_any_number_of_orders():
     orders = {"knn": [3, 4, 2, 5], "cosine": [4, 3, 5, 2], "random": [2, 3, 4, 5]}
     fig = charts.order_figure(orders, k=2, stage1=[0, 1])
-    by_block = {t.name: t for t in fig.data}
-    assert set(by_block) == {"block 2", "block 3", "block 4", "block 5"}
-    assert list(by_block["block 3"].x) == [0, 1, 2]
-    assert list(by_block["block 3"].y) == [0, 1, 1]
+    paths = _paths(fig)
+    assert set(paths) == {2, 3, 4, 5}
+    assert paths[3][1] == [(0, 0), (1, 1), (2, 1)]
+    assert paths[5][1] == [(0, 3), (1, 2), (2, 3)]
     # Block 3 is in every prune set at K=2, block 4 in two of three, block 5 in none.
-    assert by_block["block 3"].line.color == charts.PRUNED
-    assert by_block["block 4"].line.color == charts.BASELINE_ONLY
-    assert by_block["block 5"].line.color not in (charts.PRUNED, charts.BASELINE_ONLY)
+    assert paths[3][0] == charts.PRUNED
+    assert paths[4][0] == charts.BASELINE_ONLY
+    assert paths[5][0] not in (charts.PRUNED, charts.BASELINE_ONLY)
+    assert len(fig.data) == 3  # one trace per kind of line, whatever the number of blocks
     assert list(fig.layout.xaxis.ticktext) == ["knn", "cosine", "random"]
     assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]  # rank 0 on top
     cut = [s for s in fig.layout.shapes if s.type == "line"]
@@ -203,5 +220,7 @@ def test_order_figure_of_the_page_view_has_its_prune_set_on_top():
     view = _view(k=2)
     fig = charts.order_figure({view.criterion: view.order, view.baseline: view.baseline_order},
                               view.k)
-    tops = {int(t.name.split()[1]) for t in fig.data if 0 in list(t.y)[:1]}
-    assert view.order[0] in tops
+    paths = _paths(fig)
+    assert paths[view.order[0]][1][0] == (0, 0)
+    assert {b for b, (colour, _) in paths.items() if colour == charts.PRUNED} == (
+        set(view.pruned) & set(view.baseline_pruned))
