@@ -58,11 +58,15 @@ _WAIT_S = """([s, grey]) => new Promise(resolve => {
   const done = () => {
     const main = document.querySelector('[data-testid="stMain"]');
     const vega = main.querySelector('[data-testid="stVegaLiteChart"]');
-    if (!vega || !vega.querySelector(`[aria-label*="edge: ${s};"], [aria-label$="edge: ${s}"]`))
-      return false;
-    const plots = main.querySelectorAll('.js-plotly-plot');
-    if (plots.length < 2 || !plots[1].querySelector('.main-svg .hm image'))
-      return false;
+    let plots = [...main.querySelectorAll('.js-plotly-plot')];
+    if (vega) {
+      if (!vega.querySelector(`[aria-label$="edge: ${s}"]`)) return false;
+    } else {
+      // Versions before the draggable curve drew it with plotly, first on the page.
+      if (!plots.length || !plots[0].textContent.includes(`S_start = ${s}`)) return false;
+      plots = plots.slice(1);
+    }
+    if (plots.length < 2 || !plots[1].querySelector('.main-svg .hm image')) return false;
     const bars = plots[0].querySelectorAll('.barlayer .trace.bars')[0];
     if (!bars) return false;
     const fill = i => {
