@@ -212,7 +212,7 @@ def calibration_heatmap_figure(names: Sequence[str], matrix: Sequence[Sequence],
         z=[[None if v is None else float(v) for v in row] for row in matrix],
         x=list(range(width)), y=list(range(len(names))),
         colorscale="RdBu", reversescale=False,
-        colorbar=dict(title=dict(text=title, side="top"), orientation="h", yref="container",
+        colorbar=dict(title=dict(text=title, side="right"), orientation="h", yref="container",
                       y=0.0, yanchor="bottom", ypad=8, len=0.5, lenmode="fraction",
                       thickness=14, x=0.5, xanchor="center"),
         hovertemplate="block %{x}<br>%{z:.3g}<extra></extra>", name="scores",
@@ -315,7 +315,7 @@ def quality_figure(rows: Sequence[Mapping], *, x: str = "k", group: str = "crite
                                    yanchor="bottom", text=marker_label, showarrow=False,
                                    font=dict(size=11, color="#555"), name="marker")
     if scale == "log":
-        fig.update_yaxes(type="log", row=1, col=1)
+        fig.update_yaxes(type="log", dtick=1, row=1, col=1)  # decades only: 10, 100, 1000
     if cap is not None:
         low = min(ppl)
         rng = ([math.log10(low) - 0.1, math.log10(cap) + 0.15] if scale == "log"
