@@ -16,7 +16,7 @@ page shows the answer (checked on every animation frame):
    it, the score bars left of it are grey (Stage 1) and the one at it is not, the
    attention-sink chart is drawn, and no element is stale.
 
-Bench/bench_ui_latency.py measures the server side alone (AppTest). Target: 90th
+bench/bench_ui_latency.py measures the server side alone (AppTest). Target: 90th
 percentile < 300 ms for both. The machine's other load adds to every figure: report it.
 """
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -201,7 +202,7 @@ def _measure(page, slider, start: int, wait, repeats: int, warmup: int) -> list[
 
 def _summary(ms: list[float]) -> dict:
     ordered = sorted(ms)
-    p90 = ordered[min(len(ordered) - 1, max(0, round(0.9 * len(ordered)) - 1))]
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]  # nearest rank
     return {"median_ms": round(statistics.median(ms), 1), "p90_ms": round(p90, 1),
             "max_ms": round(max(ms), 1), "repeats": len(ms)}
 
