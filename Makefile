@@ -77,9 +77,9 @@ lint: setup
 # checkpoint (16 GB at full depth), so `make bench` runs it cut to 2 layers; bench_compare
 # needs two checkouts and gpu_check a GPU, so both are run by hand (docs/BENCHMARKS.md).
 BENCH_RUNS := bench/bench_analysis.py bench/bench_estimators.py bench/bench_ui_latency.py \
-	"bench/bench_streaming.py --layers 2 --bare"
+	bench/bench_browser_latency.py "bench/bench_streaming.py --layers 2 --bare"
 
-bench: setup
+bench: setup-browser
 	@for run in $(BENCH_RUNS); do echo "== $$run"; $(PY) $$run || exit 1; done
 
 clean-cache:
