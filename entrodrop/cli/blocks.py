@@ -33,6 +33,7 @@ from entrodrop.cli.common import (
 from pruning.decision import Decision
 from pruning.ranking import BASELINE
 from pruning.stages import StagePlan
+from pruning.vllm_layout import DEFAULT_LAYOUT, LAYOUTS
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
@@ -181,9 +182,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     loaded = load(a)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
-                                progress=progress)
+                                progress=progress, layout=a.layout)
     progress.done()
-    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}) to {out}", file=sys.stderr)
+    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}, layout {a.layout}) "
+          f"to {out}", file=sys.stderr)
     return 0
 
 
@@ -203,6 +205,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_profile_args(p)
     p.add_argument("--out", required=True, help="target folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
+    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help="vllm: write attn exports of Llama-style models in the DeciLM "
+                        "(nemotron-nas) form that vLLM runs and transformers also loads "
+                        "(both with trust_remote_code)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="quality and speed of a model, or of a pruned variant")

@@ -18,6 +18,7 @@ from pruning.manifest import block_manifest
 from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
+from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout
 from pruning.streaming import stream_export_blocks, stream_quality, stream_quality_curves
 
 DEFAULT_STAGE_ESTIMATOR: Estimator = "bucket"
@@ -133,9 +134,12 @@ def generate(loaded: Model, granularity: Granularity, blocks: Sequence[int], pro
 
 def export_blocks(loaded: Model, profile: Profile, chosen: Decision, out_dir, *,
                   measured: Mapping | None = None, overwrite: bool = False,
-                  progress: Progress | None = None) -> Path:
+                  progress: Progress | None = None,
+                  layout: ExportLayout = DEFAULT_LAYOUT) -> Path:
     """Write the model with `chosen.blocks` pruned, and its manifest (with the baseline
-    criterion's choice at the same k, and any figures measured for this prune set)."""
+    criterion's choice at the same k, and any figures measured for this prune set).
+    `layout`: `transformers`, or `vllm` for a folder vLLM runs too
+    (`pruning.vllm_layout.ExportLayout`)."""
     baseline = decide(profile, chosen.granularity, BASELINE, chosen.k, chosen.plan)
     manifest = block_manifest(profile, chosen, baseline, measured)
     if isinstance(loaded, StreamedModel):
@@ -144,11 +148,12 @@ def export_blocks(loaded: Model, profile: Profile, chosen: Decision, out_dir, *,
         return stream_export_blocks(loaded.spec, out_dir, chosen.granularity,
                                     list(chosen.blocks), manifest, overwrite=overwrite,
                                     progress=progress, dtype=loaded.dtype,
-                                    tokenizer=loaded.tokenizer)
+                                    tokenizer=loaded.tokenizer, layout=layout)
     with MODEL_LOCK:
         return export_pruned(loaded.model, loaded.tokenizer, out_dir,
                              granularity=chosen.granularity, blocks=list(chosen.blocks),
-                             manifest=manifest, overwrite=overwrite, progress=progress)
+                             manifest=manifest, overwrite=overwrite, progress=progress,
+                             layout=layout)
 
 
 def _stream_kw(model: StreamedModel, batch_size: int, progress: Progress | None) -> dict:
