@@ -18,8 +18,8 @@ from pruning.manifest import block_manifest
 from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
-from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout
 from pruning.streaming import stream_export_blocks, stream_quality, stream_quality_curves
+from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout
 
 DEFAULT_STAGE_ESTIMATOR: Estimator = "bucket"
 """Whose entropy curve sets the automatic S_start. The knn curve starts very low at Z_0
