@@ -54,11 +54,11 @@ say "installing $VLLM_PKG (pulls its own torch and transformers)"
 "$VENV/bin/python" -m pip install --quiet "$VLLM_PKG" 2>&1 \
     | { grep -v -F "is ignored: it is neither a file nor a directory" || true; }
 [[ "${PIPESTATUS[0]}" == 0 ]] || die "pip install $VLLM_PKG failed (see above)"
-# The torchvision that pip resolves is built for CUDA and fails to import next to the CPU
-# torch, which breaks vLLM's import; text models do not need it.
-"$VENV/bin/python" -m pip uninstall --quiet --yes torchvision >/dev/null 2>&1 || true
-"$VENV/bin/python" -c 'import vllm, torch, transformers' \
-    || die "vllm does not import in $VENV (see above)"
+# The torchvision, torchaudio and torchcodec that pip resolves are built for CUDA or another
+# torch and fail to load next to this CPU torch, which breaks `from vllm import LLM`
+# (transformers imports them when present); text models need none of them.
+"$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+"$VENV/bin/python" -c 'from vllm import LLM' || die "vLLM does not import in $VENV (see above)"
 say "$("$VENV/bin/python" -c 'import vllm, torch, transformers; print(f"vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")')"
 current_hash >"$STAMP.tmp" && mv -f "$STAMP.tmp" "$STAMP"
 say "ready in $(( $(date +%s) - start )) s"
