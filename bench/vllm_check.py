@@ -40,7 +40,11 @@ RUNNER = ROOT / "bench" / "vllm_run.py"
 
 def reference(model, prompts, new_tokens: int) -> list[dict]:
     """Transformers' log-probabilities of each prompt token after the first, and the greedy
-    continuation with each generated token's log-probability."""
+    continuation with each generated token's log-probability.
+
+    The greedy loop is written out (full forward per step, no logits processors), which is
+    what vLLM does with temperature 0 and ignore_eos: `generate` would mask EOS out under
+    min_new_tokens and shift every log-probability by log(1 - p(EOS))."""
     import torch
 
     out = []
@@ -48,14 +52,16 @@ def reference(model, prompts, new_tokens: int) -> list[dict]:
         for ids in prompts:
             x = torch.tensor([ids])
             logprobs = torch.log_softmax(model(input_ids=x, use_cache=False).logits[0].float(), -1)
-            prompt_lp = logprobs[:-1].gather(1, x[0, 1:, None])[:, 0]
-            gen = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
-                                 min_new_tokens=new_tokens, do_sample=False,
-                                 output_scores=True, return_dict_in_generate=True)
-            tokens = gen.sequences[0, len(ids):]
-            gen_lp = [torch.log_softmax(s[0].float(), -1)[t].item()
-                      for s, t in zip(gen.scores, tokens, strict=True)]
-            out.append({"prompt_logprobs": prompt_lp.tolist(), "generated": tokens.tolist(),
+            prompt_lp = logprobs[:-1].gather(1, x[0, 1:, None])[:, 0].tolist()
+            tokens, gen_lp = [], []
+            for _ in range(new_tokens):
+                last = logprobs[-1]
+                token = int(last.argmax())
+                tokens.append(token)
+                gen_lp.append(last[token].item())
+                x = torch.cat([x, torch.tensor([[token]])], dim=1)
+                logprobs = torch.log_softmax(model(input_ids=x, use_cache=False).logits[0].float(), -1)
+            out.append({"prompt_logprobs": prompt_lp, "generated": tokens,
                         "generated_logprobs": gen_lp})
     return out
 
@@ -148,7 +154,8 @@ def main(argv=None) -> int:
 
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="vllm-check-"))
     work.mkdir(parents=True, exist_ok=True)
-    cases = {f"attn-k{a.k}-knn": list(chosen.blocks), f"attn-k{a.k}-with-block0": with_zero}
+    cases = {f"attn-k{a.k}-knn": sorted(chosen.blocks),
+             f"attn-k{a.k}-with-block0": sorted(with_zero)}
     if not a.no_control:
         cases["attn-k0-control"] = []
     rows, ok = [], True

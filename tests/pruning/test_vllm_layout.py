@@ -248,3 +248,35 @@ def test_modeling_file_refuses_block_kinds_it_does_not_build():
     config.block_configs = block_sections([{"attention": attn, "ffn": ffn}])
     with pytest.raises(ValueError, match="1 entries for 2 layers"):
         no_op_attention_blocks(config)
+
+
+@pytest.mark.slow
+def test_demo_model_vllm_layout_round_trip(demo_cache_dir, tmp_path, monkeypatch):
+    """SmolLM2 (9 query heads on 3 KV heads, tied embeddings) from its GGUF: in memory and
+    streamed, block 0 among the pruned blocks; transformers gives the pruned logits back."""
+    from analysis.models import load_model
+    from analysis.settings import ModelSettings
+
+    monkeypatch.setenv("ENTRODROP_CACHE_DIR", demo_cache_dir)
+    demo = "demo:smollm2-135m"
+    loaded = load_model(ModelSettings(demo, device="cpu", dtype="float32"))
+    blocks = [0, 20, 25, 27]
+    mem = export_pruned(loaded.model, loaded.tokenizer, tmp_path / "mem", granularity="attn",
+                        blocks=blocks, manifest={"source_model": demo}, layout="vllm")
+    streamed = stream_export_blocks(demo, tmp_path / "stream", "attn", blocks,
+                                    {"source_model": demo}, layout="vllm")
+    assert_same_export(streamed, mem)
+    config = json.loads((mem / "config.json").read_text())
+    assert [i for i, b in enumerate(config["block_configs"]) if b["attention"]["no_op"]] == \
+        [20, 25, 27]
+    assert {b["attention"]["n_heads_in_group"] for b in config["block_configs"]} == {3, None}
+    assert {b["ffn"]["intermediate_size"] for b in config["block_configs"]} == {1536}
+    tensors = tensors_of(mem)
+    assert not tensors["model.layers.0.self_attn.o_proj.weight"].any()
+    assert not any(k.startswith(("model.layers.20.self_attn", "model.layers.20.input_layernorm"))
+                   for k in tensors)
+    ids = tiny_ids(batch=2, seqlen=32, seed=5) + 100  # real-vocabulary ids
+    reloaded = AutoModelForCausalLM.from_pretrained(mem, trust_remote_code=True).eval()
+    with pruned(loaded.model, "attn", blocks):
+        expected = logits(loaded.model, ids)
+    assert (logits(reloaded, ids) - expected).abs().max().item() <= 1e-5
