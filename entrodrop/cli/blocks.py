@@ -176,7 +176,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    service.check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
+    # Both before minutes of analysis.
+    service.check_export_target(a.out, overwrite=a.overwrite)
+    service.check_export_layout(model_settings(a), a.granularity, a.layout)
     profile = profile_of(a)
     d = decision_of(a, profile, plan_of(a, profile))
     loaded = load(a)

@@ -20,6 +20,7 @@ from entrodrop.service.analysis import (
 )
 from entrodrop.service.blocks import (
     DEFAULT_STAGE_ESTIMATOR,
+    check_export_layout,
     check_export_target,
     decision,
     export_blocks,
@@ -62,7 +63,8 @@ says what and what to do next. Anything else is a bug."""
 __all__ = [
     "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "Model",
     "ModelRegistry", "StreamedModel", "WholeModelNeeded",
-    "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_target",
+    "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_layout",
+    "check_export_target",
     "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
     "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows",
     "profile_model", "quality_of", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",

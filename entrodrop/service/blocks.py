@@ -7,7 +7,8 @@ from pathlib import Path
 
 from analysis.architectures import count_parameters, weight_bytes
 from analysis.profile import Profile
-from analysis.settings import Estimator, Granularity
+from analysis.settings import Estimator, Granularity, ModelSettings
+from analysis.streaming.sources import open_source
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, whole_model
 from pruning.apply import pruned
 from pruning.decision import Decision, decide
@@ -19,7 +20,7 @@ from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
 from pruning.streaming import stream_export_blocks, stream_quality, stream_quality_curves
-from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout
+from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout, check_layout, vllm_attn_plan
 
 DEFAULT_STAGE_ESTIMATOR: Estimator = "bucket"
 """Whose entropy curve sets the automatic S_start. The knn curve starts very low at Z_0
@@ -97,6 +98,19 @@ def quality_of(loaded: Model, held_out_ids, granularity: Granularity,
 def check_export_target(out_dir, *, overwrite: bool = False) -> Path:
     """Refuse an export target before any expensive work (exists, not ours, not writable)."""
     return export_target_check(out_dir, overwrite=overwrite)
+
+
+def check_export_layout(settings: ModelSettings, granularity: Granularity, layout: str) -> None:
+    """Refuse, from the model's config alone and before the analysis runs, a layout the
+    export could not be written in (the vLLM layout of a family vLLM cannot run that way).
+    A config that cannot be read from local files is left to the export, which checks again."""
+    if check_layout(layout) != "vllm" or granularity != "attn":
+        return
+    try:
+        config = open_source(settings.spec).config
+    except Exception:  # noqa: BLE001 - unreadable here: the load and the export say why
+        return
+    vllm_attn_plan(config, ())
 
 
 def parameter_savings(loaded: Model, granularity: Granularity,

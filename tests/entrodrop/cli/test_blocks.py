@@ -102,12 +102,14 @@ def test_export_attn_in_the_vllm_layout(tiny_llama_dir, cache, tmp_path):
     assert type(model).__name__ == "EntroDropDeciLlamaForCausalLM"
 
 
-def test_export_in_the_vllm_layout_refuses_other_families_in_one_line(cache, tmp_path):
+def test_export_in_the_vllm_layout_refuses_other_families_before_the_analysis(tmp_path):
     from tests.tiny_models import save_tiny
 
     source = save_tiny("qwen3", tmp_path / "tiny-qwen3")
+    own_cache = tmp_path / "cache"
     r = run_cli(["--quiet", "export", "--model", str(source), *ANALYSIS, "--granularity", "attn",
-                 "--k", "1", "--layout", "vllm", "--out", str(tmp_path / "out")], cache)
+                 "--k", "1", "--layout", "vllm", "--out", str(tmp_path / "out")], own_cache)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "layout 'transformers'" in r.stderr
     assert not (tmp_path / "out").exists()
+    assert not list(own_cache.rglob("*.json"))  # refused before any profile was computed
