@@ -280,3 +280,22 @@ def test_demo_model_vllm_layout_round_trip(demo_cache_dir, tmp_path, monkeypatch
     with pruned(loaded.model, "attn", blocks):
         expected = logits(loaded.model, ids)
     assert (logits(reloaded, ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_block0_output_bias_is_zeroed_too(tmp_path):
+    # Llama with attention_bias: o_proj has a bias, which would otherwise add a constant.
+    torch.manual_seed(0)
+    config = tiny_model("llama").config
+    config.attention_bias = True
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.bias.normal_()
+    out = export_vllm(model, tmp_path / "out", [0, 2])
+    tensors = tensors_of(out)
+    assert not tensors["model.layers.0.self_attn.o_proj.bias"].any()
+    assert "model.layers.2.self_attn.o_proj.bias" not in tensors
+    ids = tiny_ids()
+    with pruned(model, "attn", [0, 2]):
+        expected = logits(model, ids)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert (logits(reloaded, ids) - expected).abs().max().item() <= 1e-6
