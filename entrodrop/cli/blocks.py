@@ -45,6 +45,7 @@ from pruning.decision import Decision
 from pruning.manifest import read_manifest
 from pruning.ranking import BASELINE
 from pruning.stages import StagePlan
+from pruning.vllm_layout import DEFAULT_LAYOUT, LAYOUTS
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
@@ -276,7 +277,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    service.check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
+    # Both before minutes of analysis.
+    service.check_export_target(a.out, overwrite=a.overwrite)
+    service.check_export_layout(model_settings(a), a.granularity, a.layout)
     bench = benchmark_settings(a)
     profile = profile_of(a)
     d = decision_of(a, profile, plan_of(a, profile))
@@ -292,9 +295,10 @@ def cmd_export(a: argparse.Namespace) -> int:
         benchmarks = manifest_record(runs)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
-                                benchmarks=benchmarks, progress=progress)
+                                benchmarks=benchmarks, progress=progress, layout=a.layout)
     progress.done()
-    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}) to {out}", file=sys.stderr)
+    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}, layout {a.layout}) "
+          f"to {out}", file=sys.stderr)
     return 0
 
 
@@ -315,6 +319,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="target folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
     add_benchmark_args(p, record=False)
+    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help="vllm: write attn exports of Llama-style models in the DeciLM "
+                        "(nemotron-nas) form that vLLM runs and transformers also loads "
+                        "(both with trust_remote_code)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="quality and speed of a model, or of a pruned variant")
