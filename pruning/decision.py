@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from analysis.profile import Profile
 from analysis.settings import Granularity
-from pruning.ranking import Criterion, prune_order, prune_set
+from pruning.ranking import Criterion, prune_order, prune_set, validate_k
 from pruning.rankstring import order_to_rank_string
-from pruning.stages import StagePlan
+from pruning.stages import StagePlan, max_k
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Decision:
     def with_k(self, k: int) -> Decision:
         """The same order at another budget (validated against the plan)."""
         order = list(self.order)
+        k = validate_k(k, max_k(self.plan), _K_LIMIT)
         return Decision(self.granularity, self.criterion, k, self.plan, self.scores,
                         self.order, tuple(prune_set(order, k)))
 
@@ -55,9 +56,13 @@ class Decision:
                 "s_start": self.plan.s_start, "policy": self.plan.policy}
 
 
+_K_LIMIT = "the prunable blocks; at least one block always stays"
+
+
 def decide(profile: Profile, granularity: Granularity, criterion: Criterion, k: int,
            plan: StagePlan) -> Decision:
     """Rank the plan's prunable blocks by `criterion` and prune the first k."""
+    k = validate_k(k, max_k(plan), _K_LIMIT)
     scores = profile.scores(granularity, criterion)
     order = prune_order(scores, plan)
     return Decision(granularity, criterion, k, plan, tuple(scores), tuple(order),
