@@ -33,8 +33,13 @@ def render() -> None:
     with st.sidebar:
         st.markdown("### Model")
         loaded = state.peek_model()
-        status = "loaded" if loaded is not None else "not loaded yet"
-        st.caption(f"`{ss['model_spec']}` · {ss['device']} / {ss['dtype']} · {status}")
+        failure = state.load_failure() if loaded is None else None
+        status = ("loaded" if loaded is not None
+                  else "**load failed**" if failure else "not loaded yet")
+        st.caption(f"`{ss['model_spec'] or '(no model chosen)'}` · {ss['device']} / "
+                   f"{ss['dtype']} · {status}")
+        if failure:
+            st.warning(f"**This model did not load.** {failure}", icon=":material/error:")
         st.markdown("### Calibration")
         sources = ", ".join(f"`{s}`" for s in ss["cal_sources"]) or "none chosen"
         st.caption(f"{sources} · N={ss['cal_samples']} × T={ss['cal_seqlen']} · "
@@ -45,7 +50,12 @@ def render() -> None:
                     icon=":material/info:")
             return
         hits = sum(record.from_cache)
-        st.caption(f"Analysis: {len(record.runs)} calibration run(s), {hits} from cache.")
+        st.caption(f"Analysis: {len(record.runs)} calibration run(s), {hits} from cache · "
+                   f"model `{record.request.model.spec}`.")
+        if not state.analysis_is_current():
+            st.warning("**Stale analysis:** it was made with other settings than the current "
+                       "ones; run it again on the Calibration page.",
+                       icon=":material/history:")
         st.markdown("### Pruning")
         _pruning_controls(record.runs)
         _report_button()

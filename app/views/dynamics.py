@@ -8,6 +8,7 @@ from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import charts, state
 from app.logic.prune_view import build_view
 from app.logic.runs import json_key, profile_fingerprint
+from app.logic.teaching import curve_notes
 
 ss = st.session_state
 st.title("Entropy dynamics")
@@ -40,6 +41,8 @@ fig = state.figure("curve", json_key(profile.entropy_curve, estimators, view.pla
                                                        view.plan.s_start))
 st.plotly_chart(fig, key="curve_chart", on_select=_on_curve_select,
                 selection_mode="points", width="stretch")
+for note in curve_notes(profile, view.plan, estimators):
+    st.info(note, icon=":material/school:")
 s1, s2 = st.columns([5, 1])
 s1.slider("S_start (first block that may be pruned)", min_value=0,
           max_value=max(num_layers - 1, 1), key="s_start", persist_state="session",
