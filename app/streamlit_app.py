@@ -48,3 +48,5 @@ with state.guard("Drawing the sidebar"):
     sidebar.render()
 with state.guard(f"Drawing the {page.title} page"):
     page.run()
+with state.guard("Updating the sidebar"):
+    sidebar.refresh()

@@ -74,7 +74,7 @@ st.text_input("…or the path of a file on the server", key="cal_path_input",
 st.text_input("Text column for .jsonl/.csv/.parquet files (blank: guess text, content, "
               "document, body)", key="cal_text_column", persist_state="session")
 if ss.get("cal_upload_error"):
-    st.error(f"**Upload refused.** {ss['cal_upload_error']}", icon=":material/error:")
+    st.error(f"**File refused.** {ss['cal_upload_error']}", icon=":material/error:")
 
 c1, c2, c3 = st.columns(3)
 c1.number_input("N (windows)", min_value=1, max_value=100_000, step=1, key="cal_samples",
