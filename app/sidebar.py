@@ -34,7 +34,9 @@ def render() -> None:
     ss["_view"] = None
     with st.sidebar:
         st.markdown("### Model")
-        _STATUS.box = st.empty()
+        # Three fixed slots, each filled or emptied on its own: a container redrawn with fewer
+        # children would keep the first draw's extra ones until the next run.
+        _STATUS.slots = (st.empty(), st.empty(), st.empty())
         _model_status()
         st.markdown("### Calibration")
         sources = ", ".join(f"`{s}`" for s in ss["cal_sources"]) or "none chosen"
@@ -64,23 +66,26 @@ def _model_status() -> None:
     failure = state.load_failure() if loaded is None else None
     status = ("loaded" if loaded is not None
               else "**load failed**" if failure else "not loaded yet")
-    with _STATUS.box.container():
-        st.caption(f"`{ss['model_spec'] or '(no model chosen)'}` · {ss['device']} / "
-                   f"{ss['dtype']} · {status}")
-        if failure:
-            st.warning(f"**This model did not load.** {failure}", icon=":material/error:")
-        if state.analysis() is not None and not state.analysis_is_current():
-            st.warning("**Stale analysis:** it was made with other settings than the current "
-                       "ones; run it again on the Calibration page.",
-                       icon=":material/history:")
+    line, failed, stale = _STATUS.slots
+    line.caption(f"`{ss['model_spec'] or '(no model chosen)'}` · {ss['device']} / "
+                 f"{ss['dtype']} · {status}")
+    if failure:
+        failed.warning(f"**This model did not load.** {failure}", icon=":material/error:")
+    else:
+        failed.empty()
+    if state.analysis() is not None and not state.analysis_is_current():
+        stale.warning("**Stale analysis:** it was made with other settings than the current "
+                      "ones; run it again on the Calibration page.", icon=":material/history:")
+    else:
+        stale.empty()
 
 
 def refresh() -> None:
     """Redraw the model status after the page ran: the page may have changed the model
     (the Model page sets it, and a load may have just failed or succeeded)."""
-    if getattr(_STATUS, "box", None) is not None:
+    if getattr(_STATUS, "slots", None) is not None:
         _model_status()
-        _STATUS.box = None
+        _STATUS.slots = None
 
 
 def _pruning_controls(runs: list[Profile]) -> None:

@@ -312,7 +312,7 @@ def stale_banner() -> None:
     made = provenance.describe_stamp(provenance.request_stamp(record.request),
                                      ["model", "sources", "samples", "seqlen"])
     failure = load_failure()
-    failed = f" The current model did not load: {failure}" if failure else ""
+    failed = f" The current model did not load: {failure.rstrip('.')}." if failure else ""
     st.warning(f"**Stale: these results are for earlier settings** ({made}). Changed since: "
                f"{'; '.join(found)}.{failed} Run the analysis again on the Calibration page; "
                "until then nothing that needs the model (curves, speed, text, export) runs.",
