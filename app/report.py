@@ -32,6 +32,7 @@ def snapshot() -> dict:
     return {
         "analysis": state.analysis(),
         "analysis_changes": state.analysis_changes(),
+        "model_spec": state.model_settings().spec,
         "run_index": int(ss.get("run_index", 0) or 0),
         "view_settings": state.view_settings(),
         "curve_estimators": list(ss.get("curve_estimators") or []),
@@ -83,7 +84,8 @@ def figures(snap: Mapping) -> list[tuple[str, object, str]]:
         agree = robustness(runs, views)
         out.append(("Robustness", charts.agreement_figure(agree["names"], agree["jaccard"]),
                     "Jaccard index of the prune sets chosen on each calibration set."))
-    budget = _current(snap.get("budget"), prune_stamp(view, profile.spec))
+    budget = _current(snap.get("budget"), prune_stamp(view, snap.get("model_spec",
+                                                                     profile.spec)))
     if budget:
         out.append(("Quality against K", charts.quality_figure(budget["rows"], marker_x=view.k),
                     "Held-out perplexity, KL to the unpruned model and top-1 agreement."))
@@ -130,7 +132,8 @@ def build_html(snap: Mapping) -> str:
     if record:
         profile = record.runs[min(snap.get("run_index", 0), len(record.runs) - 1)]
         view = build_view(profile, **dict(snap["view_settings"]))
-        now = prune_stamp(view, profile.spec)
+        # Results are stamped with the model chosen when they were made.
+        now = prune_stamp(view, snap.get("model_spec", profile.spec))
         header = _header(record, view, snap.get("analysis_changes") or [])
         tables = "".join([
             _prune_table(view),

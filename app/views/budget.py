@@ -17,7 +17,7 @@ record = state.analysis()
 
 index = int(ss["run_index"])
 current = state.analysis_is_current()
-stamp = prune_stamp(view, profile.spec)
+stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
 ks, skipped_ks = feasible_ks(budget_ks(view.max_k), view.max_k)
 
 st.subheader("Quality against K")

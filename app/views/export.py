@@ -29,7 +29,7 @@ current = state.analysis_is_current()
 suggested = block_export_name(profile.spec, view)
 ss["export_name"] = follow_suggestion(ss["export_name"], ss.get("_export_suggested"), suggested)
 ss["_export_suggested"] = suggested
-stamp = prune_stamp(view, profile.spec)
+stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
 
 st.markdown(
     f"Writes the model with the **{view.k} {view.granularity} blocks** chosen by "

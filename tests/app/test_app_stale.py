@@ -20,9 +20,15 @@ def _fail_load(at, path="/nonexistent/tiny-model"):
     assert any("does not exist" in e.value for e in at.error)
 
 
-def test_failed_load_marks_every_analysis_page_stale_and_blocks_model_work(ui):
+def test_failed_load_marks_every_analysis_page_stale_and_blocks_model_work(ui, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(tmp_path / "exports"))
     at = ui.analysed(seed=51)
     at.slider(key="k").set_value(1).run()
+    at.switch_page("views/export.py").run()
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    assert at.success
     _fail_load(at)
     # The sidebar names the failure, not "not loaded yet".
     sidebar = "\n".join(str(e.value) for e in (*at.sidebar.caption, *at.sidebar.warning))
@@ -37,6 +43,10 @@ def test_failed_load_marks_every_analysis_page_stale_and_blocks_model_work(ui):
     # Export and every model run are off, with the reason, instead of failing.
     assert at.button(key="run_export").disabled
     assert "Export is off while the analysis is stale" in _texts(at)
+    # The export was of the analysed model: not shown as a success under another one.
+    assert not at.success
+    assert any("made for other settings" in i.value and "/nonexistent/tiny-model" in i.value
+               for i in at.info)
     at.switch_page("views/budget.py").run()
     assert at.button(key="run_budget").disabled and at.button(key="run_generate").disabled
     # Back to the analysed model: the results are current again.

@@ -162,6 +162,10 @@ def test_no_stale_result_or_impossible_control_remains(dashboard, app_server):
         d.assert_clean(f"{link} after a failed load")
     expect(page.get_by_role("button", name="Export pruned model")).to_be_disabled()
     expect(d.main).to_contain_text("Export is off while the analysis is stale")
+    # The K = 2 export was of the demo model: no green box for it under another model.
+    expect(d.main.get_by_test_id("stAlertContentSuccess")).to_have_count(0)
+    expect(d.main.get_by_test_id("stAlertContentInfo").filter(
+        has_text="was made for other settings")).to_contain_text("/nonexistent/model")
     d.screenshot("stale_export")
     d.go("Budget")
     for button in ("Compute quality curves", "Generate"):
