@@ -48,8 +48,8 @@ def render() -> None:
                     icon=":material/info:")
             return
         hits = sum(record.from_cache)
-        st.caption(f"Analysis: {len(record.runs)} calibration run(s), {hits} from cache · "
-                   f"model `{record.request.model.spec}`.")
+        st.caption(f"Analysis: {len(record.runs)} calibration run(s), {hits} from cache.")
+        st.caption(f"Analysed model: `{record.request.model.spec}`")
         st.markdown("### Pruning")
         _pruning_controls(record.runs)
         _report_button()
