@@ -32,7 +32,7 @@ def _on_upload() -> None:
         # here rather than becoming a source that makes every later analysis fail.
         service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
     except service.USER_ERRORS as exc:
-        ss["cal_upload_error"] = f"{upload.name}: {describe_error(exc)}"
+        ss["cal_upload_error"] = f"**Upload refused.** {upload.name}: {describe_error(exc)}"
         return
     ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
     ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
@@ -46,7 +46,7 @@ def _on_add_path() -> None:
         try:
             service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
         except service.USER_ERRORS as exc:
-            ss["cal_upload_error"] = describe_error(exc)
+            ss["cal_upload_error"] = f"**File refused.** {describe_error(exc)}"
             return
         ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
         ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
@@ -74,7 +74,7 @@ st.text_input("…or the path of a file on the server", key="cal_path_input",
 st.text_input("Text column for .jsonl/.csv/.parquet files (blank: guess text, content, "
               "document, body)", key="cal_text_column", persist_state="session")
 if ss.get("cal_upload_error"):
-    st.error(f"**File refused.** {ss['cal_upload_error']}", icon=":material/error:")
+    st.error(ss["cal_upload_error"], icon=":material/error:")
 
 c1, c2, c3 = st.columns(3)
 c1.number_input("N (windows)", min_value=1, max_value=100_000, step=1, key="cal_samples",

@@ -131,7 +131,7 @@ def test_no_stale_result_or_impossible_control_remains(dashboard, app_server):
     before = sources.inner_text()
     page.locator(".st-key-cal_upload input[type=file]").set_input_files(
         files=[{"name": "table.csv", "mimeType": "text/csv", "buffer": b"a,b\n1,2\n3,4\n"}])
-    refused = d.main.get_by_test_id("stAlertContentError").filter(has_text="File refused")
+    refused = d.main.get_by_test_id("stAlertContentError").filter(has_text="Upload refused")
     expect(refused).to_contain_text("no text column found")
     d.settle()
     expect(sources).not_to_contain_text("table.csv")
