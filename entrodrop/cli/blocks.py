@@ -32,7 +32,7 @@ from entrodrop.cli.common import (
 )
 from pruning.decision import Decision
 from pruning.ranking import BASELINE
-from pruning.stages import StagePlan
+from pruning.stages import StagePlan, max_k
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
@@ -123,6 +123,14 @@ def _pruned_figures(a: argparse.Namespace, loaded: service.Model, ids, d: Decisi
 def _k_curves(a: argparse.Namespace, loaded: service.Model, ids, profile: Profile,
               plan: StagePlan, ks: list[int]) -> list[dict]:
     criteria = a.criteria.split(",")
+    # A K the plan cannot prune (more than the prunable blocks, or every block) is left
+    # out with a note rather than failing the whole curve.
+    limit = max_k(plan)
+    skipped = [k for k in ks if k > limit]
+    if skipped:
+        print(f"note: K = {', '.join(map(str, skipped))} left out: at most {limit} blocks can "
+              "be pruned under this stage plan", file=sys.stderr)
+    ks = [k for k in ks if k <= limit]
     rows = []
     for g in a.curve_granularities.split(","):
         orders = {c: service.decision(profile, g, c, 0, plan).order for c in criteria}

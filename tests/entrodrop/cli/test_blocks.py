@@ -84,3 +84,18 @@ def test_evaluate_width_curves(tiny_llama_dir, cache, tmp_path):
     for x in rows[1:]:
         if x["ratio"] == 1.0:  # keeping every neuron changes nothing
             assert x["kl"] == pytest.approx(0.0, abs=1e-6) and x["top1"] == 1.0
+
+
+def test_evaluate_curve_leaves_out_a_k_that_would_prune_every_block(tiny_llama_dir, cache,
+                                                                    tmp_path):
+    layers = json.loads((tiny_llama_dir / "config.json").read_text())["num_hidden_layers"]
+    out = tmp_path / "eval-all.json"
+    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--held-out", "2", "--granularity", "attn", "--criterion", "knn", "--k", "1",
+                 "--policy", "manual", "--s-start", "0", "--allow-last",
+                 "--ks", f"0,{layers - 1},{layers}", "--curve-granularities", "attn",
+                 "--repeats", "1", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    assert f"K = {layers} left out: at most {layers - 1} blocks" in r.stderr
+    rows = json.loads(out.read_text())["curves"]
+    assert {row["k"] for row in rows} == {0, layers - 1}
