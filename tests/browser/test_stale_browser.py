@@ -40,6 +40,10 @@ def _warnings(d, text: str):
 @pytest.mark.browser
 def test_no_stale_result_or_impossible_control_remains(dashboard, app_server):
     d, page = dashboard, dashboard.page
+    # Everything is served by the app itself: no favicon or font from an external host.
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url)
+            if not r.url.startswith((app_server.url, "data:", "blob:")) else None)
 
     # --- Start page and the one-click demo.
     d.open()
@@ -49,6 +53,9 @@ def test_no_stale_result_or_impossible_control_remains(dashboard, app_server):
     expect(steps).to_have_count(6)
     expect(steps.first).to_contain_text("1. Model")
     expect(steps.last).to_contain_text("6. Export")
+    favicon = page.locator("link[rel~='icon']").first
+    expect(favicon).to_have_attribute(
+        "href", re.compile(f"^{re.escape(app_server.url)}/media/[0-9a-f]+\\.png$"))
     d.screenshot("start")
     page.get_by_role("button", name="Run the demo").click()
     d.title("Entropy dynamics").wait_for(timeout=DEMO_MS)
@@ -183,3 +190,4 @@ def test_no_stale_result_or_impossible_control_remains(dashboard, app_server):
     expect(_warnings(d, "Stale")).to_have_count(0)
     expect(page.get_by_role("button", name="Export pruned model")).to_be_enabled()
     d.assert_clean("export after going back to the demo")
+    assert not outside, outside
