@@ -35,7 +35,8 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # 0.0.0.0 is not an address a browser can open; show localhost instead.
 URL_HOST := $(if $(filter 0.0.0.0,$(ENTRODROP_ADDRESS)),localhost,$(ENTRODROP_ADDRESS))
 
-.PHONY: help setup setup-browser check-run-settings run test test-fast lint bench clean-cache
+.PHONY: help setup setup-browser check-run-settings run test test-fast lint bench clean-cache \
+	vllm-setup vllm-check
 
 help:
 	@echo "make run         set up, then start the dashboard on http://$(URL_HOST):$(PORT)"
@@ -43,6 +44,7 @@ help:
 	@echo "make test-fast   run the tests not marked slow or browser"
 	@echo "make lint        ruff check"
 	@echo "make bench       run the CPU benchmarks (bench_compare and gpu_check are run by hand)"
+	@echo "make vllm-check  set up .venv-vllm (vLLM's CPU build), then run attn exports in vLLM"
 	@echo "make setup       create or refresh .venv only"
 	@echo "make clean-cache empty cache/ (keeps cache/README.md)"
 
@@ -77,10 +79,18 @@ lint: setup
 # checkpoint (16 GB at full depth), so `make bench` runs it cut to 2 layers; bench_compare
 # needs two checkouts and gpu_check a GPU, so both are run by hand (docs/BENCHMARKS.md).
 BENCH_RUNS := bench/bench_analysis.py bench/bench_estimators.py bench/bench_ui_latency.py \
-	"bench/bench_streaming.py --layers 2 --bare"
+	bench/bench_browser_latency.py "bench/bench_streaming.py --layers 2 --bare"
 
-bench: setup
+bench: setup-browser
 	@for run in $(BENCH_RUNS); do echo "== $$run"; $(PY) $$run || exit 1; done
+
+# vLLM pins its own torch and transformers, so it lives in .venv-vllm, never in .venv, and
+# is not part of `make test` (docs/BENCHMARKS.md: install time and the check's figures).
+vllm-setup:
+	@bash scripts/setup_vllm.sh
+
+vllm-check: setup vllm-setup
+	$(PY) bench/vllm_check.py
 
 clean-cache:
 	@find cache -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

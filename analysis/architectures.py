@@ -97,6 +97,9 @@ def get_architecture(model_or_config) -> Architecture:
     model_type = getattr(config, "model_type", None)
     if isinstance(model_type, str) and model_type.startswith("entrodrop_"):
         model_type = model_type[len("entrodrop_"):]  # an attention-pruned EntroDrop export
+    elif model_type == "nemotron-nas":
+        # An attention-pruned EntroDrop export in the vLLM layout records its own family.
+        model_type = getattr(config, "entrodrop_model_type", model_type)
     for arch in _TABLE:
         if model_type in arch.model_types:
             if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):

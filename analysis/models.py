@@ -73,7 +73,7 @@ class LoadedModel:
 
     @property
     def on_gpu(self) -> bool:
-        return self.device.type in ("cuda", "mps")
+        return is_gpu(self.device)
 
 
 # --------------------------------------------------------------------------- devices
@@ -91,6 +91,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelLoadError("device 'mps' was requested but Apple MPS is not available; use auto or cpu")
     return torch.device(device)
+
+
+def is_gpu(device: torch.device | str) -> bool:
+    """Whether `device` is an accelerator: the defaults (N, T, dtype) are larger there."""
+    return torch.device(device).type in ("cuda", "mps")
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

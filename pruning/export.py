@@ -2,7 +2,9 @@
 
 `layer`: a standard checkpoint with L-K layers that stock transformers loads.
 `attn`: the checkpoint without the dropped attention weights, plus `modeling_entrodrop.py`
-(registered through `config.auto_map`), which needs `trust_remote_code=True`.
+(registered through `config.auto_map`), which needs `trust_remote_code=True`. With
+`layout="vllm"` it is written in the DeciLM / nemotron-nas form that vLLM also runs
+(`pruning.vllm_layout`).
 
 The source model is never saved directly (a GGUF-loaded model refuses `save_pretrained`)
 and never modified: a fresh model is built from a copy of its config and given the pruned
@@ -40,6 +42,17 @@ from analysis.paths import (
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
 from pruning.attn_export import DROPPED_ATTN_KEY, MODELING_NAME, attn_config, write_attn_code
+from pruning.vllm_layout import (
+    DEFAULT_LAYOUT,
+    VLLM_MODEL_TYPE,
+    ExportLayout,
+    VllmAttnPlan,
+    check_layout,
+    vllm_attn_config,
+    vllm_attn_plan,
+    vllm_attn_state,
+    write_vllm_code,
+)
 
 MANIFEST_NAME = "entrodrop.json"
 
@@ -71,18 +84,33 @@ class UnsupportedExportError(ExportError):
 
 
 def export_size_estimate(model: nn.Module, granularity: Granularity,
-                         blocks: Sequence[int]) -> int:
+                         blocks: Sequence[int], layout: ExportLayout = DEFAULT_LAYOUT) -> int:
     """Bytes of weights the export writes: the kept tensors, tied ones counted once."""
     arch, drop = checked_blocks_export(model, granularity, blocks)
-    state = pruned_state_dict(model, arch, granularity, drop)
+    plan = layout_plan(model.config, granularity, drop, layout)
+    state = pruned_state_dict(model, arch, granularity, drop, plan)
     return tensor_bytes(state.values())
 
 
+def layout_plan(config, granularity: Granularity, drop: tuple[int, ...],
+                layout: str) -> VllmAttnPlan | None:
+    """What the vLLM layout does to an attn export's blocks; None for anything that is
+    written the same in every layout (`layer` exports, the `transformers` layout)."""
+    if check_layout(layout) != "vllm" or granularity != "attn":
+        return None
+    return vllm_attn_plan(config, drop)
+
+
 def pruned_state_dict(model: nn.Module, arch: Architecture, granularity: Granularity,
-                      drop: Sequence[int]) -> dict[str, torch.Tensor]:
+                      drop: Sequence[int],
+                      plan: VllmAttnPlan | None = None) -> dict[str, torch.Tensor]:
     """The source state dict as the pruned model names it, without copying any tensor:
     `layer` leaves out the dropped layers and renumbers the rest; `attn` leaves out the
-    dropped layers' attention weights."""
+    dropped layers' attention weights (under a vLLM `plan`: the removed layers' attention
+    and pre-attention norm, with zeros for the kept-at-zero output projections)."""
+    if plan is not None:
+        state = pruned_state_dict(model, arch, granularity, plan.removed)
+        return vllm_attn_state(state, arch, plan)
     layers = arch.layers(model)
     names = {id(m): name for name, m in model.named_modules()}
     prefix = names[id(layers)] + "."
@@ -106,39 +134,43 @@ def pruned_state_dict(model: nn.Module, arch: Architecture, granularity: Granula
 
 def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
                   granularity: Granularity, blocks: Sequence[int], manifest: Mapping[str, Any],
-                  overwrite: bool = False, progress: Progress | None = None) -> Path:
+                  overwrite: bool = False, progress: Progress | None = None,
+                  layout: ExportLayout = DEFAULT_LAYOUT) -> Path:
     """Write `model` with `blocks` pruned to `out_dir`, with tokenizer, `entrodrop.json`
     (the manifest plus what was done) and a README model card. Returns the folder.
 
-    `model` must be the unpruned source model; it is left unchanged.
+    `model` must be the unpruned source model; it is left unchanged. `layout`: see
+    `pruning.vllm_layout.ExportLayout`.
     """
     report = progress or (lambda frac, msg: None)
     arch, drop = checked_blocks_export(model, granularity, blocks)
     base = stock_class(model, granularity)
+    plan = layout_plan(model.config, granularity, drop, layout)
     record = json_ready(dict(manifest), "manifest")
     num_layers = len(arch.layers(model))
     out_dir = Path(out_dir)
 
     report(0.0, "checking the target folder")
-    state = pruned_state_dict(model, arch, granularity, drop)
+    state = pruned_state_dict(model, arch, granularity, drop, plan)
     with staged_output_dir(out_dir, overwrite=overwrite,
                            needed_bytes=tensor_bytes(state.values())) as tmp:
         report(0.1, "building the pruned model")
         config = copy.deepcopy(model.config)
-        prepare = prune_config(config, arch, base, granularity, drop, num_layers)
+        prepare = prune_config(config, arch, base, granularity, drop, num_layers, plan)
 
         report(0.2, "writing the weights")
         fresh = save_clean_checkpoint(model, tmp, config=config, state_dict=state,
                                       model_class=base, prepare=prepare)
         if granularity == "attn":
-            write_attn_code(tmp, base, arch, config)
+            write_block_code(tmp, base, arch, config, plan)
 
         report(0.7, "writing the tokenizer")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 
         report(0.85, "writing the manifest and model card")
-        record.update({**block_fields(granularity, drop, num_layers), **provenance(model, fresh)})
+        record.update({**block_fields(granularity, drop, num_layers, layout, plan),
+                       **provenance(model, fresh)})
         del fresh
         write_manifest(tmp, record, block_model_card(out_dir.name, record))
         report(0.95, "moving the export into place")
@@ -147,10 +179,14 @@ def export_pruned(model: nn.Module, tokenizer, out_dir: str | os.PathLike, *,
 
 
 def prune_config(config, arch: Architecture, base: type, granularity: Granularity,
-                 drop: tuple[int, ...], num_layers: int) -> Callable[[nn.Module], None] | None:
+                 drop: tuple[int, ...], num_layers: int,
+                 plan: VllmAttnPlan | None = None) -> Callable[[nn.Module], None] | None:
     """Make `config` (the export's own copy) that of the pruned model; returns what the fresh
-    model must do before it takes the weights (attn: swap out attention), or None."""
+    model must do before it takes the weights (attn: swap out attention), or None. `plan`:
+    the vLLM layout's (`layout_plan`), None for the transformers layout."""
     if granularity == "attn":
+        if plan is not None:
+            return vllm_attn_config(config, arch, base, plan)
         return attn_config(config, arch, base, drop)
     text_config = config.get_text_config(decoder=True)
     kept = [i for i in range(num_layers) if i not in drop]
@@ -159,14 +195,31 @@ def prune_config(config, arch: Architecture, base: type, granularity: Granularit
     return None
 
 
-def block_fields(granularity: Granularity, drop: tuple[int, ...], num_layers: int) -> dict:
-    """The fields a block export adds to its manifest (before provenance)."""
-    return {
+def write_block_code(folder: Path, base: type, arch: Architecture, config,
+                     plan: VllmAttnPlan | None) -> None:
+    """The modeling file of an attn export and its config.json's class fields."""
+    if plan is not None:
+        write_vllm_code(folder, base, arch, config)
+    else:
+        write_attn_code(folder, base, arch, config)
+
+
+def block_fields(granularity: Granularity, drop: tuple[int, ...], num_layers: int,
+                 layout: ExportLayout = DEFAULT_LAYOUT,
+                 plan: VllmAttnPlan | None = None) -> dict:
+    """The fields a block export adds to its manifest (before provenance). Under the vLLM
+    layout an attn export also says which attention sub-blocks are gone from the files and
+    which are kept with a zero output projection (block 0)."""
+    fields = {
         "granularity": granularity,
         "blocks": list(drop),
         "num_layers_before": num_layers,
         "num_layers_after": num_layers - len(drop) if granularity == "layer" else num_layers,
+        "layout": check_layout(layout),
     }
+    if plan is not None:
+        fields.update(attn_removed=list(plan.removed), attn_zeroed=list(plan.zeroed))
+    return fields
 
 
 def provenance(source: nn.Module, saved: nn.Module) -> dict[str, Any]:
@@ -419,6 +472,30 @@ def block_model_card(name: str, record: Mapping[str, Any]) -> str:
         load = (f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
                 f'tokenizer = AutoTokenizer.from_pretrained("{name}")')
         note = "This is a standard checkpoint: stock transformers loads it, no custom code."
+        if record.get("layout") == "vllm":
+            load += f'\n\n# or in vLLM:\nfrom vllm import LLM\nllm = LLM(model="{name}")'
+            note += " vLLM loads it as it is."
+    elif record.get("layout") == "vllm":
+        removed = ", ".join(map(str, record.get("attn_removed", []))) or "none"
+        what = (f"The attention sub-blocks of layers {blocks} (of "
+                f"{record['num_layers_before']}) were pruned; the MLPs of those layers stay. "
+                "config.json lists every layer in `block_configs` (the DeciLM / "
+                f"`{VLLM_MODEL_TYPE}` form that vLLM runs). Attention is a no-op in layers "
+                f"{removed}, whose attention and pre-attention norm weights are not stored.")
+        if record.get("attn_zeroed"):
+            what += (" Block 0's attention is kept with a zero output projection, so it adds "
+                     "nothing: vLLM cannot start a model with a no-op attention.")
+        load = (f'model = AutoModelForCausalLM.from_pretrained("{name}", '
+                'trust_remote_code=True)\n'
+                f'tokenizer = AutoTokenizer.from_pretrained("{name}", '
+                'trust_remote_code=False)\n\n'
+                '# or in vLLM:\nfrom vllm import LLM\n'
+                f'llm = LLM(model="{name}", trust_remote_code=True)')
+        note = (f"Both engines need `trust_remote_code=True`: transformers takes the model "
+                f"class from `{MODELING_NAME}` (in this folder, torch and transformers only), "
+                "vLLM takes the config class from it and runs its own `DeciLMForCausalLM`. "
+                f"Stock transformers has no `{VLLM_MODEL_TYPE}` class, so loading without it "
+                "fails with an error instead of building a model with random weights.")
     else:
         what = (f"The attention sub-blocks of layers {blocks} (of "
                 f"{record['num_layers_before']}) were made the identity; the MLPs of those "
@@ -442,6 +519,7 @@ def block_model_card(name: str, record: Mapping[str, Any]) -> str:
     lines += [
         "## What was pruned", "",
         f"- granularity: `{granularity}`",
+        f"- layout: `{record.get('layout', DEFAULT_LAYOUT)}`",
         f"- blocks: {blocks}",
         f"- parameters: {record['parameters_before']:,} before, "
         f"{record['parameters_after']:,} after", "",
@@ -470,7 +548,8 @@ def block_model_card(name: str, record: Mapping[str, Any]) -> str:
 
 _RECORD_KEYS = frozenset({
     "granularity", "blocks", "num_layers_before", "num_layers_after", "parameters_before",
-    "parameters_after", "transformers_version", "torch_version", "exported_at",
+    "parameters_after", "transformers_version", "torch_version", "exported_at", "layout",
+    "attn_removed", "attn_zeroed",
 })
 
 

@@ -7,11 +7,16 @@ adds what the export itself did (layer counts, parameters) and writes the file.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from analysis.errors import EntroDropError
+from analysis.paths import atomic_write_text
 from analysis.profile import Profile
 from pruning.compare import compare_orders
 from pruning.decision import Decision
+from pruning.export import MANIFEST_NAME
 
 TOOL = "EntroDrop Studio"
 RANK_STRING_NOTE = (
@@ -25,13 +30,15 @@ def _finite_or_none(values: Sequence[float]) -> list[float | None]:
 
 
 def block_manifest(profile: Profile, decision: Decision, baseline: Decision,
-                   measured: Mapping | None = None) -> dict:
+                   measured: Mapping | None = None, benchmarks: Mapping | None = None) -> dict:
     """What a block export records: where it came from (model, calibration recipe,
     estimator settings), the decision (criterion, s_start, k, blocks, full order, scores),
     the baseline criterion's choice at the same k and how the two agree, and any quality
-    and speed figures measured for this prune set (`measured`, empty when none were)."""
+    and speed figures measured for this prune set (`measured`, empty when none were), and
+    the lm-eval scores of the pruned model (`benchmarks`, from
+    `pruning.benchmarks.manifest_record`; the key is absent when none were run)."""
     c = compare_orders(list(decision.order), list(baseline.order), decision.k)
-    return {
+    record = {
         "tool": TOOL,
         "method": "block",
         "source_model": profile.spec,
@@ -58,6 +65,9 @@ def block_manifest(profile: Profile, decision: Decision, baseline: Decision,
                        "only_criterion": list(c.only_a), "only_baseline": list(c.only_b)},
         "measured": dict(measured or {}),
     }
+    if benchmarks:
+        record["benchmarks"] = dict(benchmarks)
+    return record
 
 
 def width_manifest(*, source_model: str, source_identity: str | None, calibration: Mapping,
@@ -79,3 +89,40 @@ def width_manifest(*, source_model: str, source_identity: str | None, calibratio
         "kept_per_layer": [int(n) for n in kept_per_layer],
         "measured": dict(measured or {}),
     }
+
+
+class ManifestError(EntroDropError):
+    """An export's `entrodrop.json` is missing or unreadable where one is needed."""
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    """The `entrodrop.json` of an export folder; None for a folder that has none."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"cannot read {path}: {e}") from None
+    if not isinstance(record, dict):
+        raise ManifestError(f"{path} does not hold a JSON object")
+    return record
+
+
+def record_benchmarks(folder: str | Path, benchmarks: Mapping) -> Path:
+    """Merge lm-eval scores (`pruning.benchmarks.manifest_record`) into an export's
+    manifest, atomically: a run with the same settings replaces the earlier one, other
+    runs are kept. Returns the manifest's path."""
+    record = read_manifest(folder)
+    if record is None:
+        raise ManifestError(f"{folder} holds no {MANIFEST_NAME}: benchmarks are recorded only "
+                            "in exports of this tool")
+    new_runs = list(benchmarks.get("runs", []))
+    replaced = {json.dumps(r.get("settings"), sort_keys=True) for r in new_runs}
+    old = record.get("benchmarks") or {}
+    kept = [r for r in old.get("runs", [])
+            if json.dumps(r.get("settings"), sort_keys=True) not in replaced]
+    record["benchmarks"] = {**dict(benchmarks), "runs": kept + new_runs}
+    path = Path(folder) / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path

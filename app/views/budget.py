@@ -7,6 +7,7 @@ import streamlit as st
 from app import charts, state
 from app.logic.provenance import changes, feasible_ks, prune_stamp
 from app.logic.runs import budget_ks, json_key, profile_fingerprint
+from app.views.benchmarks_section import benchmarks_section
 from entrodrop import service
 
 ss = st.session_state
@@ -18,7 +19,6 @@ record = state.analysis()
 index = int(ss["run_index"])
 current = state.analysis_is_current()
 stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
-ks, skipped_ks = feasible_ks(budget_ks(view.max_k), view.max_k)
 
 st.subheader("Quality against K")
 st.markdown(
@@ -28,6 +28,15 @@ st.markdown(
 )
 st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="budget_held_out",
                 persist_state="session")
+# The chosen K values outlive a change of S_start; those no longer possible are dropped,
+# with a note.
+ss.setdefault("budget_ks", budget_ks(view.max_k))
+kept_ks, skipped_ks = feasible_ks(ss["budget_ks"], view.max_k)
+ss["budget_ks"] = kept_ks or budget_ks(view.max_k)
+st.multiselect("K values", list(range(view.max_k + 1)), key="budget_ks",
+               help=f"Which budgets to evaluate (0..{view.max_k}, the prunable blocks). Each "
+                    "costs one pass of the pruned model over the held-out windows.")
+ks = sorted(set(ss["budget_ks"]))
 st.caption(f"K values: {ks}. Computed once per profile and settings, then cached.")
 if skipped_ks:
     st.caption(f"Left out: K = {', '.join(map(str, skipped_ks))}; at most {view.max_k} blocks "
@@ -55,8 +64,18 @@ if st.button("Compute quality curves", key="run_budget", type="primary",
 if rows:
     ss["budget_result"] = {"key": budget_key, "rows": rows, "skipped_ks": skipped_ks,
                            "stamp": {**stamp, "held_out": int(ss["budget_held_out"])}}
-    st.plotly_chart(charts.quality_figure(rows, marker_x=view.k), key="quality_chart",
-                    width="stretch")
+    ss.setdefault("budget_scale", "log")
+    ss.setdefault("budget_clip", True)
+    o1, o2 = st.columns([1, 2])
+    o1.radio("Perplexity axis", ["log", "linear"], key="budget_scale", horizontal=True)
+    o2.checkbox("Clip extremes", key="budget_clip",
+                help=f"Perplexities above {charts.EXTREME_FACTOR:g}x the unpruned model's are "
+                     "drawn as triangles on the top edge, with their value, so they do not "
+                     "flatten the rest of the curve.")
+    st.plotly_chart(charts.quality_figure(rows, marker_x=view.k, scale=ss["budget_scale"],
+                                          clip=bool(ss["budget_clip"]),
+                                          marker_label=f"current K = {view.k}"),
+                    key="quality_chart", width="stretch")
     st.dataframe(rows, hide_index=True)
     with st.expander("What you are seeing", icon=":material/school:"):
         st.markdown("For each held-out token, with $P$ the unpruned and $Q$ the pruned "
@@ -111,13 +130,14 @@ else:
     speed = ss.get("speed_result")
     if speed and speed.get("key") == speed_key:
         s1, s2 = st.columns(2)
-        s1.metric("Prefill speed-up", f"{speed['prefill_ratio']:.2f}×",
-                  help=f"{speed['prefill_tokens_per_s_base']:.0f} → "
-                       f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s")
-        s2.metric("Decode speed-up", f"{speed['decode_ratio']:.2f}×",
-                  help=f"{speed['decode_ms_per_token_base']:.1f} → "
-                       f"{speed['decode_ms_per_token_pruned']:.1f} ms/token")
-        st.caption(f"Median of {speed['repeats']} runs on {speed['device']}.")
+        s1.metric("Prefill, pruned", f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s",
+                  f"speed-up {speed['prefill_ratio']:.2f}× · unpruned "
+                  f"{speed['prefill_tokens_per_s_base']:.0f} tokens/s", delta_color="off")
+        s2.metric("Decode, pruned", f"{speed['decode_ms_per_token_pruned']:.1f} ms/token",
+                  f"speed-up {speed['decode_ratio']:.2f}× · unpruned "
+                  f"{speed['decode_ms_per_token_base']:.1f} ms/token", delta_color="off")
+        st.caption(f"Median of {speed['repeats']} runs on {speed['device']}; prefill of a "
+                   f"{min(128, int(ss['cal_seqlen']))}-token prompt, decode of 16 new tokens.")
 
 st.subheader("Side by side")
 st.text_area("Prompt", key="gen_prompt", persist_state="session", height=80)
@@ -152,3 +172,5 @@ elif texts:
     t1.text(texts["unpruned"])
     t2.markdown(f"**Pruned** (blocks {texts.get('blocks')}, K = {view.k})")
     t2.text(texts["pruned"])
+
+benchmarks_section(profile, view, record)

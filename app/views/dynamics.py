@@ -7,7 +7,7 @@ import streamlit as st
 from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import charts, state
 from app.logic.prune_view import build_view
-from app.logic.runs import json_key, profile_fingerprint
+from app.logic.runs import profile_fingerprint
 from app.logic.teaching import curve_notes
 
 ss = st.session_state
@@ -18,11 +18,15 @@ profile, view = state.require_view()
 num_layers = view.plan.num_layers
 
 
-def _on_curve_select() -> None:
-    event = ss.get("curve_chart") or {}
-    points = (event.get("selection") or {}).get("points") or []
-    if points:
-        state.set_manual_s_start(min(max(int(points[0]["x"]), 0), num_layers - 1))
+# A new chart per S_start: the browser would otherwise restore the last drag's selection
+# over a boundary moved since with the slider.
+curve_key = f"curve_chart_{view.plan.s_start}"
+
+
+def _on_curve_drag(key: str = curve_key) -> None:
+    moved = charts.dragged_s_start(ss.get(key), num_layers)
+    if moved is not None and moved != int(ss["s_start"]):
+        state.set_manual_s_start(moved)
 
 
 def _on_slider() -> None:
@@ -36,11 +40,10 @@ def _on_auto() -> None:
 st.multiselect("Estimators to plot", ESTIMATORS, key="curve_estimators", persist_state="session")
 fingerprint = profile_fingerprint(profile)
 estimators = list(ss["curve_estimators"] or ["knn"])
-fig = state.figure("curve", json_key(profile.entropy_curve, estimators, view.plan.s_start),
-                   lambda: charts.entropy_curve_figure(profile.entropy_curve, estimators,
-                                                       view.plan.s_start))
-st.plotly_chart(fig, key="curve_chart", on_select=_on_curve_select,
-                selection_mode="points", width="stretch")
+st.vega_lite_chart(charts.entropy_curve_spec(profile.entropy_curve, estimators,
+                                            view.plan.s_start),
+                  key=curve_key, on_select=_on_curve_drag,
+                  selection_mode=[charts.BOUNDARY_PARAM], width="stretch")
 for note in curve_notes(profile, view.plan, estimators):
     st.info(note, icon=":material/school:")
 s1, s2 = st.columns([5, 1])
@@ -48,7 +51,8 @@ s1.slider("S_start (first block that may be pruned)", min_value=0,
           max_value=max(num_layers - 1, 1), key="s_start", persist_state="session",
           on_change=_on_slider,
           disabled=num_layers < 2,
-          help="Drag, or click a point on the chart. Either switches the policy to manual.")
+          help="Or drag on the chart above (press, move, release). Either switches the "
+               "policy to manual.")
 s2.button("Auto S_start", key="s_start_auto", on_click=_on_auto,
           help="Back to the automatic S_start (minimum of H over the first half of the depth).")
 st.caption(f"Policy **{view.plan.policy}** · S_start = **{view.plan.s_start}** · frozen "

@@ -5,10 +5,18 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, state
+from app.logic.prune_view import PruneView, block_stage
 from app.logic.runs import calibration_matrix, robustness, run_label, views_for_runs
 
 ss = st.session_state
 st.title("Calibration heatmap")
+
+
+def _blocked(v: PruneView) -> dict[int, str]:
+    """The blocks this run's plan never prunes, and why."""
+    return {b: stage for b in range(v.plan.num_layers)
+            if (stage := block_stage(v, b)) != "prunable"}
+
 
 _, view = state.require_view()
 runs = state.runs()
@@ -23,7 +31,8 @@ with state.guard("Drawing the heatmap"):
                                 mode=ss["heatmap_mode"], views=views)
     st.plotly_chart(charts.calibration_heatmap_figure(
         names, matrix, [v.pruned for v in views], ss["heatmap_mode"],
-        int(ss["run_index"])), key="calibration_heatmap", width="stretch")
+        int(ss["run_index"]), blocked=[_blocked(v) for v in views]),
+        key="calibration_heatmap", width="stretch")
     with st.expander("What you are seeing", icon=":material/school:"):
         st.markdown(
             f"One row per calibration set, one column per block ({view.granularity}, "
@@ -32,7 +41,8 @@ with state.guard("Drawing the heatmap"):
         st.latex(r"\tilde s_i = \frac{s_i - \min_j s_j}{\max_j s_j - \min_j s_j}")
         st.markdown(
             "so 0 is the block that set would prune first. *Rank* is the block's position "
-            "in that set's pruning order (empty: frozen). Outlined cells are the K blocks "
+            "in that set's pruning order. Grey cells are never pruned by that set: "
+            "**S1** is Stage 1 (before its S_start), **F** a frozen block. Outlined cells are the K blocks "
             "each set prunes with the same S_start policy and K; the current set is bold."
         )
 

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from app import state
+from app import charts, state
 from app.logic.prune_view import (
     block_rows,
     ranking_rows,
@@ -15,7 +15,10 @@ from app.logic.prune_view import (
     taylor_block_rows,
     view_to_json,
 )
+from app.sidebar import CRITERION_LABELS
+from entrodrop import service
 from pruning.manifest import RANK_STRING_NOTE
+from pruning.ranking import CRITERIA
 
 ss = st.session_state
 st.title("Prune list")
@@ -66,6 +69,25 @@ st.caption("Rows above K are pruned. Green: the block is pruned by both orders; 
            f"by one only (only {view.criterion}: {list(c.only_a)}, only {view.baseline}: "
            f"{list(c.only_b)}). Rank 0 is pruned first. Frozen and Stage-1 blocks are not "
            "listed.")
+
+st.subheader("The orders side by side")
+ss.setdefault("order_criteria", [view.criterion, view.baseline])
+st.multiselect("Criteria to compare", CRITERIA, key="order_criteria",
+               format_func=lambda c: CRITERION_LABELS.get(c, c),
+               help="Every criterion ranks the same Stage-2 blocks; a line joins each block's "
+                    "ranks. Changing this only re-ranks the cached profile.")
+with state.guard("Ranking the blocks"):
+    chosen = list(dict.fromkeys(ss["order_criteria"] or [view.criterion, view.baseline]))
+    orders = {c: view.order if c == view.criterion else
+              view.baseline_order if c == view.baseline else
+              list(service.decision(profile, view.granularity, c, view.k, view.plan).order)
+              for c in chosen}
+    unranked = [b for b in range(view.plan.num_layers) if b not in set(view.order)]
+    st.plotly_chart(charts.order_figure(orders, view.k, unranked), key="order_chart",
+                    width="stretch")
+    st.caption("Rank 0 (top) is pruned first. A level line means the criteria place the "
+               "block alike; crossing lines are where they disagree. Above the dashed line "
+               f"are the first K = {view.k} of each order.")
 
 st.subheader("Taylor importance as a block criterion")
 totals = ss.get("width_layer_totals") or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from analysis.profile import Profile
@@ -30,9 +31,21 @@ from entrodrop.cli.common import (
     report_messages,
     write_json,
 )
+from pruning.benchmarks import (
+    NOT_PRUNED,
+    BenchmarkRun,
+    BenchmarkSettings,
+    Variant,
+    accuracy_rows,
+    manifest_record,
+    variants_over_k,
+)
+from pruning.benchmarks import harness_version as lm_eval_version
 from pruning.decision import Decision
+from pruning.manifest import read_manifest
 from pruning.ranking import BASELINE
 from pruning.stages import StagePlan, max_k
+from pruning.vllm_layout import DEFAULT_LAYOUT, LAYOUTS
 
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
@@ -156,10 +169,95 @@ def _width_curves(a: argparse.Namespace, loaded: service.Model, ids,
     return rows
 
 
+def benchmark_settings(a: argparse.Namespace) -> BenchmarkSettings | None:
+    """--tasks, --include-path, --limit and --batch-size as checked settings (None without
+    --tasks); unknown task names fail here, before the model loads."""
+    if not a.tasks:
+        if a.include_path or a.limit is not None or getattr(a, "record", False):
+            raise CLIError("--include-path, --limit and --record need --tasks")
+        return None
+    if getattr(a, "record", False):
+        if a.ks or a.k is not None:
+            raise CLIError("--record adds the scores of --model as it is to its manifest; "
+                           "drop --ks and --k")
+        if read_manifest(a.model) is None:
+            raise CLIError(f"--record needs --model to be an export folder of this tool (with "
+                           f"entrodrop.json); {a.model} is not")
+    if a.quiet or os.environ.get("ENTRODROP_PROGRESS") == "0":
+        # The harness and `datasets` draw their own tqdm bars; tqdm reads this default.
+        os.environ["TQDM_DISABLE"] = "1"
+    tasks = tuple(t.strip() for t in a.tasks.split(","))
+    settings = BenchmarkSettings(tasks, a.include_path, a.limit, a.batch_size)
+    service.check_benchmark_tasks(settings)
+    if service.load_plan(model_settings(a)).mode == "stream":
+        raise CLIError(f"lm-eval benchmarks need the whole model in memory, and {a.model} would "
+                       "be streamed layer by layer; use --load memory if it fits")
+    return settings
+
+
+def benchmark_table(rows: list[dict]) -> list[str]:
+    """Accuracy against K, one line per granularity, criterion, task and metric, one column
+    per K (as the paper's table): value and, in brackets, its standard error."""
+    ks = sorted({r["k"] for r in rows})
+    lines = {}
+    for r in rows:
+        key = (r["granularity"] or "-", r["criterion"], r["task"], r["metric"])
+        err = "" if r["stderr"] is None else f"({r['stderr']:.3f})"
+        lines.setdefault(key, {})[r["k"]] = f"{r['value']:.3f}{err}"
+    width = max([len(k[2]) for k in lines] + [4])
+    head = f"{'gran':5} {'criterion':10} {'task':{width}} {'metric':9} " + " ".join(
+        f"{'K=' + str(k):>13}" for k in ks)
+    out = [head]
+    for (g, c, t, m), cells in lines.items():
+        out.append(f"{g:5} {c:10} {t:{width}} {m:9} " + " ".join(
+            f"{cells.get(k, '-'):>13}" for k in ks))
+    return out
+
+
+def _benchmarks(a: argparse.Namespace, loaded: service.Model, settings: BenchmarkSettings,
+                variants: list[Variant] | None) -> dict:
+    progress = ProgressBar(a.quiet)
+    bars = not progress.quiet
+    if variants is None:
+        runs = [service.benchmark_model(loaded, settings, progress=progress, bars=bars)]
+    else:
+        runs = service.benchmark(loaded, variants, settings, progress=progress, bars=bars)
+    progress.done()
+    rows = accuracy_rows(runs)
+    limit = f", first {settings.limit} documents per task" if settings.limit else ""
+    print(f"lm-eval {lm_eval_version()}{limit} on {a.model}:")
+    for line in benchmark_table(rows):
+        print(line)
+    if getattr(a, "record", False):
+        path = service.record_in_export(loaded.source_path, runs)
+        print(f"recorded in {path}", file=sys.stderr)
+    return {"harness": "lm-eval", "harness_version": lm_eval_version(),
+            "settings": settings.to_json(), "rows": rows}
+
+
+def _benchmark_variants(a: argparse.Namespace, profile: Profile | None, plan: StagePlan | None,
+                        ks: list[int] | None) -> list[Variant] | None:
+    """--ks: every criterion's first K blocks at every curve granularity; --k: that
+    variant next to the unpruned model; neither: None (the model as loaded)."""
+    if ks is not None:
+        variants = []
+        for g in a.curve_granularities.split(","):
+            orders = {c: service.decision(profile, g, c, 0, plan).order
+                      for c in a.criteria.split(",")}
+            variants += variants_over_k(orders, g, ks)
+        return variants
+    if a.k is not None:
+        d = decision_of(a, profile, plan)
+        return [Variant(None, NOT_PRUNED, 0),
+                Variant(d.granularity, d.criterion, d.k, tuple(sorted(d.blocks)))]
+    return None
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     ks = parse_ks(a.ks) if a.ks else None  # malformed lists fail before any work
     ratios = parse_ratios(a.width_ratios) if a.width_ratios else None
     check_json_out(a.out)
+    bench = benchmark_settings(a)
     # Every setting against the model's config, before it loads.
     service.check_settings(model_settings(a), [calibration_settings(a, a.calibration)],
                            estimators=estimator_settings(a) if ks or a.k is not None else None,
@@ -168,6 +266,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     loaded = load(a)
     ids = service.held_out_windows(calibration_settings(a, a.calibration), loaded, a.held_out)
     report = _unpruned_figures(a, loaded, ids)
+    profile = plan = None
     if ks is not None or a.k is not None:
         profile = profile_of(a)
         plan = plan_of(a, profile)
@@ -177,21 +276,37 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         report["curves"] = _k_curves(a, loaded, ids, profile, plan, ks)
     if ratios is not None:
         report["width_curves"] = _width_curves(a, loaded, ids, ratios)
+    if bench is not None:
+        variants = _benchmark_variants(a, profile, plan, ks)
+        report["benchmarks"] = _benchmarks(a, loaded, bench, variants)
     if a.out:
         write_json(a.out, report)
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    service.check_export_target(a.out, overwrite=a.overwrite)  # before minutes of analysis
+    # Both before minutes of analysis.
+    service.check_export_target(a.out, overwrite=a.overwrite)
+    service.check_export_layout(model_settings(a), a.granularity, a.layout)
+    bench = benchmark_settings(a)
     profile = profile_of(a)
     d = decision_of(a, profile, plan_of(a, profile))
     loaded = load(a)
+    benchmarks = None
+    if bench is not None:
+        # Scored in memory, pruned in place, before the export is written.
+        variant = Variant(d.granularity, d.criterion, d.k, tuple(sorted(d.blocks)))
+        bars = not ProgressBar(a.quiet).quiet
+        runs: list[BenchmarkRun] = service.benchmark(loaded, [variant], bench, bars=bars)
+        for line in benchmark_table(accuracy_rows(runs)):
+            print(line)
+        benchmarks = manifest_record(runs)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
-                                progress=progress)
+                                benchmarks=benchmarks, progress=progress, layout=a.layout)
     progress.done()
-    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}) to {out}", file=sys.stderr)
+    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}, layout {a.layout}) "
+          f"to {out}", file=sys.stderr)
     return 0
 
 
@@ -211,6 +326,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_profile_args(p)
     p.add_argument("--out", required=True, help="target folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
+    add_benchmark_args(p, record=False)
+    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help="vllm: write attn exports of Llama-style models in the DeciLM "
+                        "(nemotron-nas) form that vLLM runs and transformers also loads "
+                        "(both with trust_remote_code)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="quality and speed of a model, or of a pruned variant")
@@ -231,4 +351,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width-criteria", default=",".join(TAYLOR_CRITERIA))
     p.add_argument("--width-mode", choices=KEEP_MODES, default=DEFAULT_KEEP_MODE)
     p.add_argument("--out", default=None, help="also write the figures as JSON")
+    add_benchmark_args(p, record=True)
     p.set_defaults(func=cmd_evaluate)
+
+
+def add_benchmark_args(p: argparse.ArgumentParser, *, record: bool) -> None:
+    g = p.add_argument_group("standard benchmarks (lm-evaluation-harness)")
+    g.add_argument("--tasks", default=None,
+                   help="lm-eval tasks, comma-separated (e.g. hellaswag,arc_easy, or tasks "
+                        "defined in --include-path); evaluate scores every variant of --ks "
+                        "(or --k, or the model as loaded), export records them in the manifest")
+    g.add_argument("--include-path", default=None,
+                   help="a directory of your own lm-eval YAML tasks (e.g. over local files)")
+    g.add_argument("--limit", type=int, default=None,
+                   help="score only the first N documents of each task")
+    if record:
+        g.add_argument("--record", action="store_true",
+                       help="add the scores to --model's entrodrop.json (an export folder)")

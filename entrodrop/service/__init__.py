@@ -19,8 +19,17 @@ from entrodrop.service.analysis import (
     profile_model,
     read_calibration_file,
 )
+from entrodrop.service.benchmarks import (
+    benchmark,
+    benchmark_model,
+    benchmark_over_k,
+    check_benchmark_tasks,
+    export_variant,
+    record_in_export,
+)
 from entrodrop.service.blocks import (
     DEFAULT_STAGE_ESTIMATOR,
+    check_export_layout,
     check_export_target,
     decision,
     export_blocks,
@@ -61,9 +70,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 says what and what to do next. Anything else is a bug."""
 
 __all__ = [
-    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "USER_ERRORS", "AnalysisResult", "Model",
+    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "benchmark", "benchmark_model",
+    "benchmark_over_k", "check_benchmark_tasks", "export_variant", "record_in_export", "USER_ERRORS", "AnalysisResult", "Model",
     "ModelRegistry", "StreamedModel", "WholeModelNeeded",
-    "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_target",
+    "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_layout",
+    "check_export_target",
     "decision", "devices", "export_blocks", "export_width", "generate", "held_out_windows",
     "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows", "read_calibration_file",
     "profile_model", "quality_of", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",

@@ -19,7 +19,14 @@ from analysis.calibration import (
 )
 from analysis.calibration.files import DEFAULT_MAX_BYTES, open_file
 from analysis.capture import capture
-from analysis.models import LoadedModel, load_model, model_identity, resolve_device, resolve_dtype
+from analysis.models import (
+    LoadedModel,
+    is_gpu,
+    load_model,
+    model_identity,
+    resolve_device,
+    resolve_dtype,
+)
 from analysis.profile import CacheEntryInvalid, Profile, ProfileCache, build_profile, profile_key
 from analysis.settings import (
     AnalysisRequest,
@@ -60,10 +67,6 @@ class AnalysisResult:
         return {**runs[0], "runs": runs}
 
 
-def _on_gpu(model: ModelSettings) -> bool:
-    return resolve_device(model.device).type in ("cuda", "mps")
-
-
 def cache_parts(model: ModelSettings, cal: CalibrationSettings, opts: EstimatorSettings) -> dict:
     """Everything that defines a profile, computed without loading the model."""
     device = resolve_device(model.device)
@@ -101,7 +104,7 @@ def analyze(
     """Profile the model on each calibration set; cached profiles are returned as they are."""
     started = time.perf_counter()
     request.model.validate()
-    on_gpu = loaded.on_gpu if loaded is not None else _on_gpu(request.model)
+    on_gpu = loaded.on_gpu if loaded is not None else is_gpu(resolve_device(request.model.device))
     cals = [c.validate().resolved(on_gpu) for c in request.calibrations]
     if not cals:
         raise SettingsError("at least one calibration set is needed")

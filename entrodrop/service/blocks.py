@@ -7,7 +7,8 @@ from pathlib import Path
 
 from analysis.architectures import count_parameters, weight_bytes
 from analysis.profile import Profile
-from analysis.settings import Estimator, Granularity
+from analysis.settings import Estimator, Granularity, ModelSettings
+from analysis.streaming.sources import open_source
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, whole_model
 from pruning.apply import pruned
 from pruning.decision import Decision, decide
@@ -19,6 +20,7 @@ from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
 from pruning.streaming import stream_export_blocks, stream_quality, stream_quality_curves
+from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout, check_layout, vllm_attn_plan
 
 DEFAULT_STAGE_ESTIMATOR: Estimator = "bucket"
 """Whose entropy curve sets the automatic S_start. The knn curve starts very low at Z_0
@@ -98,6 +100,19 @@ def check_export_target(out_dir, *, overwrite: bool = False) -> Path:
     return export_target_check(out_dir, overwrite=overwrite)
 
 
+def check_export_layout(settings: ModelSettings, granularity: Granularity, layout: str) -> None:
+    """Refuse, from the model's config alone and before the analysis runs, a layout the
+    export could not be written in (the vLLM layout of a family vLLM cannot run that way).
+    A config that cannot be read from local files is left to the export, which checks again."""
+    if check_layout(layout) != "vllm" or granularity != "attn":
+        return
+    try:
+        config = open_source(settings.spec).config
+    except Exception:  # noqa: BLE001 - unreadable here: the load and the export say why
+        return
+    vllm_attn_plan(config, ())
+
+
 def parameter_savings(loaded: Model, granularity: Granularity,
                       blocks: Sequence[int]) -> dict:
     """Parameters and weight bytes before and after pruning `blocks` (no forward pass; a
@@ -132,23 +147,27 @@ def generate(loaded: Model, granularity: Granularity, blocks: Sequence[int], pro
 
 
 def export_blocks(loaded: Model, profile: Profile, chosen: Decision, out_dir, *,
-                  measured: Mapping | None = None, overwrite: bool = False,
-                  progress: Progress | None = None) -> Path:
+                  measured: Mapping | None = None, benchmarks: Mapping | None = None,
+                  overwrite: bool = False, progress: Progress | None = None,
+                  layout: ExportLayout = DEFAULT_LAYOUT) -> Path:
     """Write the model with `chosen.blocks` pruned, and its manifest (with the baseline
-    criterion's choice at the same k, and any figures measured for this prune set)."""
+    criterion's choice at the same k, any figures measured for this prune set, and any
+    lm-eval scores of it, `pruning.benchmarks.manifest_record`). `layout`: `transformers`,
+    or `vllm` for a folder vLLM runs too (`pruning.vllm_layout.ExportLayout`)."""
     baseline = decide(profile, chosen.granularity, BASELINE, chosen.k, chosen.plan)
-    manifest = block_manifest(profile, chosen, baseline, measured)
+    manifest = block_manifest(profile, chosen, baseline, measured, benchmarks)
     if isinstance(loaded, StreamedModel):
         # Tensors are copied from the checkpoint one by one, in the dtype an in-memory load
         # would have exported.
         return stream_export_blocks(loaded.spec, out_dir, chosen.granularity,
                                     list(chosen.blocks), manifest, overwrite=overwrite,
                                     progress=progress, dtype=loaded.dtype,
-                                    tokenizer=loaded.tokenizer)
+                                    tokenizer=loaded.tokenizer, layout=layout)
     with MODEL_LOCK:
         return export_pruned(loaded.model, loaded.tokenizer, out_dir,
                              granularity=chosen.granularity, blocks=list(chosen.blocks),
-                             manifest=manifest, overwrite=overwrite, progress=progress)
+                             manifest=manifest, overwrite=overwrite, progress=progress,
+                             layout=layout)
 
 
 def _stream_kw(model: StreamedModel, batch_size: int, progress: Progress | None) -> dict:

@@ -15,6 +15,7 @@ from analysis.errors import EntroDropError
 from analysis.models import (
     LoadedModel,
     describe_devices,
+    is_gpu,
     load_model,
     model_identity,
     resolve_device,
@@ -66,7 +67,7 @@ class StreamedModel:
 
     @property
     def on_gpu(self) -> bool:
-        return self.device.type in ("cuda", "mps")
+        return is_gpu(self.device)
 
     @cached_property
     def skeleton(self) -> torch.nn.Module:

@@ -288,9 +288,9 @@ def reading_calibration(cal: CalibrationSettings):
 
 
 def _on_gpu(device: str) -> bool:
-    from analysis.models import resolve_device
+    from analysis.models import is_gpu, resolve_device
 
     try:
-        return resolve_device(device).type in ("cuda", "mps")
+        return is_gpu(resolve_device(device))
     except Exception:  # noqa: BLE001 - a device that is not there is the load's to report
         return False

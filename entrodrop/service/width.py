@@ -16,19 +16,28 @@ from entrodrop.service.validate import (
     check_settings,
     check_width_ratios,
     reading_calibration,
+    shape_of_config,
 )
 from pruning.evaluate import evaluate_quality
 from pruning.manifest import width_manifest
 from pruning.streaming import stream_export_width, stream_neuron_scores, stream_quality
-from pruning.width import KeepMode, export_width_pruned, keep_indices, width_pruned
+from pruning.width import (
+    KeepMode,
+    WidthPruningError,
+    export_width_pruned,
+    keep_indices,
+    width_pruned,
+)
 
 
 def hidden_size(model: Model) -> int:
     """D, the model's hidden size (the unit of the per-layer keep ratio)."""
     config = model.config if isinstance(model, StreamedModel) else model.model.config
-    if hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    return int(getattr(config, "hidden_size", None) or config.n_embd)
+    hidden = shape_of_config(model.spec, config).hidden
+    if hidden is None:
+        raise WidthPruningError(f"{model.spec}: its config names no hidden size "
+                                "(hidden_size, n_embd or d_model)")
+    return hidden
 
 
 def width_scores(loaded: Model, cal: CalibrationSettings, criteria: Sequence[str], *,

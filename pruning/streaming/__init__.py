@@ -12,7 +12,8 @@ two decoder layers' weights.
 - `stream_quality_curves(source, input_ids, granularity, orders, ks, **kw) -> rows`:
   `pruning.evaluate.quality_curves`.
 - `stream_export_blocks(source, out_dir, granularity, blocks, manifest, *, overwrite,
-  progress, dtype, tokenizer, max_shard_bytes) -> Path`: `pruning.export.export_pruned`.
+  progress, dtype, tokenizer, max_shard_bytes, layout) -> Path`:
+  `pruning.export.export_pruned`.
 - `stream_export_width(source, out_dir, keep, manifest, *, ...) -> Path`:
   `pruning.width.export_width_pruned`.
 - `stream_neuron_scores(source, input_ids, criterion, *, device, dtype, batch_size,

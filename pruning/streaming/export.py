@@ -30,7 +30,6 @@ from analysis.architectures import get_architecture
 from analysis.streaming import skeleton
 from analysis.streaming.plan import checkpoint_tokenizer
 from analysis.streaming.sources import TensorSource, open_source
-from pruning.attn_export import write_attn_code
 from pruning.export import (
     ExportError,
     UnsupportedExportError,
@@ -38,16 +37,19 @@ from pruning.export import (
     block_model_card,
     checked_blocks_export,
     json_ready,
+    layout_plan,
     meta_model,
     provenance,
     prune_config,
     staged_output_dir,
     stock_class,
+    write_block_code,
     write_manifest,
 )
 from pruning.streaming import walk
 from pruning.streaming.variants import mlp_sizes, width_sliced
 from pruning.streaming.writer import DEFAULT_MAX_SHARD_BYTES, Entry, write_shards
+from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout, zeroed_names
 from pruning.width import (
     checked_keep,
     checked_manifest,
@@ -63,26 +65,28 @@ def stream_export_blocks(source: str | Path | TensorSource, out_dir: str | os.Pa
                          granularity: str, blocks: Sequence[int], manifest: Mapping[str, Any], *,
                          overwrite: bool = False, progress: Progress | None = None,
                          dtype: torch.dtype | str | None = None, tokenizer: Any = None,
-                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                         layout: ExportLayout = DEFAULT_LAYOUT) -> Path:
     """`export_pruned` without loading the model: the same folder from the checkpoint.
 
     `source`: a model spec, path or `TensorSource`. `dtype`: of the written weights;
     None keeps the checkpoint's (float32 for GGUF, whose tensors are dequantised), which is
     what an in-memory load at that dtype would export. `tokenizer`: None loads the
     source's own (as the app does), False writes none, anything else is saved as given.
-    Returns the folder.
+    `layout`: as in `export_pruned`. Returns the folder.
     """
     report = progress or (lambda frac, msg: None)
     src, model = _open(source)
     arch, drop = checked_blocks_export(model, granularity, blocks)
     base = stock_class(model, granularity)
+    plan = layout_plan(model.config, granularity, drop, layout)
     record = json_ready(dict(manifest), "manifest")
     num_layers = len(arch.layers(model))
     kept = [i for i in range(num_layers) if i not in drop]
     dtype = _export_dtype(src, dtype)
 
     config = copy.deepcopy(src.config)
-    prepare = prune_config(config, arch, base, granularity, drop, num_layers)
+    prepare = prune_config(config, arch, base, granularity, drop, num_layers, plan)
     fresh = _fresh_model(base, config, dtype, prepare)
     prefix = arch.layers_path + "."
     new_to_old = dict(enumerate(kept)) if granularity == "layer" else {i: i for i in range(num_layers)}
@@ -97,16 +101,22 @@ def stream_export_blocks(source: str | Path | TensorSource, out_dir: str | os.Pa
     entries, stored = _plan(src, model, fresh, dtype, source_name)
     tokenizer = _resolve_tokenizer(src, tokenizer)
 
+    # The vLLM layout's kept-at-zero output projections (the removed norms are simply not
+    # in the fresh model's state dict).
+    zeroed = zeroed_names(arch, plan) if plan is not None else ()
+
     def produce(name: str) -> torch.Tensor:
-        return _read(src, stored[name], dtype)
+        tensor = _read(src, stored[name], dtype)
+        return torch.zeros_like(tensor) if zeroed and name.startswith(zeroed) else tensor
 
     out_dir = Path(out_dir)
     with _staged_export(out_dir, src, fresh, entries, produce, tokenizer, overwrite=overwrite,
                         max_shard_bytes=max_shard_bytes, report=report, weights_share=0.75,
                         how="tensor by tensor") as tmp:
         if granularity == "attn":
-            write_attn_code(tmp, base, arch, config)
-        record.update({**block_fields(granularity, drop, num_layers), **provenance(model, fresh)})
+            write_block_code(tmp, base, arch, config, plan)
+        record.update({**block_fields(granularity, drop, num_layers, layout, plan),
+                       **provenance(model, fresh)})
         write_manifest(tmp, record, block_model_card(out_dir.name, record))
         report(0.95, "moving the export into place")
     report(1.0, f"exported to {out_dir}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -95,6 +96,17 @@ class UI:
     def charts(at: AppTest) -> list[dict]:
         """The plotly figures on the page, as their JSON specs."""
         return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+    @staticmethod
+    def vega_charts(at: AppTest) -> list[tuple[str, dict, list[dict]]]:
+        """The Vega-Lite charts on the page, as (element id, spec, data rows). Streamlit
+        moves a spec's inline data into an Arrow table beside it."""
+        out = []
+        for c in at.get("vega_lite_chart"):
+            raw = c.proto.data.data
+            rows = pa.ipc.open_stream(raw).read_all().to_pylist() if raw else []
+            out.append((c.proto.id, json.loads(c.proto.spec), rows))
+        return out
 
     @staticmethod
     def texts(at: AppTest) -> str:

@@ -38,16 +38,18 @@ def test_dynamics_page_draws_curve_bars_and_sink_map(ui):
     at = ui.analysed(seed=12)
     at.switch_page("views/dynamics.py").run()
     ui.assert_clean(at)
-    curve, bars, sink = ui.charts(at)
-    # One trace per estimator, each with the L+1 points H(Z_0)..H(Z_L).
-    assert [t["name"] for t in curve["data"]] == ["bucket", "knn", "renyi"]
-    assert all(len(t["y"]) == NUM_LAYERS + 1 for t in curve["data"])
+    ((_, curve, values),) = ui.vega_charts(at)
+    bars, sink = ui.charts(at)
+    # One row per estimator, each with the L+1 points H(Z_0)..H(Z_L).
+    assert len(curve["vconcat"]) == 3
+    points = [(v["estimator"], v["j"]) for v in values]
+    assert points == [(e, j) for e in ("bucket", "knn", "renyi") for j in range(NUM_LAYERS + 1)]
     # dH bars at both granularities, one bar per block.
     assert [t["name"] for t in bars["data"]] == ["layer", "attn"]
     assert all(len(t["y"]) == NUM_LAYERS for t in bars["data"])
     # Sink heatmap: one row per residual point, one column per position.
-    assert len(sink["data"][0]["z"]) == NUM_LAYERS + 1
-    assert len(sink["data"][0]["z"][0]) == 32
+    assert len(sink["data"][-1]["z"]) == NUM_LAYERS + 1
+    assert len(sink["data"][-1]["z"][0]) == 32
     assert any("What you are seeing" in e.label for e in at.expander)
 
 
@@ -104,9 +106,11 @@ def test_s_start_slider_switches_to_manual_and_bounds_k(ui):
     assert view.plan.s_start == 4
     assert view.plan.prunable == (4,)  # 0..3 Stage 1, block 5 (the last) frozen
     assert at.slider(key="k").max == 1
-    # The curve chart marks the new S_start.
-    curve = ui.charts(at)[0]
-    assert any(s.get("x0") == 4 for s in curve["layout"]["shapes"])
+    # The curve chart is drawn anew with its boundary at the new S_start.
+    ((chart_id, curve, _),) = ui.vega_charts(at)
+    assert "curve_chart_4" in chart_id
+    rect = next(ly for ly in curve["vconcat"][0]["layer"] if ly["mark"]["type"] == "rect")
+    assert ": 4," in next(t["calculate"] for t in rect["transform"] if t.get("as") == "edge")
 
     at.button(key="s_start_auto").click().run()
     assert at.session_state["stage_policy"] == "auto"

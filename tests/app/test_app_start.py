@@ -38,7 +38,8 @@ def test_the_demo_loads_the_demo_model_analyses_a_builtin_source_and_opens_dynam
     assert [c.spec for c in record.request.calibrations] == [DEMO_SOURCE]
     assert (record.runs[0].calibration["samples"], record.runs[0].calibration["seqlen"]) == (
         DEMO_SAMPLES, DEMO_SEQLEN)
-    assert len(ui.charts(at)) == 3
+    assert len(ui.vega_charts(at)) == 1  # the draggable entropy curve
+    assert len(ui.charts(at)) == 2  # score per block, attention-sink diagnostic
     # On SmolLM2 the automatic S_start is 1 and the knn curve has no dip: both explained
     # in words next to the curve.
     assert at.session_state["_view"].plan.s_start == 1

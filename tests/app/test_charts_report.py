@@ -33,8 +33,9 @@ def test_delta_h_bars_highlight_the_pruned_blocks():
 
 def test_sink_figure_uses_log_norms():
     fig = charts.sink_figure(_profile().sink_max_norm, skip_first=1)
-    assert fig.data[0].z[0][0] == pytest.approx(2.0)
-    assert math.isclose(fig.data[0].z[0][1], math.log10(5.0))
+    heat = fig.data[-1]
+    assert heat.z[0][0] == pytest.approx(2.0)
+    assert math.isclose(heat.z[0][1], math.log10(5.0))
 
 
 def test_report_is_one_self_contained_html_file():

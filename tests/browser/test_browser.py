@@ -51,9 +51,9 @@ def test_dashboard_in_chromium(dashboard, app_server):
     assert d.k_value() == 4
 
     d.go("Entropy dynamics")
-    d.wait_charts(3)  # entropy curve, score per block, attention-sink diagnostic
-    curve = page.locator(".js-plotly-plot").first
-    expect(curve).to_contain_text("Stage 1 (never pruned)")
+    d.wait_charts(2)  # score per block, attention-sink diagnostic (plotly)
+    curve = d.main.get_by_test_id("stVegaLiteChart").first  # the draggable entropy curve
+    expect(curve).to_contain_text("Stage 1")
     expect(curve).to_contain_text("S_start = 2")
     d.assert_clean("dynamics")
     d.screenshot("dynamics")

@@ -99,3 +99,32 @@ def test_evaluate_curve_leaves_out_a_k_that_would_prune_every_block(tiny_llama_d
     assert f"K = {layers} left out: at most {layers - 1} blocks" in r.stderr
     rows = json.loads(out.read_text())["curves"]
     assert {row["k"] for row in rows} == {0, layers - 1}
+
+
+def test_export_attn_in_the_vllm_layout(tiny_llama_dir, cache, tmp_path):
+    out = tmp_path / "pruned-vllm"
+    r = run_cli(["--quiet", "export", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--granularity", "attn", "--criterion", "knn", "--k", "2", "--policy", "manual",
+                 "--s-start", "1", "--layout", "vllm", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    assert "layout vllm" in r.stderr
+    config = json.loads((out / "config.json").read_text())
+    manifest = json.loads((out / "entrodrop.json").read_text())
+    assert config["model_type"] == "nemotron-nas" and manifest["layout"] == "vllm"
+    no_op = [i for i, b in enumerate(config["block_configs"]) if b["attention"]["no_op"]]
+    assert no_op == manifest["pruned_blocks"] == sorted(manifest["pruned_blocks"])
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert type(model).__name__ == "EntroDropDeciLlamaForCausalLM"
+
+
+def test_export_in_the_vllm_layout_refuses_other_families_before_the_analysis(tmp_path):
+    from tests.tiny_models import save_tiny
+
+    source = save_tiny("qwen3", tmp_path / "tiny-qwen3")
+    own_cache = tmp_path / "cache"
+    r = run_cli(["--quiet", "export", "--model", str(source), *ANALYSIS, "--granularity", "attn",
+                 "--k", "1", "--layout", "vllm", "--out", str(tmp_path / "out")], own_cache)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "layout 'transformers'" in r.stderr
+    assert not (tmp_path / "out").exists()
+    assert not list(own_cache.rglob("*.json"))  # refused before any profile was computed
