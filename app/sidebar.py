@@ -3,6 +3,8 @@ every analysis page uses (granularity, criterion, S_start policy, K)."""
 
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 from analysis.profile import Profile
@@ -36,9 +38,10 @@ def render() -> None:
     ss["_view"] = None
     with st.sidebar:
         st.markdown("### Model")
-        loaded = state.peek_model()
-        status = "loaded" if loaded is not None else "not loaded yet"
-        st.caption(f"`{ss['model_spec']}` · {ss['device']} / {ss['dtype']} · {status}")
+        # Three fixed slots, each filled or emptied on its own: a container redrawn with fewer
+        # children would keep the first draw's extra ones until the next run.
+        _STATUS.slots = (st.empty(), st.empty(), st.empty())
+        _model_status()
         st.markdown("### Calibration")
         sources = ", ".join(f"`{s}`" for s in ss["cal_sources"]) or "none chosen"
         st.caption(f"{sources} · N={ss['cal_samples']} × T={ss['cal_seqlen']} · "
@@ -50,9 +53,43 @@ def render() -> None:
             return
         hits = sum(record.from_cache)
         st.caption(f"Analysis: {len(record.runs)} calibration run(s), {hits} from cache.")
+        st.caption(f"Analysed model: `{record.request.model.spec}`")
         st.markdown("### Pruning")
         _pruning_controls(record.runs)
         _report_button()
+
+
+# The model-status placeholder of this script run (one thread per session run).
+_STATUS = threading.local()
+
+
+def _model_status() -> None:
+    """The model line and, when it applies, the load failure and the stale analysis."""
+    ss = st.session_state
+    loaded = state.peek_model()
+    failure = state.load_failure() if loaded is None else None
+    status = ("loaded" if loaded is not None
+              else "**load failed**" if failure else "not loaded yet")
+    line, failed, stale = _STATUS.slots
+    line.caption(f"`{ss['model_spec'] or '(no model chosen)'}` · {ss['device']} / "
+                 f"{ss['dtype']} · {status}")
+    if failure:
+        failed.warning(f"**This model did not load.** {failure}", icon=":material/error:")
+    else:
+        failed.empty()
+    if state.analysis() is not None and not state.analysis_is_current():
+        stale.warning("**Stale analysis:** it was made with other settings than the current "
+                      "ones; run it again on the Calibration page.", icon=":material/history:")
+    else:
+        stale.empty()
+
+
+def refresh() -> None:
+    """Redraw the model status after the page ran: the page may have changed the model
+    (the Model page sets it, and a load may have just failed or succeeded)."""
+    if getattr(_STATUS, "slots", None) is not None:
+        _model_status()
+        _STATUS.slots = None
 
 
 def _pruning_controls(runs: list[Profile]) -> None:

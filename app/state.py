@@ -28,7 +28,7 @@ from analysis.settings import (
     default_samples,
     default_seqlen,
 )
-from app.logic import inputs
+from app.logic import inputs, provenance
 from app.logic.errors import describe_error, record_internal_error
 from app.logic.prune_view import PruneView
 from app.logic.runs import AnalysisRecord, request_key
@@ -83,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
     "export_name": "",
     "export_overwrite": False,
     "width_criteria": ["taylor-entropy", "taylor-ce"],
+    "width_scale": "fraction",
+    "width_fraction": 0.5,
     "width_ratio": 2.0,
     "width_samples": 8,
     "width_export_name": "",
@@ -231,8 +233,25 @@ def analysis_request() -> AnalysisRequest:
 
 
 def loaded_model(progress: service.Progress | None = None) -> service.Model:
-    """The current model, loaded (once per server) if needed."""
-    return model_registry().get(model_settings().validate(), progress)
+    """The current model, loaded (once per server) if needed. A failure is remembered for
+    the sidebar (which then says the load failed, not "not loaded yet") and raised."""
+    spec = model_settings().spec
+    try:
+        model = model_registry().get(model_settings().validate(), progress)
+    except Exception as exc:
+        st.session_state["_load_failure"] = {
+            "spec": spec, "message": describe_error(exc) or f"{type(exc).__name__}: {exc}"}
+        raise
+    st.session_state.pop("_load_failure", None)
+    return model
+
+
+def load_failure() -> str | None:
+    """Why the current model spec last failed to load (None: it did not fail)."""
+    failure = st.session_state.get("_load_failure")
+    if failure and failure["spec"] == model_settings().spec:
+        return str(failure["message"])
+    return None
 
 
 def peek_model() -> service.Model | None:
@@ -268,6 +287,38 @@ def analysis() -> AnalysisRecord | None:
     return st.session_state.get("analysis")
 
 
+def analysis_changes() -> list[str]:
+    """How the analysis on display differs from the current settings (empty: current)."""
+    record = analysis()
+    if record is None:
+        return []
+    try:
+        current = analysis_request()
+    except service.USER_ERRORS:
+        current = None
+    return provenance.analysis_changes(record.request, model_settings(), current)
+
+
+def analysis_is_current() -> bool:
+    return not analysis_changes()
+
+
+def stale_banner() -> None:
+    """The warning every analysis page shows while its results are for other settings."""
+    found = analysis_changes()
+    if not found:
+        return
+    record = analysis()
+    made = provenance.describe_stamp(provenance.request_stamp(record.request),
+                                     ["model", "sources", "samples", "seqlen"])
+    failure = load_failure()
+    failed = f" The current model did not load: {failure.rstrip('.')}." if failure else ""
+    st.warning(f"**Stale: these results are for earlier settings** ({made}). Changed since: "
+               f"{'; '.join(found)}.{failed} Run the analysis again on the Calibration page; "
+               "until then nothing that needs the model (curves, speed, text, export) runs.",
+               icon=":material/history:")
+
+
 def runs() -> list[Profile]:
     record = analysis()
     return record.runs if record else []
@@ -289,6 +340,7 @@ def view() -> PruneView | None:
 def require_view() -> tuple[Profile, PruneView]:
     """(current profile, prune view), or a message saying what is missing and st.stop()."""
     profile, current = current_run(), view()
+    stale_banner()
     if profile is None:
         st.info("Run the analysis on the Calibration page first.", icon=":material/info:")
         st.page_link("views/calibration.py", label="Go to Calibration",
@@ -329,18 +381,36 @@ def show_error(what: str, exc: Exception) -> None:
         st.error(f"**{what} failed.** {message}", icon=":material/error:")
 
 
+# Progress bars drawn inside the current `guard`, per script thread (one per session run).
+_BARS = threading.local()
+
+
+def _open_bars() -> list:
+    if not hasattr(_BARS, "bars"):
+        _BARS.bars = []
+    return _BARS.bars
+
+
 @contextmanager
 def guard(what: str) -> Iterator[None]:
-    """Show any failure inside as one st.error; the rest of the page still renders."""
+    """Show any failure inside as one st.error; the rest of the page still renders. Progress
+    bars drawn inside are removed on failure, so none is left frozen part-way."""
+    bars = _open_bars()
+    mark = len(bars)
     try:
         yield
     except Exception as exc:  # Streamlit's rerun/stop signals are BaseExceptions, not caught
+        for bar in bars[mark:]:
+            bar.empty()
         show_error(what, exc)
+    finally:
+        del bars[mark:]
 
 
 def progress_bar(label: str):
     """A progress bar and the callback `(fraction, message)` that drives it."""
     bar = st.progress(0.0, text=label)
+    _open_bars().append(bar)
 
     def update(frac: float, msg: str) -> None:
         bar.progress(min(max(float(frac), 0.0), 1.0), text=f"{label}: {msg}"[:200])

@@ -20,11 +20,14 @@ import streamlit as st  # noqa: E402
 
 from app import sidebar, state  # noqa: E402
 
-st.set_page_config(page_title="EntroDrop Studio", page_icon=":material/content_cut:",
+# A local image, not an emoji or a material icon: Streamlit fetches those favicons from an
+# external host, which fails offline.
+st.set_page_config(page_title="EntroDrop Studio", page_icon=str(ROOT / "app" / "favicon.png"),
                    layout="wide")
 
 PAGES = [
-    st.Page("views/model.py", title="Model", icon=":material/memory:", default=True),
+    st.Page("views/start.py", title="Start", icon=":material/home:", default=True),
+    st.Page("views/model.py", title="Model", icon=":material/memory:"),
     st.Page("views/calibration.py", title="Calibration", icon=":material/dataset:"),
     st.Page("views/dynamics.py", title="Entropy dynamics", icon=":material/show_chart:"),
     st.Page("views/heatmap.py", title="Calibration heatmap", icon=":material/grid_on:"),
@@ -45,3 +48,5 @@ with state.guard("Drawing the sidebar"):
     sidebar.render()
 with state.guard(f"Drawing the {page.title} page"):
     page.run()
+with state.guard("Updating the sidebar"):
+    sidebar.refresh()

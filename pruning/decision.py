@@ -29,7 +29,7 @@ from pruning.ranking import (
     validate_k,
 )
 from pruning.rankstring import order_to_rank_string
-from pruning.stages import StagePlan
+from pruning.stages import StagePlan, max_k
 
 SPAN_AT_ATTN = (
     "at attn, angular_span takes spans of one attention sub-block, so its order is the "
@@ -76,8 +76,9 @@ class Decision:
 
     @property
     def max_k(self) -> int:
-        """The largest budget this criterion decides."""
-        return len(self.order) if self.limit is None else self.limit
+        """The largest budget this criterion decides, never all L blocks (stages.max_k)."""
+        own = len(self.order) if self.limit is None else self.limit
+        return min(own, max_k(self.plan))
 
     def rank_string(self) -> str:
         """The research code's rank string: position i holds the RANK of layer i."""
@@ -85,6 +86,7 @@ class Decision:
 
     def prune_set_at(self, k: int) -> list[int]:
         """The blocks this criterion prunes at budget k, in pruning order."""
+        k = validate_k(k, max_k(self.plan), _K_LIMIT)
         k = validate_k(k, self.max_k, f"the largest K that {self.criterion} decides")
         if self.sets is not None:
             return list(self.sets[k])
@@ -139,10 +141,14 @@ def criterion_scores(profile: Profile, granularity: Granularity, criterion: Crit
     return random_scores(L, random_seed(criterion))
 
 
+_K_LIMIT = "the prunable blocks; at least one block always stays"
+
+
 def decide(profile: Profile, granularity: Granularity, criterion: Criterion, k: int,
            plan: StagePlan, *, greedy: GreedyResult | None = None) -> Decision:
     """Rank the plan's prunable blocks by `criterion` and prune the first k (for
     angular_span: the best span of k layers)."""
+    k = validate_k(k, max_k(plan), _K_LIMIT)
     scores = criterion_scores(profile, granularity, criterion, greedy=greedy)
     order = prune_order(scores, plan)
     details: dict = {}

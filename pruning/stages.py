@@ -145,8 +145,10 @@ def plan_stages(
 
 
 def max_k(plan: StagePlan) -> int:
-    """Largest pruning budget K the plan allows: the number of prunable blocks."""
-    return len(plan.prunable)
+    """Largest pruning budget K the plan allows: the number of prunable blocks, but never
+    all L blocks (with S_start = 0 and the last block allowed every block is prunable, and a
+    model with no block left cannot be counted, run or exported)."""
+    return min(len(plan.prunable), max(plan.num_layers - 1, 0))
 
 
 def _index(value: object, name: str) -> int:

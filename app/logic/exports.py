@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +52,30 @@ def resolve_export_dir(name: str, root: Path) -> Path:
             f"inside it (the root is set by ${ENV_EXPORT_ROOT})"
         )
     return target
+
+
+def block_export_name(model_spec: str, view: PruneView) -> str:
+    """The suggested folder name of a block export: model, granularity, criterion and K."""
+    model = re.sub(r"[^A-Za-z0-9._-]+", "-", model_spec.split("/")[-1]).strip("-")
+    criterion = re.sub(r"[^A-Za-z0-9._-]+", "-", view.criterion)  # random:1 -> random-1
+    return f"{model}-{view.granularity}-{criterion}-k{view.k}"
+
+
+def width_export_name(criterion: str, scale: str, value: float, kept: int) -> str:
+    """The suggested folder name of a width export: criterion, the amount kept as the
+    slider shows it (`keep0.50` for a fraction, `r1.50` for the paper's ratio x hidden
+    size) and the neurons kept per layer."""
+    amount = f"keep{value:.2f}" if scale == "fraction" else f"r{value:.2f}"
+    return f"width-{criterion}-{amount}-n{kept}"
+
+
+def follow_suggestion(name: str, last_suggested: str | None, suggested: str) -> str:
+    """The export name to show: the first time, the suggestion; after that a name that is
+    still the previous suggestion follows the settings (so `-k8` never outlives K = 8), and
+    anything the user typed (even a blank, which the export then refuses) stays."""
+    if last_suggested is None:
+        return name if (name or "").strip() else suggested
+    return suggested if name == last_suggested else name
 
 
 def folder_summary(path: Path) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, state
+from app.logic.provenance import changes, feasible_ks, prune_stamp
 from app.logic.runs import budget_ks, json_key, profile_fingerprint
 from app.views.benchmarks_section import benchmarks_section
 from entrodrop import service
@@ -16,6 +17,8 @@ profile, view = state.require_view()
 record = state.analysis()
 
 index = int(ss["run_index"])
+current = state.analysis_is_current()
+stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
 
 st.subheader("Quality against K")
 st.markdown(
@@ -25,14 +28,19 @@ st.markdown(
 )
 st.number_input("Held-out windows", min_value=1, max_value=1024, step=1, key="budget_held_out",
                 persist_state="session")
-# The chosen K values outlive a change of S_start; those no longer possible are dropped.
+# The chosen K values outlive a change of S_start; those no longer possible are dropped,
+# with a note.
 ss.setdefault("budget_ks", budget_ks(view.max_k))
-ss["budget_ks"] = [k for k in ss["budget_ks"] if 0 <= k <= view.max_k] or budget_ks(view.max_k)
+kept_ks, skipped_ks = feasible_ks(ss["budget_ks"], view.max_k)
+ss["budget_ks"] = kept_ks or budget_ks(view.max_k)
 st.multiselect("K values", list(range(view.max_k + 1)), key="budget_ks",
                help=f"Which budgets to evaluate (0..{view.max_k}, the prunable blocks). Each "
                     "costs one pass of the pruned model over the held-out windows.")
 ks = sorted(set(ss["budget_ks"]))
 st.caption(f"K values: {ks}. Computed once per profile and settings, then cached.")
+if skipped_ks:
+    st.caption(f"Left out: K = {', '.join(map(str, skipped_ks))}; at most {view.max_k} blocks "
+               "can be pruned under this S_start (at least one block always stays).")
 cal = record.request.calibrations[index]
 # Prune sets per K, not one order: angular_span's best span of K layers is not nested in K+1's.
 orders = {view.criterion: view.decision.prune_sets(),
@@ -41,7 +49,7 @@ budget_key = json_key(profile_fingerprint(profile), view.granularity, orders,
                       ks, int(ss["budget_held_out"]), record.request.model, cal)
 rows = state.cache_lookup("budget", budget_key)
 if st.button("Compute quality curves", key="run_budget", type="primary",
-             icon=":material/query_stats:"):
+             icon=":material/query_stats:", disabled=not current):
     with state.guard("Computing the quality curves"):
         bar, update = state.progress_bar("Quality curves")
         loaded = state.loaded_model(update)
@@ -55,7 +63,8 @@ if st.button("Compute quality curves", key="run_budget", type="primary",
         rows = state.cache_compute("budget", budget_key, compute)
         bar.progress(1.0, text="Quality curves done")
 if rows:
-    ss["budget_result"] = {"key": budget_key, "rows": rows}
+    ss["budget_result"] = {"key": budget_key, "rows": rows, "skipped_ks": skipped_ks,
+                           "stamp": {**stamp, "held_out": int(ss["budget_held_out"])}}
     ss.setdefault("budget_scale", "log")
     ss.setdefault("budget_clip", True)
     o1, o2 = st.columns([1, 2])
@@ -82,8 +91,13 @@ else:
             icon=":material/info:")
 
 st.subheader(f"Savings at K = {view.k}")
-loaded = state.peek_model()
-if loaded is None:
+loaded = state.peek_model() if current else None
+if not current:
+    ss.pop("savings_result", None)
+    st.info("Parameter and speed figures need the analysed model: run the analysis for the "
+            "current settings first.", icon=":material/history:")
+elif loaded is None:
+    ss.pop("savings_result", None)
     st.info("Load the model (Model page) to see parameter and speed figures.",
             icon=":material/info:")
 else:
@@ -100,6 +114,7 @@ else:
                   f"-{(saved['bytes_base'] - saved['bytes_pruned']) / 2**20:.1f} MiB",
                   delta_color="inverse")
         p3.metric("Blocks pruned", f"{view.k} {view.granularity}")
+        ss["savings_result"] = {**saved, "stamp": stamp}
     speed_key = json_key(view.granularity, view.pruned, loaded.identity)
     streamed = isinstance(loaded, service.StreamedModel)
     if streamed:
@@ -110,7 +125,7 @@ else:
         with state.guard("Measuring speed"):
             with st.spinner("Timing the base and the pruned model…"):
                 prompt_len = min(128, int(ss["cal_seqlen"]))
-                ss["speed_result"] = {"key": speed_key, **service.speed(
+                ss["speed_result"] = {"key": speed_key, "stamp": stamp, **service.speed(
                     loaded, view.granularity, view.pruned, prompt_len=prompt_len,
                     new_tokens=16)}
     speed = ss.get("speed_result")
@@ -132,7 +147,11 @@ g1.number_input("New tokens", min_value=1, max_value=512, step=1, key="gen_token
                 persist_state="session")
 g2.checkbox("Use the chat template", key="gen_chat", persist_state="session")
 streamed = isinstance(state.peek_model(), service.StreamedModel)
-if st.button("Generate", key="run_generate", icon=":material/edit_note:", disabled=streamed):
+gen_stamp = {**stamp, "prompt": ss["gen_prompt"], "tokens": int(ss["gen_tokens"]),
+             "chat": bool(ss.get("gen_chat"))}
+if st.button("Generate", key="run_generate", icon=":material/edit_note:",
+             disabled=streamed or not current):
+    ss.pop("generation", None)  # a failed run must not leave the last text under new settings
     with state.guard("Generating"):
         bar, update = state.progress_bar("Preparing the model")
         loaded = state.loaded_model(update)
@@ -142,12 +161,17 @@ if st.button("Generate", key="run_generate", icon=":material/edit_note:", disabl
                 loaded, view.granularity, view.pruned, ss["gen_prompt"],
                 max_new_tokens=int(ss["gen_tokens"]), chat=bool(ss.get("gen_chat")))
             ss["generation"]["blocks"] = list(view.pruned)
+            ss["generation"]["stamp"] = gen_stamp
 texts = ss.get("generation")
-if texts:
+changed = changes(texts.get("stamp", {}), gen_stamp) if texts else []
+if texts and changed:
+    st.info(f"The last text was generated for other settings ({'; '.join(changed)}); press "
+            "**Generate** for the current ones.", icon=":material/history:")
+elif texts:
     t1, t2 = st.columns(2)
     t1.markdown("**Unpruned**")
     t1.text(texts["unpruned"])
-    t2.markdown(f"**Pruned** (blocks {texts.get('blocks')})")
+    t2.markdown(f"**Pruned** (blocks {texts.get('blocks')}, K = {view.k})")
     t2.text(texts["pruned"])
 
 benchmarks_section(profile, view, record)

@@ -7,6 +7,7 @@ import streamlit as st
 from analysis.settings import ESTIMATORS
 from app import state
 from app.logic import inputs
+from app.logic.errors import describe_error
 from app.logic.runs import request_key, run_label
 from entrodrop import service
 
@@ -27,8 +28,11 @@ def _on_upload() -> None:
     try:
         path = str(inputs.save_upload(upload.name, upload.getvalue(),
                                       max_bytes=inputs.upload_limit_bytes()))
-    except inputs.UploadError as exc:
-        ss["cal_upload_error"] = str(exc)
+        # Read it now (no model needed): a file that is not calibration text is refused
+        # here rather than becoming a source that makes every later analysis fail.
+        service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
+    except service.USER_ERRORS as exc:
+        ss["cal_upload_error"] = f"**Upload refused.** {upload.name}: {describe_error(exc)}"
         return
     ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
     ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
@@ -37,7 +41,13 @@ def _on_upload() -> None:
 
 def _on_add_path() -> None:
     path = ss.get("cal_path_input", "").strip()
+    ss["cal_upload_error"] = None
     if path:
+        try:
+            service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
+        except service.USER_ERRORS as exc:
+            ss["cal_upload_error"] = f"**File refused.** {describe_error(exc)}"
+            return
         ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
         ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
         ss["cal_path_input"] = ""
@@ -64,7 +74,7 @@ st.text_input("…or the path of a file on the server", key="cal_path_input",
 st.text_input("Text column for .jsonl/.csv/.parquet files (blank: guess text, content, "
               "document, body)", key="cal_text_column", persist_state="session")
 if ss.get("cal_upload_error"):
-    st.error(f"**Upload refused.** {ss['cal_upload_error']}", icon=":material/error:")
+    st.error(ss["cal_upload_error"], icon=":material/error:")
 
 c1, c2, c3 = st.columns(3)
 c1.number_input("N (windows)", min_value=1, max_value=100_000, step=1, key="cal_samples",

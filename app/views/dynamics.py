@@ -8,6 +8,7 @@ from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import charts, state
 from app.logic.prune_view import build_view
 from app.logic.runs import profile_fingerprint
+from app.logic.teaching import curve_notes
 from pruning.decision import criterion_scores
 
 ss = st.session_state
@@ -44,6 +45,8 @@ st.vega_lite_chart(charts.entropy_curve_spec(profile.entropy_curve, estimators,
                                             view.plan.s_start),
                   key=curve_key, on_select=_on_curve_drag,
                   selection_mode=[charts.BOUNDARY_PARAM], width="stretch")
+for note in curve_notes(profile, view.plan, estimators):
+    st.info(note, icon=":material/school:")
 s1, s2 = st.columns([5, 1])
 s1.slider("S_start (first block that may be pruned)", min_value=0,
           max_value=max(num_layers - 1, 1), key="s_start", persist_state="session",

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
 
 from app import state
 from app.logic.exports import (
     ENV_EXPORT_ROOT,
+    block_export_name,
     export_root,
     export_summary,
+    follow_suggestion,
     load_snippet,
     measured_figures,
     resolve_export_dir,
 )
+from app.logic.provenance import changes, describe_stamp, prune_stamp
 from app.logic.runs import json_key
 from entrodrop import service
 
@@ -24,11 +25,11 @@ st.title("Export")
 profile, view = state.require_view()
 
 root = export_root()
-model_name = re.sub(r"[^A-Za-z0-9._-]+", "-", profile.spec.split("/")[-1])
-criterion_name = re.sub(r"[^A-Za-z0-9._-]+", "-", view.criterion)  # random:1 -> random-1
-suggested = f"{model_name.strip('-')}-{view.granularity}-{criterion_name}-k{view.k}"
-if not ss["export_name"]:
-    ss["export_name"] = suggested
+current = state.analysis_is_current()
+suggested = block_export_name(profile.spec, view)
+ss["export_name"] = follow_suggestion(ss["export_name"], ss.get("_export_suggested"), suggested)
+ss["_export_suggested"] = suggested
+stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
 
 st.markdown(
     f"Writes the model with the **{view.k} {view.granularity} blocks** chosen by "
@@ -47,7 +48,8 @@ if view.granularity == "attn":
                "`trust_remote_code=True`. Layer-pruned exports are standard checkpoints.")
 
 if st.button("Export pruned model", key="run_export", type="primary", icon=":material/save:",
-             disabled=view.k == 0):
+             disabled=view.k == 0 or not current):
+    ss.pop("export_result", None)  # a failed export leaves no earlier success on show
     with state.guard("Exporting"):
         target = resolve_export_dir(ss["export_name"], root)
         bar, update = state.progress_bar("Export")
@@ -59,12 +61,20 @@ if st.button("Export pruned model", key="run_export", type="primary", icon=":mat
                                      measured=measured, overwrite=bool(ss["export_overwrite"]),
                                      progress=update)
         bar.progress(1.0, text="Export done")
-        ss["export_result"] = export_summary(path)
-if view.k == 0:
+        ss["export_result"] = {**export_summary(path), "stamp": stamp}
+if not current:
+    st.caption("Export is off while the analysis is stale: run it again on the Calibration "
+               "page, so the exported blocks are chosen for the current model and data.")
+elif view.k == 0:
     st.caption("Set K above 0 in the sidebar to export a pruned model.")
 
 result = ss.get("export_result")
-if result:
+changed = changes(result.get("stamp", {}), stamp) if result else []
+if result and changed:
+    st.info(f"The last export, `{result['path']}`, was made for other settings "
+            f"({'; '.join(changed)}); it is still on disk. Press **Export pruned model** to "
+            "export the current choice.", icon=":material/history:")
+elif result:
     st.success(f"Exported to `{result['path']}`", icon=":material/check_circle:")
     c1, c2, c3 = st.columns(3)
     if result.get("granularity") == "attn":
@@ -80,6 +90,7 @@ if result:
     c3.metric("Size on disk", f"{result['bytes'] / 2**20:.1f} MiB")
     st.caption(f"{result.get('granularity')} blocks removed: {result.get('blocks')} · "
                f"{result['files']} files")
+    st.caption("Exported with " + describe_stamp(result["stamp"]))
     st.markdown("**Load it**")
     st.code(load_snippet(result["path"], result.get("granularity") or "layer"),
             language="python")

@@ -6,14 +6,27 @@ import streamlit as st
 
 from analysis.taylor import TAYLOR_CRITERIA
 from app import charts, state
-from app.logic.exports import export_root, folder_summary, load_snippet, resolve_export_dir
+from app.logic.exports import (
+    export_root,
+    folder_summary,
+    follow_suggestion,
+    load_snippet,
+    resolve_export_dir,
+    width_export_name,
+)
 from app.logic.inputs import calibration_settings
 from app.logic.runs import json_key
 from app.logic.width_view import kept_overlap, score_percentiles
 from entrodrop import service
+from pruning.width import requested_neurons
 
 QS = (0, 5, 25, 50, 75, 95, 100)
-MODE = "per_layer"  # every layer keeps int(ratio x hidden size) neurons (official code)
+# How the amount kept is given: a fraction of each layer's neurons (pruning mode
+# `uniform`, round(fraction x I)), or the paper's ratio x hidden size (mode `per_layer`,
+# int(ratio x D) as the official code truncates it).
+SCALES = {"fraction": "fraction of each layer's neurons",
+          "paper": "ratio × hidden size (the paper's convention)"}
+MODES = {"fraction": "uniform", "paper": "per_layer"}
 LABELS = {"taylor-entropy": "Taylor, output-entropy loss (no labels)",
           "taylor-ce": "Taylor, next-token cross-entropy (classic)",
           "magnitude": "weight magnitude (no data)"}
@@ -32,9 +45,9 @@ with st.expander("What you are seeing", icon=":material/school:"):
     st.latex(r"I_j = \sum_{\text{samples}} \sum_t \left| a_j \, "
              r"\frac{\partial \mathcal{L}}{\partial a_j} \right|, \qquad "
              r"\mathcal{L} = -\frac{1}{T}\sum_t \sum_v p_{t,v} \log p_{t,v}")
-    st.markdown("Every layer keeps the top int(ratio × hidden size) neurons in their "
-                "original order; gate/up rows and down columns are sliced, so the result is "
-                "a standard checkpoint. The heatmap shows percentiles of each layer's scores.")
+    st.markdown("Every layer keeps its most important neurons in their original order; "
+                "gate/up rows and down columns are sliced, so the result is a standard "
+                "checkpoint. The heatmap shows percentiles of each layer's scores.")
 
 if not ss["cal_sources"]:
     st.info("Choose a calibration source on the Calibration page first.", icon=":material/info:")
@@ -87,15 +100,32 @@ with state.guard("Drawing the neuron importances"):
                     key="width_heatmap", width="stretch")
 
     low, high, hidden, inter = service.width_ratio_range(loaded)
-    ss["width_ratio"] = float(min(max(float(ss["width_ratio"]), 0.05), high))
-    st.slider("Keep ratio (kept neurons per layer = ratio × hidden size)", min_value=0.05,
-              max_value=float(high), step=0.05, key="width_ratio", persist_state="session")
-    kept = max(1, min(int(ss["width_ratio"] * hidden), inter))
-    st.caption(f"Keeps {kept} of {inter} neurons per layer ({kept / inter * 100:.0f} %), "
-               f"hidden size {hidden}.")
+    st.radio("Give the amount kept as", list(SCALES), key="width_scale",
+             persist_state="session", format_func=SCALES.get, horizontal=True,
+             help="The paper (and its code) sets the new MLP width as a multiple of the "
+                  "hidden size D: ratio 2.0 keeps 2 × D neurons per layer, which on a model "
+                  f"with I = {inter} and D = {hidden} is {min(int(2.0 * hidden), inter)} "
+                  "neurons. The fraction says directly how much of each layer stays.")
+    scale, mode = ss["width_scale"], MODES[ss["width_scale"]]
+    if scale == "fraction":
+        ss["width_fraction"] = float(min(max(float(ss["width_fraction"]), 0.05), 1.0))
+        st.slider("Fraction of neurons kept per layer", min_value=0.05, max_value=1.0,
+                  step=0.05, key="width_fraction", persist_state="session")
+        value = float(ss["width_fraction"])
+    else:
+        ss["width_ratio"] = float(min(max(float(ss["width_ratio"]), 0.05), high))
+        st.slider("Keep ratio (kept neurons per layer = int(ratio × hidden size))",
+                  min_value=0.05, max_value=float(high), step=0.05, key="width_ratio",
+                  persist_state="session")
+        value = float(ss["width_ratio"])
+    kept = max(1, min(requested_neurons(value, mode, hidden, inter), inter))
+    st.caption(f"Keeps {kept} of {inter} neurons per layer ({kept / inter * 100:.0f} % kept), "
+               f"hidden size {hidden}"
+               + (f"; the paper's ratio for this is {kept / hidden:.2f}." if scale == "fraction"
+                  else "; int() truncates, as the official code does."))
     if len(scores) > 1:
         names = list(scores)
-        keeps = {c: service.width_keep(scores[c], ss["width_ratio"], hidden, MODE) for c in names}
+        keeps = {c: service.width_keep(scores[c], value, hidden, mode) for c in names}
         overlaps = {f"{names[0]} vs {c}": kept_overlap(keeps[names[0]], keeps[c])
                     for c in names[1:]}
         st.plotly_chart(charts.width_overlap_figure(overlaps), key="width_overlap", width="stretch")
@@ -104,8 +134,9 @@ if not drawn:
     st.stop()
 
 st.subheader("Quality over the keep ratio")
-ratios = sorted({round(high * f, 2) for f in (0.25, 0.5, 0.75, 0.9)})
-quality_key = json_key(scores_key, ratios, int(ss["budget_held_out"]))
+top = 1.0 if scale == "fraction" else high
+ratios = sorted({round(top * f, 2) for f in (0.25, 0.5, 0.75, 0.9)})
+quality_key = json_key(scores_key, ratios, mode, int(ss["budget_held_out"]))
 rows = state.cache_lookup("width_quality", quality_key)
 if st.button("Compute quality curves", key="run_width_quality", icon=":material/query_stats:"):
     with state.guard("Computing the width quality curves"):
@@ -113,21 +144,24 @@ if st.button("Compute quality curves", key="run_width_quality", icon=":material/
 
         def compute():
             ids = service.held_out_windows(cal, loaded, int(ss["budget_held_out"]))
-            return service.width_curves(loaded, ids, scores, ratios, mode=MODE,
+            return service.width_curves(loaded, ids, scores, ratios, mode=mode,
                                         batch_size=int(ss["est_batch_size"]), progress=update)
 
         rows = state.cache_compute("width_quality", quality_key, compute)
         bar.progress(1.0, text="Done")
+x_title = "fraction of neurons kept" if scale == "fraction" else "keep ratio (× hidden size)"
 if rows:
+    ss["width_result"]["quality"] = {"rows": rows, "x_title": x_title, "value": value}
     st.plotly_chart(charts.quality_figure([r for r in rows if r["ratio"] is not None],
-                                          x="ratio", marker_x=ss["width_ratio"],
-                                          x_title="keep ratio"),
+                                          x="ratio", marker_x=value, x_title=x_title),
                     key="width_quality_chart", width="stretch")
     st.dataframe(rows, hide_index=True)
 
 st.subheader("Export")
-if not ss["width_export_name"]:
-    ss["width_export_name"] = f"width-{shown}-r{ss['width_ratio']:g}"
+suggested = width_export_name(shown, scale, value, kept)
+ss["width_export_name"] = follow_suggestion(ss["width_export_name"],
+                                            ss.get("_width_export_suggested"), suggested)
+ss["_width_export_suggested"] = suggested
 st.text_input("Export folder name (inside the export root)", key="width_export_name",
               persist_state="session")
 if st.button("Export width-pruned model", key="run_width_export", icon=":material/save:"):
@@ -136,9 +170,11 @@ if st.button("Export width-pruned model", key="run_width_export", icon=":materia
         with st.spinner("Writing the checkpoint…"):
             # The service builds the manifest, exactly as for the CLI's `width` command.
             path = service.export_width(loaded, scores[shown], cal, shown,
-                                        float(ss["width_ratio"]), target, mode=MODE,
+                                        value, target, mode=mode,
                                         overwrite=bool(ss["export_overwrite"]))
         summary = folder_summary(path)
+        ss["width_export_result"] = {**summary, "criterion": shown, "scale": scale,
+                                     "value": value, "kept": kept}
         st.success(f"Exported to `{summary['path']}`: intermediate size "
                    f"{summary['intermediate_size']}, {summary['bytes'] / 2**20:.1f} MiB.",
                    icon=":material/check_circle:")

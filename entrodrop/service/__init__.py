@@ -17,6 +17,7 @@ from entrodrop.service.analysis import (
     held_out_windows,
     preview_windows,
     profile_model,
+    read_calibration_file,
     selection_windows,
 )
 from entrodrop.service.benchmarks import (
@@ -78,7 +79,7 @@ __all__ = [
     "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_layout",
     "check_export_target",
     "decision", "devices", "greedy_estimate", "greedy_search", "selection_windows", "export_blocks", "export_width", "generate", "held_out_windows",
-    "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows",
+    "hidden_size", "load", "load_plan", "model_figures", "model_summary", "parameter_savings", "preview_windows", "read_calibration_file",
     "profile_model", "quality_of", "quality_over_k", "speed", "stage_plan", "width_curves", "width_keep",
     "width_ratio_range", "width_scores",
 ]

@@ -17,6 +17,7 @@ from analysis.calibration import (
     preview,
     source_fingerprint,
 )
+from analysis.calibration.files import DEFAULT_MAX_BYTES, open_file
 from analysis.capture import capture
 from analysis.models import (
     LoadedModel,
@@ -268,6 +269,17 @@ def preview_windows(loaded: Model, cal: CalibrationSettings, n: int = 3) -> dict
             "mode": recipe.get("mode"), "documents": recipe.get("documents"),
             "text_column": recipe.get("text_column"),
             "windows": preview(calibration, loaded.tokenizer, n=n)}
+
+
+def read_calibration_file(spec: str, text_column: str | None = None) -> dict:
+    """Open a calibration file without the model: its format, text column and document
+    count (pre-tokenized files: their window count). Raises the reader's user error for a
+    file that cannot be calibration data, so it can be refused before it becomes a source."""
+    source = open_file(spec, text_column, DEFAULT_MAX_BYTES)
+    documents = (len(source.documents) if source.documents is not None
+                 else int(source.input_ids.shape[0]))
+    return {"spec": spec, "format": source.info.get("format"),
+            "text_column": source.info.get("text_column"), "documents": documents}
 
 
 def calibration_sources() -> list[dict]:

@@ -59,11 +59,13 @@ def test_csv_without_text_column_gives_error(ui):
     assert not at.exception
     (error,) = _errors(at)
     assert "no text column found" in error and "'a', 'b'" in error
-    # Running the analysis with it names the same problem instead of crashing.
+    # Refused means not added: the next analysis runs on the sources that work.
+    assert not any("table.csv" in s for s in at.session_state["cal_sources"])
+    assert not any("table.csv" in s for s in at.session_state["cal_uploaded"])
     at.button(key="run_analysis").click().run()
     assert not at.exception
-    assert any("no text column found" in e for e in _errors(at))
-    assert "analysis" not in at.session_state
+    specs = [c.spec for c in at.session_state["analysis"].request.calibrations]
+    assert specs == ["builtin:random"]
 
 
 def test_csv_with_named_text_column_is_accepted(ui):

@@ -109,6 +109,7 @@ def test_width_page_scores_neurons_and_exports(ui, tmp_path, monkeypatch):
     heat, overlap = ui.charts(at)
     assert len(heat["data"][0]["z"]) == NUM_LAYERS
     assert len(overlap["data"][0]["y"]) == NUM_LAYERS
+    at.radio(key="width_scale").set_value("paper").run()  # the CLI's ratio x hidden size
     at.slider(key="width_ratio").set_value(1.0).run()  # keep 32 of 64 neurons
     assert any("Keeps 32 of 64" in c.value for c in at.caption)
     at.button(key="run_width_quality").click().run()
@@ -214,6 +215,7 @@ def test_app_and_cli_exports_of_the_same_settings_write_equal_manifests(
     at.multiselect(key="width_criteria").set_value(["taylor-entropy"]).run()
     at.number_input(key="width_samples").set_value(2).run()
     at.button(key="run_width_scores").click().run()
+    at.radio(key="width_scale").set_value("paper").run()
     at.slider(key="width_ratio").set_value(1.0).run()
     at.text_input(key="width_export_name").set_value("app-width").run()
     at.button(key="run_width_export").click().run()

@@ -31,6 +31,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic"]
 SERVER_START_S = 90
+START_TITLE = "EntroDrop Studio"
 STEP_MS = 60_000  # one ordinary rerun of a page on a loaded 2-core machine
 
 
@@ -168,8 +169,9 @@ class Dashboard:
         return self.page.get_by_test_id("stMain")
 
     def open(self) -> None:
+        """The app's address: it opens on the start page."""
         self.page.goto(self.url)
-        self.title("Model").wait_for(timeout=120_000)
+        self.title(START_TITLE).wait_for(timeout=120_000)
         self.settle()
 
     def log(self, what: str) -> None:

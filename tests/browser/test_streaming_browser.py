@@ -21,6 +21,7 @@ def test_streamed_demo_model_analyses_evaluates_and_exports(streaming_server, br
     page = d.page
     d.open()
     d.assert_clean("start")
+    d.go("Model")
     expect(d.main).to_contain_text("layer streaming")  # the Model page's load estimate
     d.screenshot("model_streaming")
 

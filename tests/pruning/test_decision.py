@@ -5,7 +5,7 @@ import pytest
 from pruning.decision import decide
 from pruning.ranking import RankingError
 from pruning.rankstring import rank_string_to_order
-from pruning.stages import plan_stages
+from pruning.stages import max_k, plan_stages
 from tests.profiles import make_profile
 
 L = 6
@@ -116,3 +116,14 @@ def test_ppl_greedy_decides_from_its_search_and_only_for_the_plan_it_ran_on():
     with pytest.raises(RankingError, match="ran over blocks"):
         decide(_profile(), "layer", "ppl_greedy", 1, plan_stages(L, policy="manual", s_start=2),
                greedy=search)
+
+
+def test_decide_refuses_pruning_every_block_even_when_all_are_prunable():
+    plan = plan_stages(L, policy="manual", s_start=0, allow_last=True)
+    assert len(plan.prunable) == L and max_k(plan) == L - 1
+    d = decide(_profile(), "attn", "cosine", L - 1, plan)
+    assert len(d.blocks) == L - 1
+    with pytest.raises(RankingError, match="at least one block always stays"):
+        decide(_profile(), "attn", "cosine", L, plan)
+    with pytest.raises(RankingError, match="between 0 and 5"):
+        d.with_k(L)

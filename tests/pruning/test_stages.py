@@ -118,3 +118,12 @@ def test_plan_errors():
         plan_stages(0, policy="reference")
     # the error is a ValueError, so generic handlers catch it
     assert issubclass(StageError, ValueError)
+
+
+def test_max_k_always_leaves_one_block():
+    everything = plan_stages(6, policy="manual", s_start=0, allow_last=True)
+    assert everything.prunable == (0, 1, 2, 3, 4, 5)
+    assert max_k(everything) == 5
+    assert max_k(plan_stages(6, policy="manual", s_start=1, allow_last=True)) == 5
+    assert max_k(plan_stages(6, policy="manual", s_start=0)) == 5
+    assert max_k(plan_stages(6, policy="manual", s_start=2)) == 3

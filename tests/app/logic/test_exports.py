@@ -55,3 +55,26 @@ def test_measured_figures_belong_to_the_prune_set_and_go_into_the_block_manifest
     # ... plus the comparison with the baseline and the measured figures.
     assert m["baseline_pruned"] == view.baseline_pruned
     assert m["measured"] == measured
+
+
+def test_block_export_name_names_model_granularity_criterion_and_k():
+    from app.logic.exports import block_export_name
+
+    assert block_export_name("HuggingFaceTB/SmolLM2 135M", _view(k=3)) == "SmolLM2-135M-attn-knn-k3"
+    assert block_export_name("demo:smollm2-135m", _view(k=0)) == "demo-smollm2-135m-attn-knn-k0"
+
+
+def test_width_export_name_shows_the_amount_as_the_slider_does():
+    from app.logic.exports import width_export_name
+
+    assert width_export_name("taylor-ce", "paper", 1.5, 864) == "width-taylor-ce-r1.50-n864"
+    assert width_export_name("taylor-ce", "fraction", 0.5, 768) == "width-taylor-ce-keep0.50-n768"
+
+
+def test_export_name_follows_the_settings_until_the_user_types_one():
+    from app.logic.exports import follow_suggestion
+
+    assert follow_suggestion("", None, "m-k8") == "m-k8"  # first visit
+    assert follow_suggestion("m-k8", "m-k8", "m-k0") == "m-k0"  # K changed: name follows
+    assert follow_suggestion("mine", "m-k8", "m-k0") == "mine"  # typed: kept
+    assert follow_suggestion("  ", "m-k8", "m-k0") == "  "  # a blank is refused on export

@@ -140,6 +140,21 @@ def test_evaluate_curves_and_export_with_the_perplexity_greedy_criterion(tiny_ll
     assert manifest["pruned_blocks"] == manifest["criterion_details"]["search"]["order"]
 
 
+def test_evaluate_curve_leaves_out_a_k_that_would_prune_every_block(tiny_llama_dir, cache,
+                                                                    tmp_path):
+    layers = json.loads((tiny_llama_dir / "config.json").read_text())["num_hidden_layers"]
+    out = tmp_path / "eval-all.json"
+    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS,
+                 "--held-out", "2", "--granularity", "attn", "--criterion", "knn", "--k", "1",
+                 "--policy", "manual", "--s-start", "0", "--allow-last",
+                 "--ks", f"0,{layers - 1},{layers}", "--curve-granularities", "attn",
+                 "--repeats", "1", "--out", str(out)], cache)
+    assert r.returncode == 0, r.stderr
+    assert f"K = {layers} left out: at most {layers - 1} blocks" in r.stderr
+    rows = json.loads(out.read_text())["curves"]
+    assert {row["k"] for row in rows} == {0, layers - 1}
+
+
 def test_export_attn_in_the_vllm_layout(tiny_llama_dir, cache, tmp_path):
     out = tmp_path / "pruned-vllm"
     r = run_cli(["--quiet", "export", "--model", str(tiny_llama_dir), *ANALYSIS,
@@ -167,18 +182,3 @@ def test_export_in_the_vllm_layout_refuses_other_families_before_the_analysis(tm
     assert len(r.stderr.strip().splitlines()) == 1 and "layout 'transformers'" in r.stderr
     assert not (tmp_path / "out").exists()
     assert not list(own_cache.rglob("*.json"))  # refused before any profile was computed
-
-
-def test_evaluate_curve_leaves_out_a_k_that_would_prune_every_block(tiny_llama_dir, cache,
-                                                                    tmp_path):
-    layers = json.loads((tiny_llama_dir / "config.json").read_text())["num_hidden_layers"]
-    out = tmp_path / "eval-all.json"
-    r = run_cli(["--quiet", "evaluate", "--model", str(tiny_llama_dir), *ANALYSIS,
-                 "--held-out", "2", "--granularity", "attn", "--criterion", "knn", "--k", "1",
-                 "--policy", "manual", "--s-start", "0", "--allow-last",
-                 "--ks", f"0,{layers - 1},{layers}", "--curve-granularities", "attn",
-                 "--repeats", "1", "--out", str(out)], cache)
-    assert r.returncode == 0, r.stderr
-    assert f"K = {layers} left out: at most {layers - 1} blocks" in r.stderr
-    rows = json.loads(out.read_text())["curves"]
-    assert {row["k"] for row in rows} == {0, layers - 1}

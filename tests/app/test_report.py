@@ -1,0 +1,89 @@
+"""app/report.py: a complete, readable record (header, figures, tables), and nothing made
+for other settings presented as if it belonged to these."""
+
+from __future__ import annotations
+
+import re
+
+from analysis.settings import AnalysisRequest, CalibrationSettings, ModelSettings
+from app import report
+from app.logic.provenance import prune_stamp
+from app.logic.runs import AnalysisRecord
+from tests.app.sample import profile as _profile
+from tests.app.sample import view as _view
+
+SETTINGS = {"granularity": "attn", "criterion": "knn", "policy": "auto", "s_start": 0,
+            "allow_last": False, "k": 2}
+
+
+def _snapshot(**extra) -> dict:
+    profile = _profile()
+    request = AnalysisRequest(model=ModelSettings("tiny-model"),
+                              calibrations=(CalibrationSettings("builtin:random", 8, 64, 3),))
+    record = AnalysisRecord(key="k", request=request, runs=[profile], from_cache=[False])
+    stamp = prune_stamp(_view(k=2), profile.spec)
+    snap = {
+        "analysis": record, "analysis_changes": [], "run_index": 0,
+        "view_settings": dict(SETTINGS), "curve_estimators": ["knn"],
+        "budget": {"rows": [{"criterion": "knn", "k": 2, "perplexity": 7.5, "kl": 0.25,
+                             "top1": 0.8}], "skipped_ks": [6], "stamp": stamp},
+        "savings": {"params_base": 2_000_000, "params_pruned": 1_500_000,
+                    "bytes_base": 8 * 2**20, "bytes_pruned": 6 * 2**20,
+                    "saved_fraction": 0.25, "stamp": stamp},
+        "speed": {"prefill_tokens_per_s_base": 1000.0, "prefill_tokens_per_s_pruned": 1250.0,
+                  "prefill_ratio": 1.25, "decode_ms_per_token_base": 20.0,
+                  "decode_ms_per_token_pruned": 16.0, "decode_ratio": 1.25,
+                  "device": "cpu", "repeats": 3, "stamp": stamp},
+        "generation": {"unpruned": "Paris.", "pruned": "Paris, France.", "blocks": [3, 4],
+                       "stamp": {**stamp, "prompt": "The capital", "tokens": 5}},
+        "export": {"path": "/exports/tiny-attn-knn-k2", "granularity": "attn",
+                   "blocks": [3, 4], "num_layers_before": 6, "num_layers_after": 6,
+                   "parameters_before": 2_000_000, "parameters_after": 1_500_000,
+                   "files": 5, "bytes": 6 * 2**20, "stamp": stamp},
+        "width": {"qs": [0, 50, 100], "percentiles": {"taylor-ce": [[0.0, 1.0, 2.0]] * 6},
+                  "quality": {"rows": [{"criterion": "taylor-ce", "ratio": 0.5,
+                                        "perplexity": 9.0, "kl": 0.5, "top1": 0.7}],
+                              "x_title": "fraction of neurons kept", "value": 0.5}},
+        "width_export": {"path": "/exports/width-taylor-ce-keep0.50-n32", "criterion":
+                         "taylor-ce", "kept": 32, "intermediate_size": 32, "files": 5,
+                         "bytes": 2**20},
+    }
+    snap.update(extra)
+    return snap
+
+
+def _text(html: str) -> str:
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def test_report_header_names_model_data_and_settings_as_a_table():
+    text = report.build_html(_snapshot())
+    header = text[text.index("What was analysed"):text.index("Calibration runs")]
+    assert "<table>" in header and "tiny-model" in header
+    assert "builtin:random" in header and "N = 8 × T = 64 tokens, seed 3" in header
+    assert "attn / knn (baseline cosine)" in header and "2 of at most 3" in header
+    assert "Stale" not in header
+    # The raw record is kept, folded away, after the readable tables.
+    assert text.index("<details>") > text.index("Parameter savings")
+
+
+def test_report_holds_speed_savings_width_curves_export_and_generation():
+    text = _text(report.build_html(_snapshot()))
+    assert "1000 → 1250 tokens/s (1.25×)" in text and "20.0 → 16.0 ms/token" in text
+    assert "2.00 M → 1.50 M (-25.0 %)" in text
+    assert "Left out (cannot be pruned under this S_start): K = 6" in text
+    assert "Width pruning: quality against the amount kept" in text
+    assert "/exports/tiny-attn-knn-k2" in text and "/exports/width-taylor-ce-keep0.50-n32" in text
+    assert "Paris, France." in text and "The capital" in text
+
+
+def test_report_leaves_out_results_of_other_settings_and_marks_a_stale_analysis():
+    snap = _snapshot(view_settings={**SETTINGS, "k": 1},
+                     analysis_changes=["model tiny-model → /gone"])
+    html = report.build_html(snap)
+    text = _text(html)
+    assert "Paris, France." not in text and "/exports/tiny-attn-knn-k2" not in text
+    assert "1000 → 1250" not in text
+    assert ("Left out, made for other settings than these: quality curves, parameter "
+            "savings, speed, side-by-side text, export.") in text
+    assert "Stale:" in text and "model tiny-model → /gone" in text
