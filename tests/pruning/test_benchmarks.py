@@ -221,3 +221,12 @@ def test_record_benchmarks_replaces_a_run_with_the_same_settings_only(tmp_path):
     (tmp_path / "entrodrop.json").write_text("{not json")
     with pytest.raises(ManifestError, match="cannot read"):
         read_manifest(tmp_path)
+
+
+def test_variants_over_k_take_prune_sets_per_k_for_criteria_whose_sets_are_not_nested():
+    from pruning.benchmarks import variants_over_k
+    got = variants_over_k({"angular_span": {0: [], 1: [2], 2: [1, 0]}, "knn": [2, 0]},
+                          "layer", [0, 1, 2, 3])
+    assert [(v.criterion, v.k, v.blocks) for v in got] == [
+        ("angular_span", 0, ()), ("angular_span", 1, (2,)), ("angular_span", 2, (0, 1)),
+        ("knn", 0, ()), ("knn", 1, (2,)), ("knn", 2, (0, 2))]
