@@ -29,7 +29,7 @@ CRITERION_LABELS = {
 POLICY_LABELS = {
     "auto": "auto (minimum of H in the first half)",
     "reference": "reference (freeze 0, 1, L-1)",
-    "manual": "manual (slider or chart click)",
+    "manual": "manual (slider or drag on the chart)",
 }
 
 

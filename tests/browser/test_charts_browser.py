@@ -93,7 +93,7 @@ def test_drag_the_s_start_boundary_then_the_prune_list_follows(dashboard):
     page.mouse.up()
     expect(d.k_caption()).to_contain_text(f"S_start = {target} ·")
     d.settle()
-    expect(d.sidebar.get_by_role("radio", name="manual (slider or chart click)")).to_be_checked()
+    expect(d.sidebar.get_by_role("radio", name="manual (slider or drag on the chart)")).to_be_checked()
     after = _blocks(d.k_caption().inner_text())
     assert len(after) == 4 and min(after) >= target, (before, after)
     assert min(before) not in after, (before, after)  # now in Stage 1
