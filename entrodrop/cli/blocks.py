@@ -20,20 +20,24 @@ from entrodrop.cli.common import (
     add_calibration_args,
     add_decision_args,
     add_estimator_args,
+    add_format_args,
     add_model_args,
     analysis_request,
     calibration_settings,
     check_json_out,
     estimator_settings,
+    format_note,
     load,
     model_settings,
     report_messages,
     write_json,
 )
 from pruning.decision import Decision
+from pruning.gguf_export import GGUF_TYPES
 from pruning.ranking import BASELINE
 from pruning.stages import StagePlan
 
+ENGINES = ("transformers", "llama.cpp", "both")
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
 """Held-out windows `evaluate` measures quality on."""
@@ -113,11 +117,20 @@ def _pruned_figures(a: argparse.Namespace, loaded: service.Model, ids, d: Decisi
               f"{saved['params_base'] / 1e6:.1f} M (speed needs the whole model in memory: "
               "not measured under layer streaming)")
         return {"blocks": blocks, **q, "parameters": saved, "speed": None}
-    speed = service.speed(loaded, a.granularity, blocks, repeats=a.repeats)
-    print(f"{line}; prefill x{_num(speed['prefill_ratio'], '.2f')}, "
-          f"decode x{_num(speed['decode_ratio'], '.2f')}, "
-          f"params {speed['params_pruned'] / 1e6:.1f} M of {speed['params_base'] / 1e6:.1f} M")
-    return {"blocks": blocks, **q, "speed": speed}
+    out = {"blocks": blocks, **q}
+    if a.engine in ("transformers", "both"):
+        speed = service.speed(loaded, a.granularity, blocks, repeats=a.repeats)
+        print(f"{line}; prefill x{_num(speed['prefill_ratio'], '.2f')}, "
+              f"decode x{_num(speed['decode_ratio'], '.2f')}, "
+              f"params {speed['params_pruned'] / 1e6:.1f} M of {speed['params_base'] / 1e6:.1f} M")
+        out["speed"] = speed
+    if a.engine in ("llama.cpp", "both"):
+        engine = service.engine_speed(loaded, a.granularity, blocks, repeats=a.repeats,
+                                      gguf_type=a.gguf_type)
+        print(f"{line}; llama.cpp ({a.gguf_type}) prefill x{_num(engine['prefill_ratio'], '.2f')}, "
+              f"decode x{_num(engine['decode_ratio'], '.2f')}")
+        out["speed_llama_cpp"] = engine
+    return out
 
 
 def _k_curves(a: argparse.Namespace, loaded: service.Model, ids, profile: Profile,
@@ -181,9 +194,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     loaded = load(a)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
-                                progress=progress)
+                                progress=progress, fmt=a.format, gguf_type=a.gguf_type)
     progress.done()
-    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}) to {out}", file=sys.stderr)
+    print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}) to {out}"
+          f"{format_note(a, out)}", file=sys.stderr)
     return 0
 
 
@@ -203,6 +217,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_profile_args(p)
     p.add_argument("--out", required=True, help="target folder (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty target")
+    add_format_args(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="quality and speed of a model, or of a pruned variant")
@@ -219,6 +234,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curve-granularities", default=",".join(GRANULARITIES))
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help="timing repeats for the speed ratios")
+    p.add_argument("--engine", choices=ENGINES, default="transformers",
+                   help="where --k's speed is measured: transformers, llama.cpp (GGUF files "
+                        "of --gguf-type; needs llama-cpp-python) or both")
+    p.add_argument("--gguf-type", dest="gguf_type", choices=GGUF_TYPES, default="f16",
+                   help="weights of the GGUF files timed in llama.cpp")
     p.add_argument("--width-ratios", default=None, help="width-pruning curves at these ratios, e.g. 1,0.9,0.8")
     p.add_argument("--width-criteria", default=",".join(TAYLOR_CRITERIA))
     p.add_argument("--width-mode", choices=KEEP_MODES, default=DEFAULT_KEEP_MODE)
