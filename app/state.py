@@ -82,6 +82,8 @@ DEFAULTS: dict[str, Any] = {
     "gen_chat": False,
     "export_name": "",
     "export_overwrite": False,
+    "export_format": "hf",
+    "export_gguf_type": "f16",
     "width_criteria": ["taylor-entropy", "taylor-ce"],
     "width_ratio": 2.0,
     "width_samples": 8,

@@ -15,6 +15,7 @@ from analysis.errors import EntroDropError
 from analysis.paths import REPO_ROOT
 from app.logic.prune_view import PruneView
 from pruning.export import MANIFEST_NAME
+from pruning.gguf_export import GGUF_FILE, run_snippets
 
 ENV_EXPORT_ROOT = "ENTRODROP_EXPORT_ROOT"
 
@@ -80,6 +81,8 @@ def export_summary(path: Path) -> dict:
     summary.update({k: record.get(k) for k in ("granularity", "blocks", "num_layers_before",
                                                "num_layers_after", "parameters_before",
                                                "parameters_after")})
+    summary["format"] = record.get("format", "hf")
+    summary["gguf"] = record.get("gguf")
     return summary
 
 
@@ -95,6 +98,14 @@ def measured_figures(view: PruneView, budget: Mapping | None, speed: Mapping | N
     if speed and speed_key is not None and speed.get("key") == speed_key:
         out["speed"] = {k: v for k, v in speed.items() if k != "key"}
     return out
+
+
+FORMAT_LABELS = {"hf": "Hugging Face folder (transformers)", "gguf": "GGUF file (llama.cpp)"}
+
+
+def gguf_snippets(path: Path | str) -> dict[str, str]:
+    """How to run a GGUF export's file: llama.cpp's command line and its Python binding."""
+    return run_snippets(str(Path(path) / GGUF_FILE))
 
 
 def load_snippet(path: Path | str, granularity: str) -> str:

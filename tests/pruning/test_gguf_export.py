@@ -22,28 +22,7 @@ from pruning.gguf_export import (
     permute_rotary_rows,
 )
 from pruning.width import export_width_pruned
-from tests.tiny_models import VOCAB, tiny_model
-
-
-def tiny_bpe_tokenizer():
-    """A byte-level BPE tokenizer (the kind the writer builds GGUF keys from) with the tiny
-    models' vocabulary size."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"])}
-    for ch in "abcdefghijklmnopqrstuvwxyzĠ":
-        vocab[ch] = len(vocab)
-    merges = []
-    for a in "thaeinos":
-        for b in "heinrst":
-            if len(vocab) < VOCAB:
-                vocab[a + b] = len(vocab)
-                merges.append((a, b))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>", unk_token="<unk>")
+from tests.tiny_models import VOCAB, tiny_bpe_tokenizer, tiny_model
 
 
 @pytest.fixture(scope="module")
