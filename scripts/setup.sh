@@ -166,7 +166,8 @@ install_llama_cpp() {
             "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-binary llama-cpp-python \
             "$pin" -w "$wheel_dir" || die "building $pin failed (see above)"
         say "built $pin in $((SECONDS - start)) s"
-        wheel="$(ls "$wheel_dir"/llama_cpp_python-"$version"-*.whl | head -n1)"
+        wheel="$(ls "$wheel_dir"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n1 || true)"
+        [[ -n "$wheel" ]] || die "building $pin left no wheel in $wheel_dir"
     fi
     pip_install -r requirements-engines.txt --no-deps --find-links "$wheel_dir" --only-binary llama-cpp-python \
         || die "installing $pin from $wheel failed"
