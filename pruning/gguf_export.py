@@ -43,6 +43,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from analysis.errors import EntroDropError
 from pruning.export import ExportError, UnsupportedExportError
 
 GGUFType = Literal["f32", "f16", "bf16", "q8_0"]
@@ -520,9 +521,7 @@ def source_gguf(spec: str) -> Path | None:
 
     try:
         r = resolve_spec(spec)
-    except ExportError:
-        return None
-    except Exception:  # a spec that resolves to nothing local: no GGUF source
+    except EntroDropError:  # a spec that resolves to nothing local has no GGUF source
         return None
     if r.kind == "demo":
         return demo_gguf_path(r.spec[len("demo:"):])
