@@ -35,12 +35,12 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # 0.0.0.0 is not an address a browser can open; show localhost instead.
 URL_HOST := $(if $(filter 0.0.0.0,$(ENTRODROP_ADDRESS)),localhost,$(ENTRODROP_ADDRESS))
 
-.PHONY: help setup setup-browser check-run-settings run test test-fast lint bench clean-cache \
-	vllm-setup vllm-check
+.PHONY: help setup setup-browser setup-test check-run-settings run test test-fast lint bench \
+	clean-cache vllm-setup vllm-check
 
 help:
 	@echo "make run         set up, then start the dashboard on http://$(URL_HOST):$(PORT)"
-	@echo "make test        set up (with chromium), then run all tests (unit, slow, browser)"
+	@echo "make test        set up (with chromium and llama.cpp), then run all tests (unit, slow, browser)"
 	@echo "make test-fast   run the tests not marked slow or browser"
 	@echo "make lint        ruff check"
 	@echo "make bench       run the CPU benchmarks (bench_compare and gpu_check are run by hand)"
@@ -54,6 +54,10 @@ setup:
 setup-browser:
 	@bash scripts/setup.sh --with-browser
 
+# The test setup: chromium for the browser tests, llama.cpp's binding for the GGUF tests.
+setup-test:
+	@bash scripts/setup.sh --with-browser --with-engines
+
 # Checked before the (slow) setup, so that a typo fails at once with one line.
 check-run-settings:
 	@[[ "$(PORT)" =~ ^[0-9]+$$ ]] && (( 10#$(PORT) >= 1 && 10#$(PORT) <= 65535 )) || \
@@ -66,7 +70,7 @@ run: check-run-settings setup
 	@echo ""
 	$(VENV)/bin/streamlit run $(APP) --server.address $(ENTRODROP_ADDRESS) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false -- --model $(ENTRODROP_MODEL)
 
-test: setup-browser
+test: setup-test
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: setup

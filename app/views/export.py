@@ -7,10 +7,13 @@ import streamlit as st
 from app import state
 from app.logic.exports import (
     ENV_EXPORT_ROOT,
+    FORMAT_LABELS,
+    LAYOUT_LABELS,
     block_export_name,
     export_root,
     export_summary,
     follow_suggestion,
+    gguf_snippets,
     load_snippet,
     measured_figures,
     resolve_export_dir,
@@ -18,6 +21,7 @@ from app.logic.exports import (
 from app.logic.provenance import changes, describe_stamp, prune_stamp
 from app.logic.runs import json_key
 from entrodrop import service
+from pruning.gguf_export import GGUF_TYPES
 
 ss = st.session_state
 st.title("Export")
@@ -43,7 +47,22 @@ st.text_input("Export folder name (inside the export root)", key="export_name",
                    "are refused.")
 st.checkbox("Overwrite an existing export of that name", key="export_overwrite",
             persist_state="session")
-if view.granularity == "attn":
+st.radio("Format", list(FORMAT_LABELS), key="export_format", format_func=FORMAT_LABELS.get,
+         horizontal=True, persist_state="session",
+         help="GGUF: one file that llama.cpp (and tools built on it) runs. Llama-family "
+              "attn exports use llama.cpp's per-layer 'deci' architecture.")
+if ss["export_format"] == "gguf":
+    st.selectbox("GGUF weights", GGUF_TYPES, key="export_gguf_type", persist_state="session",
+                 help="Storage of the weight matrices; norms stay f32. q8_0 is 8-bit.")
+layout = "transformers"
+if view.granularity == "attn" and ss["export_format"] == "hf":
+    st.radio("Runs in", list(LAYOUT_LABELS), key="export_layout",
+             format_func=LAYOUT_LABELS.get, horizontal=True, persist_state="session",
+             help="vLLM and transformers: one folder in the DeciLM (nemotron-nas) form that "
+                  "vLLM runs with trust_remote_code=True, and transformers too. Llama and "
+                  "Mistral only; a pruned block 0 keeps its attention with a zero output "
+                  "projection.")
+    layout = ss["export_layout"]
     st.caption("Attention-pruned exports carry `modeling_entrodrop.py` and load with "
                "`trust_remote_code=True`. Layer-pruned exports are standard checkpoints.")
 
@@ -59,7 +78,8 @@ if st.button("Export pruned model", key="run_export", type="primary", icon=":mat
             json_key(view.granularity, view.pruned, loaded.identity))
         path = service.export_blocks(loaded, profile, view.decision, target,
                                      measured=measured, overwrite=bool(ss["export_overwrite"]),
-                                     progress=update)
+                                     progress=update, fmt=ss["export_format"],
+                                     gguf_type=ss["export_gguf_type"], layout=layout)
         bar.progress(1.0, text="Export done")
         ss["export_result"] = {**export_summary(path), "stamp": stamp}
 if not current:
@@ -91,6 +111,16 @@ elif result:
     st.caption(f"{result.get('granularity')} blocks removed: {result.get('blocks')} · "
                f"{result['files']} files")
     st.caption("Exported with " + describe_stamp(result["stamp"]))
-    st.markdown("**Load it**")
-    st.code(load_snippet(result["path"], result.get("granularity") or "layer"),
-            language="python")
+    if result.get("format") == "gguf":
+        gguf = result.get("gguf") or {}
+        st.caption(f"GGUF: llama.cpp architecture `{gguf.get('architecture')}`, weights "
+                   f"`{gguf.get('gguf_type')}`")
+        snippets = gguf_snippets(result["path"])
+        st.markdown("**Run it with llama.cpp**")
+        st.code(snippets["llama-cli"], language="bash")
+        st.markdown("**Or with its Python binding** (`pip install llama-cpp-python`)")
+        st.code(snippets["python"], language="python")
+    else:
+        st.markdown("**Load it**")
+        st.code(load_snippet(result["path"], result.get("granularity") or "layer",
+                             result.get("layout", "transformers")), language="python")

@@ -22,11 +22,13 @@ from entrodrop.cli.common import (
     add_decision_args,
     add_estimator_args,
     add_greedy_args,
+    add_format_args,
     add_model_args,
     analysis_request,
     calibration_settings,
     check_json_out,
     estimator_settings,
+    format_note,
     load,
     model_settings,
     report_messages,
@@ -44,12 +46,14 @@ from pruning.benchmarks import (
 from pruning.benchmarks import harness_version as lm_eval_version
 from pruning.compare import criteria_table
 from pruning.decision import Decision
+from pruning.gguf_export import GGUF_TYPES
 from pruning.greedy import GreedyResult
 from pruning.manifest import read_manifest
 from pruning.ranking import BASELINE, GREEDY, expand_criteria
 from pruning.stages import StagePlan, max_k
 from pruning.vllm_layout import DEFAULT_LAYOUT, LAYOUTS
 
+ENGINES = ("transformers", "llama.cpp", "both")
 RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
 """Held-out windows `evaluate` measures quality on."""
@@ -171,11 +175,20 @@ def _pruned_figures(a: argparse.Namespace, loaded: service.Model, ids, d: Decisi
               f"{saved['params_base'] / 1e6:.1f} M (speed needs the whole model in memory: "
               "not measured under layer streaming)")
         return {"blocks": blocks, **q, "parameters": saved, "speed": None}
-    speed = service.speed(loaded, a.granularity, blocks, repeats=a.repeats)
-    print(f"{line}; prefill x{_num(speed['prefill_ratio'], '.2f')}, "
-          f"decode x{_num(speed['decode_ratio'], '.2f')}, "
-          f"params {speed['params_pruned'] / 1e6:.1f} M of {speed['params_base'] / 1e6:.1f} M")
-    return {"blocks": blocks, **q, "speed": speed}
+    out = {"blocks": blocks, **q}
+    if a.engine in ("transformers", "both"):
+        speed = service.speed(loaded, a.granularity, blocks, repeats=a.repeats)
+        print(f"{line}; prefill x{_num(speed['prefill_ratio'], '.2f')}, "
+              f"decode x{_num(speed['decode_ratio'], '.2f')}, "
+              f"params {speed['params_pruned'] / 1e6:.1f} M of {speed['params_base'] / 1e6:.1f} M")
+        out["speed"] = speed
+    if a.engine in ("llama.cpp", "both"):
+        engine = service.engine_speed(loaded, a.granularity, blocks, repeats=a.repeats,
+                                      gguf_type=a.gguf_type)
+        print(f"{line}; llama.cpp ({a.gguf_type}) prefill x{_num(engine['prefill_ratio'], '.2f')}, "
+              f"decode x{_num(engine['decode_ratio'], '.2f')}")
+        out["speed_llama_cpp"] = engine
+    return out
 
 
 def _k_curves(a: argparse.Namespace, loaded: service.Model, ids, profile: Profile,
@@ -343,7 +356,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     # Both before minutes of analysis.
     service.check_export_target(a.out, overwrite=a.overwrite)
-    service.check_export_layout(model_settings(a), a.granularity, a.layout)
+    service.check_export_layout(model_settings(a), a.granularity, a.layout, a.format)
     bench = benchmark_settings(a)
     profile = profile_of(a)
     # A profile-decided criterion is checked (e.g. K) before the model loads.
@@ -361,10 +374,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         benchmarks = manifest_record(runs)
     progress = ProgressBar(a.quiet)
     out = service.export_blocks(loaded, profile, d, a.out, overwrite=a.overwrite,
-                                benchmarks=benchmarks, progress=progress, layout=a.layout)
+                                benchmarks=benchmarks, progress=progress, layout=a.layout,
+                                fmt=a.format, gguf_type=a.gguf_type)
     progress.done()
     print(f"exported {a.granularity} K={a.k} (blocks {list(d.blocks)}, layout {a.layout}) "
-          f"to {out}", file=sys.stderr)
+          f"to {out}{format_note(a, out)}", file=sys.stderr)
     return 0
 
 
@@ -394,6 +408,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="vllm: write attn exports of Llama-style models in the DeciLM "
                         "(nemotron-nas) form that vLLM runs and transformers also loads "
                         "(both with trust_remote_code)")
+    add_format_args(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="quality and speed of a model, or of a pruned variant")
@@ -411,6 +426,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curve-granularities", default=",".join(GRANULARITIES))
     p.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                    help="timing repeats for the speed ratios")
+    p.add_argument("--engine", choices=ENGINES, default="transformers",
+                   help="where --k's speed is measured: transformers, llama.cpp (GGUF files "
+                        "of --gguf-type; needs llama-cpp-python) or both")
+    p.add_argument("--gguf-type", dest="gguf_type", choices=GGUF_TYPES, default="f16",
+                   help="weights of the GGUF files timed in llama.cpp")
     p.add_argument("--width-ratios", default=None, help="width-pruning curves at these ratios, e.g. 1,0.9,0.8")
     p.add_argument("--width-criteria", default=",".join(TAYLOR_CRITERIA))
     p.add_argument("--width-mode", choices=KEEP_MODES, default=DEFAULT_KEEP_MODE)

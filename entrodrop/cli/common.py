@@ -55,6 +55,7 @@ from analysis.settings import (
     default_seqlen,
 )
 from entrodrop import service
+from pruning.gguf_export import EXPORT_FORMATS, GGUF_FILE, GGUF_TYPES, run_snippets
 from pruning.ranking import CRITERIA, Criterion, RankingError, check_criterion
 from pruning.stages import STAGE_POLICIES
 from pruning.width import KeepMode
@@ -198,6 +199,20 @@ def add_decision_args(p: argparse.ArgumentParser, with_k: bool = True) -> None:
 
 
 # --------------------------------------------------------------------------- settings
+
+
+def add_format_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="hf",
+                   help="hf: a Hugging Face folder; gguf: one GGUF file for llama.cpp")
+    p.add_argument("--gguf-type", dest="gguf_type", choices=GGUF_TYPES, default="f16",
+                   help="storage of the weight matrices in a GGUF export (norms stay f32)")
+
+
+def format_note(a: argparse.Namespace, out: Path) -> str:
+    """What to run after an export: for a GGUF one, llama.cpp's command line."""
+    if a.format != "gguf":
+        return ""
+    return f"; run it with: {run_snippets(str(Path(out) / GGUF_FILE))['llama-cli']}"
 
 
 def model_settings(a: argparse.Namespace) -> ModelSettings:

@@ -14,8 +14,10 @@ from entrodrop.cli.common import (
     ProgressBar,
     add_batch_size_arg,
     add_calibration_args,
+    add_format_args,
     add_model_args,
     calibration_settings,
+    format_note,
     load,
     model_settings,
 )
@@ -34,9 +36,10 @@ def cmd_width(a: argparse.Namespace) -> int:
     scores = service.width_scores(loaded, cal, [a.criterion], batch_size=a.batch_size,
                                   progress=progress)[a.criterion]
     out = service.export_width(loaded, scores, cal, a.criterion, a.ratio, a.out, mode=a.mode,
-                               overwrite=a.overwrite)
+                               overwrite=a.overwrite, fmt=a.format, gguf_type=a.gguf_type)
     progress.done()
-    print(f"exported width-pruned model ({a.criterion}, ratio {a.ratio}) to {out}", file=sys.stderr)
+    print(f"exported width-pruned model ({a.criterion}, ratio {a.ratio}) to {out}"
+          f"{format_note(a, out)}", file=sys.stderr)
     return 0
 
 
@@ -52,4 +55,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_batch_size_arg(p)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
+    add_format_args(p)
     p.set_defaults(func=cmd_width)

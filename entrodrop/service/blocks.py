@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from analysis.architectures import count_parameters, weight_bytes
+from analysis.paths import cache_dir
 from analysis.profile import Profile
 from analysis.settings import Estimator, Granularity, ModelSettings
 from analysis.streaming.sources import open_source
@@ -17,12 +20,28 @@ from pruning.evaluate import UNPRUNED, EvaluationError, Orders, evaluate_quality
 from pruning.export import check_export_target as export_target_check
 from pruning.export import export_pruned
 from pruning.greedy import GreedyResult, greedy_cost, greedy_order
-from pruning.manifest import block_manifest
+from pruning.gguf_export import (
+    ExportFormat,
+    GGUFType,
+    check_format,
+    check_gguf_type,
+    export_as_gguf,
+    folder_to_gguf,
+    source_gguf,
+)
+from pruning.llamacpp import llama_cpp, measure_gguf_speed
+from pruning.manifest import TOOL, block_manifest
 from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
 from pruning.streaming import stream_export_blocks, stream_quality, stream_quality_curves
-from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout, check_layout, vllm_attn_plan
+from pruning.vllm_layout import (
+    DEFAULT_LAYOUT,
+    ExportLayout,
+    LayoutError,
+    check_layout,
+    vllm_attn_plan,
+)
 
 DEFAULT_STAGE_ESTIMATOR: Estimator = "bucket"
 """Whose entropy curve sets the automatic S_start. The knn curve starts very low at Z_0
@@ -152,10 +171,13 @@ def check_export_target(out_dir, *, overwrite: bool = False) -> Path:
     return export_target_check(out_dir, overwrite=overwrite)
 
 
-def check_export_layout(settings: ModelSettings, granularity: Granularity, layout: str) -> None:
+def check_export_layout(settings: ModelSettings, granularity: Granularity, layout: str,
+                        fmt: str = "hf") -> None:
     """Refuse, from the model's config alone and before the analysis runs, a layout the
-    export could not be written in (the vLLM layout of a family vLLM cannot run that way).
-    A config that cannot be read from local files is left to the export, which checks again."""
+    export could not be written in (the vLLM layout of a family vLLM cannot run that way, or
+    in a GGUF file). A config that cannot be read from local files is left to the export,
+    which checks again."""
+    check_layout_format(layout, check_format(fmt))
     if check_layout(layout) != "vllm" or granularity != "attn":
         return
     try:
@@ -201,25 +223,79 @@ def generate(loaded: Model, granularity: Granularity, blocks: Sequence[int], pro
 def export_blocks(loaded: Model, profile: Profile, chosen: Decision, out_dir, *,
                   measured: Mapping | None = None, benchmarks: Mapping | None = None,
                   overwrite: bool = False, progress: Progress | None = None,
-                  layout: ExportLayout = DEFAULT_LAYOUT) -> Path:
+                  layout: ExportLayout = DEFAULT_LAYOUT, fmt: ExportFormat = "hf",
+                  gguf_type: GGUFType = "f16") -> Path:
     """Write the model with `chosen.blocks` pruned, and its manifest (with the baseline
     criterion's choice at the same k, any figures measured for this prune set, and any
     lm-eval scores of it, `pruning.benchmarks.manifest_record`). `layout`: `transformers`,
-    or `vllm` for a folder vLLM runs too (`pruning.vllm_layout.ExportLayout`)."""
+    or `vllm` for a folder vLLM runs too (`pruning.vllm_layout.ExportLayout`). `fmt` "gguf"
+    writes one GGUF file of `gguf_type` for llama.cpp instead of a Hugging Face folder (the
+    same tensors and manifest, with the format recorded)."""
+    fmt, gguf_type = check_format(fmt), check_gguf_type(gguf_type)
+    check_layout_format(layout, fmt)
     baseline = decide(profile, chosen.granularity, BASELINE, chosen.k, chosen.plan)
-    manifest = block_manifest(profile, chosen, baseline, measured, benchmarks)
+    manifest = {**block_manifest(profile, chosen, baseline, measured, benchmarks), "format": fmt}
+    if fmt == "gguf":
+        def write_hf(folder: Path) -> None:
+            _export_blocks_hf(loaded, chosen.granularity, chosen.blocks, folder, manifest,
+                              False, None)
+
+        return export_as_gguf(write_hf, out_dir, gguf_type=gguf_type,
+                              tokenizer_gguf=source_gguf(loaded.spec), overwrite=overwrite,
+                              progress=progress)
+    return _export_blocks_hf(loaded, chosen.granularity, chosen.blocks, out_dir, manifest,
+                             overwrite, progress, layout)
+
+
+def check_layout_format(layout: str, fmt: str) -> None:
+    """A vLLM layout is a Hugging Face folder; a GGUF file has llama.cpp's own layout."""
+    if check_layout(layout) == "vllm" and fmt == "gguf":
+        raise LayoutError("the vllm layout is a Hugging Face folder and cannot be written as "
+                          "GGUF; use --format hf with --layout vllm, or --format gguf alone")
+
+
+def _export_blocks_hf(loaded: Model, granularity: Granularity, blocks: Sequence[int], out_dir,
+                      manifest: dict, overwrite: bool, progress: Progress | None,
+                      layout: ExportLayout = DEFAULT_LAYOUT) -> Path:
     if isinstance(loaded, StreamedModel):
         # Tensors are copied from the checkpoint one by one, in the dtype an in-memory load
         # would have exported.
-        return stream_export_blocks(loaded.spec, out_dir, chosen.granularity,
-                                    list(chosen.blocks), manifest, overwrite=overwrite,
-                                    progress=progress, dtype=loaded.dtype,
+        return stream_export_blocks(loaded.spec, out_dir, granularity, list(blocks), manifest,
+                                    overwrite=overwrite, progress=progress, dtype=loaded.dtype,
                                     tokenizer=loaded.tokenizer, layout=layout)
     with MODEL_LOCK:
-        return export_pruned(loaded.model, loaded.tokenizer, out_dir,
-                             granularity=chosen.granularity, blocks=list(chosen.blocks),
-                             manifest=manifest, overwrite=overwrite, progress=progress,
-                             layout=layout)
+        return export_pruned(loaded.model, loaded.tokenizer, out_dir, granularity=granularity,
+                             blocks=list(blocks), manifest=manifest, overwrite=overwrite,
+                             progress=progress, layout=layout)
+
+
+def engine_speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
+                 gguf_type: GGUFType = "f16", prompt_len: int = 128, new_tokens: int = 32,
+                 repeats: int = 3, progress: Progress | None = None) -> dict:
+    """Prefill and decode speed of the pruned model against the unpruned one in llama.cpp
+    (GGUF files of `gguf_type`, written to a temporary folder and deleted afterwards),
+    interleaved, as `speed` measures them in transformers. Works on a streamed model too:
+    the exports stream, and llama.cpp holds the weights itself."""
+    llama_cpp()  # a missing engine fails before minutes of export work
+    gguf_type = check_gguf_type(gguf_type)
+    report = progress or (lambda frac, msg: None)
+    root = cache_dir() / "engines"
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        files = {}
+        for i, (name, chosen) in enumerate((("base", []), ("pruned", list(blocks)))):
+            report(0.4 * i, f"writing the {name} model as GGUF")
+            hf = Path(tmp) / f"{name}-hf"
+            _export_blocks_hf(loaded, granularity, chosen, hf, {"tool": TOOL}, False, None)
+            files[name] = Path(tmp) / f"{name}.gguf"
+            folder_to_gguf(hf, files[name], gguf_type=gguf_type,
+                           tokenizer_gguf=source_gguf(loaded.spec))
+            shutil.rmtree(hf)
+        report(0.8, "timing both in llama.cpp")
+        result = measure_gguf_speed(files["pruned"], files["base"], prompt_len=prompt_len,
+                                    new_tokens=new_tokens, repeats=repeats)
+    report(1.0, "done")
+    return {**result.to_dict(), "engine": "llama.cpp", "gguf_type": gguf_type}
 
 
 def _stream_kw(model: StreamedModel, batch_size: int, progress: Progress | None) -> dict:

@@ -19,6 +19,14 @@ from entrodrop.service.validate import (
     shape_of_config,
 )
 from pruning.evaluate import evaluate_quality
+from pruning.gguf_export import (
+    ExportFormat,
+    GGUFType,
+    check_format,
+    check_gguf_type,
+    export_as_gguf,
+    source_gguf,
+)
 from pruning.manifest import width_manifest
 from pruning.streaming import stream_export_width, stream_neuron_scores, stream_quality
 from pruning.width import (
@@ -133,8 +141,11 @@ def width_curves(loaded: Model, held_out_ids, scores: Mapping[str, NeuronScores 
 
 def export_width(loaded: Model, scores: NeuronScores | Mapping, cal: CalibrationSettings,
                  criterion: str, ratio: float, out_dir, *, mode: KeepMode = "per_layer",
-                 measured: Mapping | None = None, overwrite: bool = False) -> Path:
-    """Write the width-pruned model and its manifest."""
+                 measured: Mapping | None = None, overwrite: bool = False,
+                 fmt: ExportFormat = "hf", gguf_type: GGUFType = "f16") -> Path:
+    """Write the width-pruned model and its manifest; `fmt` "gguf" writes one GGUF file
+    of `gguf_type` for llama.cpp instead of a Hugging Face folder."""
+    fmt, gguf_type = check_format(fmt), check_gguf_type(gguf_type)
     if not isinstance(scores, NeuronScores):
         scores = NeuronScores.from_dict(dict(scores))
     _low, _high, hidden, inter = width_ratio_range(loaded)
@@ -146,6 +157,15 @@ def export_width(loaded: Model, scores: NeuronScores | Mapping, cal: Calibration
         calibration=asdict(cal.validate().resolved(loaded.on_gpu)), criterion=criterion,
         ratio=ratio, mode=mode, layer_importance=scores.layer_totals(),
         kept_per_layer=[len(k) for k in keep], measured=measured)
+    manifest["format"] = fmt
+    if fmt == "gguf":
+        return export_as_gguf(lambda folder: _export_width_hf(loaded, keep, folder, manifest, False),
+                              out_dir, gguf_type=gguf_type,
+                              tokenizer_gguf=source_gguf(loaded.spec), overwrite=overwrite)
+    return _export_width_hf(loaded, keep, out_dir, manifest, overwrite)
+
+
+def _export_width_hf(loaded: Model, keep, out_dir, manifest: dict, overwrite: bool) -> Path:
     if isinstance(loaded, StreamedModel):
         return stream_export_width(loaded.spec, out_dir, keep, manifest, overwrite=overwrite,
                                    dtype=loaded.dtype, tokenizer=loaded.tokenizer)

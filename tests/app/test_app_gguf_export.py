@@ -1,0 +1,70 @@
+"""The Export page's format choice: a GGUF export for llama.cpp, and how to run it."""
+
+from __future__ import annotations
+
+import json
+
+import gguf
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.tiny_models import tiny_bpe_tokenizer, tiny_config
+
+NUM_LAYERS = 6
+
+
+@pytest.fixture(scope="module")
+def bpe_model_dir(tmp_path_factory):
+    """A 6-layer random Llama with a byte-level BPE tokenizer (what a GGUF file carries)."""
+    folder = tmp_path_factory.mktemp("tiny-bpe-llama")
+    config = tiny_config("llama")
+    config.num_hidden_layers = NUM_LAYERS
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_bpe_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_export_page_writes_gguf_and_shows_how_to_run_it(ui, tmp_path, monkeypatch,
+                                                         bpe_model_dir):
+    root = tmp_path / "exports"
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
+    monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
+    at = ui.analysed(seed=51)
+    at.selectbox(key="granularity").set_value("attn").run()
+    at.slider(key="k").set_value(2).run()
+    at.switch_page("views/export.py").run()
+    at.text_input(key="export_name").set_value("tiny-gguf").run()
+    at.radio(key="export_format").set_value("gguf").run()
+    at.selectbox(key="export_gguf_type").set_value("q8_0").run()
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    folder = root / "tiny-gguf"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "entrodrop.json",
+                                                         "model.gguf"]
+    manifest = json.loads((folder / "entrodrop.json").read_text())
+    pruned = sorted(at.session_state["_view"].pruned)
+    assert manifest["format"] == "gguf" and manifest["blocks"] == pruned
+    assert manifest["gguf"]["gguf_type"] == "q8_0"
+    heads = gguf.GGUFReader(folder / "model.gguf").fields["deci.attention.head_count"].contents()
+    assert [i for i, h in enumerate(heads) if h == 0] == [b for b in pruned if b != 0]
+    codes = [c.value for c in at.code]
+    assert any(c.startswith(f"llama-cli -m {folder / 'model.gguf'}") for c in codes)
+    assert any("from llama_cpp import Llama" in c for c in codes)
+    assert not any("AutoModelForCausalLM" in c for c in codes)
+
+
+def test_gguf_export_of_a_word_level_tokenizer_model_is_one_error_line(ui, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(tmp_path / "exports"))
+    at = ui.analysed(seed=52)
+    at.slider(key="k").set_value(1).run()
+    at.switch_page("views/export.py").run()
+    at.text_input(key="export_name").set_value("no-gguf").run()
+    at.radio(key="export_format").set_value("gguf").run()
+    at.button(key="run_export").click().run()
+    assert not at.exception
+    (error,) = at.error
+    assert "byte-level BPE" in error.value and "\n" not in error.value.strip()
+    assert not (tmp_path / "exports" / "no-gguf").exists()
