@@ -144,25 +144,14 @@ def load_snippet(path: Path | str, granularity: str, layout: str = "transformers
     trust = ", trust_remote_code=True" if granularity == "attn" else ""
     if layout == "vllm" and granularity == "attn":
         return (
-            "# vLLM
-"
-            "from vllm import LLM, SamplingParams
-
-"
-            f"llm = LLM(model={str(path)!r}, trust_remote_code=True)
-"
-            "out = llm.generate(['The capital of France is'], SamplingParams(max_tokens=20))
-"
-            "print(out[0].outputs[0].text)
-
-"
-            "# transformers
-"
-            "from transformers import AutoModelForCausalLM, AutoTokenizer
-
-"
-            f"model = AutoModelForCausalLM.from_pretrained({str(path)!r}{trust})
-"
+            "# vLLM\n"
+            "from vllm import LLM, SamplingParams\n\n"
+            f"llm = LLM(model={str(path)!r}, trust_remote_code=True)\n"
+            "out = llm.generate(['The capital of France is'], SamplingParams(max_tokens=20))\n"
+            "print(out[0].outputs[0].text)\n\n"
+            "# transformers\n"
+            "from transformers import AutoModelForCausalLM\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({str(path)!r}{trust})\n"
         )
     return (
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"

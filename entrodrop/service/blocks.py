@@ -19,7 +19,6 @@ from pruning.decision import Decision, decide
 from pruning.evaluate import UNPRUNED, EvaluationError, Orders, evaluate_quality, quality_curves
 from pruning.export import check_export_target as export_target_check
 from pruning.export import export_pruned
-from pruning.greedy import GreedyResult, greedy_cost, greedy_order
 from pruning.gguf_export import (
     ExportFormat,
     GGUFType,
@@ -29,6 +28,7 @@ from pruning.gguf_export import (
     folder_to_gguf,
     source_gguf,
 )
+from pruning.greedy import GreedyResult, greedy_cost, greedy_order
 from pruning.llamacpp import llama_cpp, measure_gguf_speed
 from pruning.manifest import TOOL, block_manifest
 from pruning.ranking import BASELINE, Criterion

@@ -68,3 +68,36 @@ def test_gguf_export_of_a_word_level_tokenizer_model_is_one_error_line(ui, tmp_p
     (error,) = at.error
     assert "byte-level BPE" in error.value and "\n" not in error.value.strip()
     assert not (tmp_path / "exports" / "no-gguf").exists()
+
+
+def test_export_page_writes_the_vllm_layout_and_shows_both_engines(ui, tmp_path, monkeypatch):
+    root = tmp_path / "exports"
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
+    at = ui.analysed(seed=53)
+    at.selectbox(key="granularity").set_value("attn").run()
+    at.slider(key="k").set_value(2).run()
+    at.switch_page("views/export.py").run()
+    at.text_input(key="export_name").set_value("tiny-vllm").run()
+    at.radio(key="export_layout").set_value("vllm").run()
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    folder = root / "tiny-vllm"
+    manifest = json.loads((folder / "entrodrop.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert manifest["layout"] == "vllm"
+    assert config["model_type"] == "nemotron-nas"
+    pruned = sorted(at.session_state["_view"].pruned)
+    no_op = [i for i, b in enumerate(config["block_configs"]) if b["attention"]["no_op"]]
+    assert no_op == [b for b in pruned if b != 0]
+    codes = [c.value for c in at.code]
+    assert any("LLM(model=" in c and "trust_remote_code=True" in c for c in codes)
+
+
+def test_export_page_offers_no_vllm_layout_for_a_gguf_file(ui, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(tmp_path / "exports"))
+    at = ui.analysed(seed=54)
+    at.selectbox(key="granularity").set_value("attn").run()
+    at.switch_page("views/export.py").run()
+    assert [r.key for r in at.radio if r.key == "export_layout"] == ["export_layout"]
+    at.radio(key="export_format").set_value("gguf").run()
+    assert not [r for r in at.radio if r.key == "export_layout"]

@@ -103,3 +103,14 @@ def test_decision_and_manifest(tiny_llama_dir, isolated_cache, tmp_path):
     m = json.loads((out / MANIFEST_NAME).read_text())
     assert m["pruned_blocks"] == list(d.blocks) and m["granularity"] == "attn"
     assert len(m["scores"]) == 4
+
+
+def test_a_vllm_layout_cannot_be_written_as_gguf_and_says_so_in_one_line():
+    from analysis.errors import EntroDropError
+    from entrodrop.service.blocks import check_layout_format
+
+    check_layout_format("vllm", "hf")
+    check_layout_format("transformers", "gguf")
+    with pytest.raises(EntroDropError, match="cannot be written as GGUF") as err:
+        check_layout_format("vllm", "gguf")
+    assert "\n" not in str(err.value)
