@@ -8,6 +8,7 @@ from app import charts, state
 from app.logic.provenance import changes, feasible_ks, prune_stamp
 from app.logic.runs import budget_ks, json_key, profile_fingerprint
 from app.views.benchmarks_section import benchmarks_section
+from app.views.speed_section import engine_speed_section, show_speed
 from entrodrop import service
 
 ss = st.session_state
@@ -130,15 +131,8 @@ else:
                     new_tokens=16)}
     speed = ss.get("speed_result")
     if speed and speed.get("key") == speed_key:
-        s1, s2 = st.columns(2)
-        s1.metric("Prefill, pruned", f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s",
-                  f"speed-up {speed['prefill_ratio']:.2f}× · unpruned "
-                  f"{speed['prefill_tokens_per_s_base']:.0f} tokens/s", delta_color="off")
-        s2.metric("Decode, pruned", f"{speed['decode_ms_per_token_pruned']:.1f} ms/token",
-                  f"speed-up {speed['decode_ratio']:.2f}× · unpruned "
-                  f"{speed['decode_ms_per_token_base']:.1f} ms/token", delta_color="off")
-        st.caption(f"Median of {speed['repeats']} runs on {speed['device']}; prefill of a "
-                   f"{min(128, int(ss['cal_seqlen']))}-token prompt, decode of 16 new tokens.")
+        show_speed(speed, "transformers")
+    engine_speed_section(loaded, view, speed_key, stamp)
 
 st.subheader("Side by side")
 st.text_area("Prompt", key="gen_prompt", persist_state="session", height=80)

@@ -101,3 +101,20 @@ def test_export_page_offers_no_vllm_layout_for_a_gguf_file(ui, tmp_path, monkeyp
     assert [r.key for r in at.radio if r.key == "export_layout"] == ["export_layout"]
     at.radio(key="export_format").set_value("gguf").run()
     assert not [r for r in at.radio if r.key == "export_layout"]
+
+
+def test_budget_page_times_the_pruned_model_in_llama_cpp(ui, monkeypatch, bpe_model_dir):
+    monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
+    at = ui.analysed(seed=55)
+    at.slider(key="k").set_value(2).run()
+    at.switch_page("views/budget.py").run()
+    at.button(key="run_engine_speed").click().run()
+    ui.assert_clean(at)
+    speed = at.session_state["engine_speed_result"]
+    assert speed["engine"] == "llama.cpp" and speed["gguf_type"] == "f16"
+    assert speed["prefill_tokens_per_s_pruned"] > 0 and speed["decode_ms_per_token_base"] > 0
+    labels = [m.label for m in at.metric]
+    assert "Prefill, pruned (llama.cpp)" in labels and "Decode, pruned (llama.cpp)" in labels
+    # Another K: the figures were measured for other blocks and are no longer shown.
+    at.slider(key="k").set_value(1).run()
+    assert "Prefill, pruned (llama.cpp)" not in [m.label for m in at.metric]

@@ -49,10 +49,10 @@ def test_budget_savings_speed_and_generation(ui):
     ui.assert_clean(at)
     shown = {m.label: m.value for m in at.metric}
     # The absolute figures are on the page, not only in tooltips.
-    assert shown["Prefill, pruned"].endswith(" tokens/s")
-    assert shown["Decode, pruned"].endswith(" ms/token")
+    assert shown["Prefill, pruned (transformers)"].endswith(" tokens/s")
+    assert shown["Decode, pruned (transformers)"].endswith(" ms/token")
     speed = at.session_state["speed_result"]
-    assert shown["Prefill, pruned"] == f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s"
+    assert shown["Prefill, pruned (transformers)"] == f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s"
     at.text_area(key="gen_prompt").set_value("the law of the state").run()
     at.number_input(key="gen_tokens").set_value(5).run()
     at.button(key="run_generate").click().run()
