@@ -38,7 +38,8 @@ STEPS: tuple[Step, ...] = (
          "Measure what removing K blocks costs (perplexity, agreement with the full model) "
          "and what it saves (parameters, speed), and read both models' text side by side."),
     Step("Export", "views/export.py",
-         "Write the pruned model as a checkpoint that loads with transformers."),
+         "Write the pruned model: a checkpoint for transformers (or vLLM), or a GGUF file "
+         "for llama.cpp."),
 )
 
 DEMO_MODEL = DEFAULT_MODEL
