@@ -19,7 +19,7 @@ import torch
 from analysis.convert import COMPLETE_MARKER, ConvertedModelChanged, conversion_problem
 from analysis.identity import file_identity
 from analysis.models import load_model
-from analysis.profile import ProfileCache
+from analysis.profile import SCHEMA_VERSION, ProfileCache
 from analysis.settings import AnalysisRequest, CalibrationSettings, EstimatorSettings, ModelSettings
 from entrodrop import cli, service
 from pruning.export import MANIFEST_NAME
@@ -142,7 +142,7 @@ def test_corrupt_cache_entries_are_reported_by_the_cli_and_recomputed(tiny_llama
     # Guards: a damaged cache entry is caught by its schema version or checksum, named on
     # stderr and recomputed, never served (the library side is in tests/entrodrop).
     damages = {"truncate": "is unreadable", "edit": "fails its checksum",
-               "old_schema": "has schema 0, expected 1"}
+               "old_schema": f"has schema 0, expected {SCHEMA_VERSION}"}
     runs, caches = {}, {}
     for damage in damages:
         cache = caches[damage] = tmp_path / damage
