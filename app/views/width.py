@@ -7,9 +7,11 @@ import streamlit as st
 from analysis.taylor import TAYLOR_CRITERIA
 from app import charts, state
 from app.logic.exports import (
+    FORMAT_LABELS,
     export_root,
     folder_summary,
     follow_suggestion,
+    gguf_snippets,
     load_snippet,
     resolve_export_dir,
     width_export_name,
@@ -18,6 +20,7 @@ from app.logic.inputs import calibration_settings
 from app.logic.runs import json_key
 from app.logic.width_view import kept_overlap, score_percentiles
 from entrodrop import service
+from pruning.gguf_export import GGUF_TYPES
 from pruning.width import requested_neurons
 
 QS = (0, 5, 25, 50, 75, 95, 100)
@@ -164,6 +167,14 @@ ss["width_export_name"] = follow_suggestion(ss["width_export_name"],
 ss["_width_export_suggested"] = suggested
 st.text_input("Export folder name (inside the export root)", key="width_export_name",
               persist_state="session")
+ss.setdefault("width_export_format", "hf")
+ss.setdefault("width_export_gguf_type", "f16")
+w1, w2 = st.columns(2)
+w1.radio("Format", list(FORMAT_LABELS), key="width_export_format",
+         format_func=FORMAT_LABELS.get, help="GGUF: one file that llama.cpp runs.")
+if ss["width_export_format"] == "gguf":
+    w2.selectbox("GGUF weights", GGUF_TYPES, key="width_export_gguf_type",
+                 help="Storage of the weight matrices; norms stay f32. q8_0 is 8-bit.")
 if st.button("Export width-pruned model", key="run_width_export", icon=":material/save:"):
     with state.guard("Exporting"):
         target = resolve_export_dir(ss["width_export_name"], export_root())
@@ -171,11 +182,18 @@ if st.button("Export width-pruned model", key="run_width_export", icon=":materia
             # The service builds the manifest, exactly as for the CLI's `width` command.
             path = service.export_width(loaded, scores[shown], cal, shown,
                                         value, target, mode=mode,
-                                        overwrite=bool(ss["export_overwrite"]))
+                                        overwrite=bool(ss["export_overwrite"]),
+                                        fmt=ss["width_export_format"],
+                                        gguf_type=ss["width_export_gguf_type"])
         summary = folder_summary(path)
         ss["width_export_result"] = {**summary, "criterion": shown, "scale": scale,
-                                     "value": value, "kept": kept}
-        st.success(f"Exported to `{summary['path']}`: intermediate size "
-                   f"{summary['intermediate_size']}, {summary['bytes'] / 2**20:.1f} MiB.",
-                   icon=":material/check_circle:")
-        st.code(load_snippet(summary["path"], "layer"), language="python")
+                                     "value": value, "kept": kept,
+                                     "format": ss["width_export_format"]}
+        st.success(f"Exported to `{summary['path']}`: {kept} neurons kept per layer, "
+                   f"{summary['bytes'] / 2**20:.1f} MiB.", icon=":material/check_circle:")
+        if ss["width_export_format"] == "gguf":
+            snippets = gguf_snippets(summary["path"])
+            st.code(snippets["llama-cli"], language="bash")
+            st.code(snippets["python"], language="python")
+        else:
+            st.code(load_snippet(summary["path"], "layer"), language="python")

@@ -118,3 +118,30 @@ def test_budget_page_times_the_pruned_model_in_llama_cpp(ui, monkeypatch, bpe_mo
     # Another K: the figures were measured for other blocks and are no longer shown.
     at.slider(key="k").set_value(1).run()
     assert "Prefill, pruned (llama.cpp)" not in [m.label for m in at.metric]
+
+
+def test_width_page_writes_gguf_with_the_kept_neuron_count(ui, tmp_path, monkeypatch,
+                                                           bpe_model_dir):
+    root = tmp_path / "exports"
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
+    monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
+    at = ui.start("calibration")
+    ui.set_calibration(at, seed=56)
+    at.switch_page("views/width.py").run()
+    at.multiselect(key="width_criteria").set_value(["magnitude"]).run()
+    at.button(key="run_width_scores").click().run()
+    ui.assert_clean(at)
+    at.radio(key="width_scale").set_value("paper").run()
+    at.slider(key="width_ratio").set_value(1.0).run()  # keep 32 of 64 neurons
+    at.text_input(key="width_export_name").set_value("tiny-width-gguf").run()
+    at.radio(key="width_export_format").set_value("gguf").run()
+    at.button(key="run_width_export").click().run()
+    ui.assert_clean(at)
+    folder = root / "tiny-width-gguf"
+    assert (folder / "model.gguf").is_file() and not (folder / "config.json").exists()
+    manifest = json.loads((folder / "entrodrop.json").read_text())
+    assert manifest["format"] == "gguf"
+    fields = gguf.GGUFReader(folder / "model.gguf").fields
+    assert fields["llama.feed_forward_length"].contents() == 32
+    assert any("32 neurons kept per layer" in s.value for s in at.success)
+    assert any(c.value.startswith(f"llama-cli -m {folder / 'model.gguf'}") for c in at.code)
