@@ -42,7 +42,7 @@ def engine_speed_section(loaded, view, speed_key: str, stamp: Mapping) -> None:
     c1.selectbox("GGUF weights", GGUF_TYPES, key="engine_gguf_type",
                  help="The weight type of both GGUF files that are timed.")
     key = f"{speed_key}|{ss['engine_gguf_type']}"
-    if c2.button("Measure speed in llama.cpp", key="run_engine_speed", icon=":material/timer:",
+    if c2.button("Time in llama.cpp", key="run_engine_speed", icon=":material/timer:",
                  help="Writes the unpruned and the pruned model as GGUF files (deleted "
                       "afterwards) and times both in llama.cpp, interleaved."):
         ss.pop("engine_speed_result", None)
