@@ -399,17 +399,23 @@ def cosine_importance(x: Tensor, y: Tensor) -> Tensor:
 
     Shapes: x [B, T, D], y [B, T, D] -> [B] float32.
     """
+    return cosine_from_parts(*_pair_parts(x, y))
+
+
+def _pair_parts(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Checked per-token dot products x_t.y_t and norms |x_t|, |y_t| of two points on the
+    residual stream: what the cosine and the angular distance are built from.
+
+    Shapes: x [B, T, D], y [B, T, D] -> three [B, T] float32.
+    """
     x = _as_states(x, "x")
     y = _as_states(y, "y")
     if x.shape != y.shape:
         raise EstimatorInputError(
             f"x and y must have the same shape [B, T, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
         )
-    return cosine_from_parts(
-        torch.linalg.vecdot(x, y, dim=-1),
-        torch.linalg.vector_norm(x, dim=-1),
-        torch.linalg.vector_norm(y, dim=-1),
-    )
+    return (torch.linalg.vecdot(x, y, dim=-1), torch.linalg.vector_norm(x, dim=-1),
+            torch.linalg.vector_norm(y, dim=-1))
 
 
 def cosine_from_parts(dots: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
@@ -439,17 +445,7 @@ def angular_distance(x: Tensor, y: Tensor) -> Tensor:
 
     Shapes: x [B, T, D], y [B, T, D] -> [B] float32.
     """
-    x = _as_states(x, "x")
-    y = _as_states(y, "y")
-    if x.shape != y.shape:
-        raise EstimatorInputError(
-            f"x and y must have the same shape [B, T, D]; got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
-    return angular_from_parts(
-        torch.linalg.vecdot(x, y, dim=-1),
-        torch.linalg.vector_norm(x, dim=-1),
-        torch.linalg.vector_norm(y, dim=-1),
-    )
+    return angular_from_parts(*_pair_parts(x, y))
 
 
 def angular_from_parts(dots: Tensor, norm_x: Tensor, norm_y: Tensor) -> Tensor:
