@@ -103,6 +103,9 @@ def test_export_page_offers_no_vllm_layout_for_a_gguf_file(ui, tmp_path, monkeyp
     assert not [r for r in at.radio if r.key == "export_layout"]
 
 
+# Needs llama.cpp's binding, which only `make test` installs (setup --with-engines), as
+# the other engine tests (tests/pruning/test_gguf_llamacpp.py) are slow-marked for.
+@pytest.mark.slow
 def test_budget_page_times_the_pruned_model_in_llama_cpp(ui, monkeypatch, bpe_model_dir):
     monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
     at = ui.analysed(seed=55)
