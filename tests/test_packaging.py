@@ -69,7 +69,8 @@ def test_pyproject_declares_the_entrodrop_console_script():
 
 # --- scripts/setup.sh -------------------------------------------------------------------
 
-@pytest.mark.parametrize("script", ["scripts/setup.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/setup.sh", "scripts/setup_vllm.sh",
+                                    "scripts/lib.sh", ".ci/run"])
 def test_shell_scripts_are_valid_bash(script):
     result = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -88,6 +89,7 @@ def setup_sandbox(tmp_path: Path) -> Path:
     """A copy of the setup inputs whose .venv/bin/python only logs what it is asked to do."""
     (tmp_path / "scripts").mkdir()
     shutil.copy2(SETUP, tmp_path / "scripts" / "setup.sh")
+    shutil.copy2(ROOT / "scripts" / "lib.sh", tmp_path / "scripts" / "lib.sh")
     shutil.copy2(ROOT / "requirements.txt", tmp_path / "requirements.txt")
     shutil.copy2(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     fake = tmp_path / ".venv" / "bin" / "python"
