@@ -19,68 +19,47 @@ from pruning.compare import Comparison, compare_orders
 from pruning.decision import Decision
 from pruning.manifest import RANK_STRING_NOTE
 from pruning.ranking import BASELINE, Criterion, prune_order, prune_set
-from pruning.stages import StagePlan, StagePolicy, max_k
+from pruning.stages import StagePolicy, max_k
+
+
+def _from_decision(field: str, *, baseline: bool = False, as_list: bool = False,
+                   doc: str | None = None) -> property:
+    """A read-only view attribute: `field` of the criterion's decision, or of the baseline's
+    with `baseline`; sequences come as fresh lists (`as_list`) so callers cannot alter them."""
+    def get(view: PruneView):
+        value = getattr(view.baseline_decision if baseline else view.decision, field)
+        return list(value) if as_list else value
+    return property(get, doc=doc)
 
 
 @dataclass(frozen=True)
 class PruneView:
     """Everything the pages show about one choice of (granularity, criterion, S_start, K):
-    the criterion's decision, the baseline's at the same plan and K, and how they agree."""
+    the criterion's decision, the baseline's at the same plan and K, and how they agree.
+    Both decisions share the plan and K; each list has a `baseline_` twin."""
 
     decision: Decision
     baseline_decision: Decision
     comparison: Comparison
 
-    @property
-    def granularity(self) -> Granularity:
-        return self.decision.granularity
-
-    @property
-    def criterion(self) -> Criterion:
-        return self.decision.criterion
-
-    @property
-    def baseline(self) -> Criterion:
-        return self.baseline_decision.criterion
-
-    @property
-    def plan(self) -> StagePlan:
-        return self.decision.plan
-
-    @property
-    def k(self) -> int:
-        return self.decision.k
+    granularity = _from_decision("granularity")
+    criterion = _from_decision("criterion")
+    baseline = _from_decision("criterion", baseline=True, doc="The baseline's criterion.")
+    plan = _from_decision("plan")
+    k = _from_decision("k")
+    scores = _from_decision("scores", as_list=True,
+                            doc="The criterion's score of every block 0..L-1 (NaN where unknown).")
+    baseline_scores = _from_decision("scores", baseline=True, as_list=True)
+    order = _from_decision("order", as_list=True,
+                           doc="Prunable blocks of the criterion, first-pruned first.")
+    baseline_order = _from_decision("order", baseline=True, as_list=True)
+    pruned = _from_decision("blocks", as_list=True,
+                            doc="The first k blocks of `order`, in pruning order.")
+    baseline_pruned = _from_decision("blocks", baseline=True, as_list=True)
 
     @property
     def max_k(self) -> int:
         return max_k(self.plan)
-
-    @property
-    def scores(self) -> list[float]:
-        """The criterion's score of every block 0..L-1 (NaN where unknown)."""
-        return list(self.decision.scores)
-
-    @property
-    def baseline_scores(self) -> list[float]:
-        return list(self.baseline_decision.scores)
-
-    @property
-    def order(self) -> list[int]:
-        """Prunable blocks of the criterion, first-pruned first."""
-        return list(self.decision.order)
-
-    @property
-    def baseline_order(self) -> list[int]:
-        return list(self.baseline_decision.order)
-
-    @property
-    def pruned(self) -> list[int]:
-        """The first k blocks of `order`, in pruning order."""
-        return list(self.decision.blocks)
-
-    @property
-    def baseline_pruned(self) -> list[int]:
-        return list(self.baseline_decision.blocks)
 
     def rank_string(self, baseline: bool = False) -> str:
         return (self.baseline_decision if baseline else self.decision).rank_string()
