@@ -12,7 +12,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import AutoModelForCausalLM
 
-from tests.tiny_models import tiny_config, tiny_tokenizer
+from tests.tiny_models import tiny_bpe_tokenizer, tiny_config, tiny_tokenizer
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 NUM_LAYERS = 6
@@ -28,6 +28,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bpe_model_dir(tmp_path_factory) -> Path:
+    """A 6-layer random Llama with a byte-level BPE tokenizer (what a GGUF file carries)."""
+    folder = tmp_path_factory.mktemp("tiny-bpe-llama")
+    config = tiny_config("llama")
+    config.num_hidden_layers = NUM_LAYERS
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_bpe_tokenizer().save_pretrained(folder)
     return folder
 
 

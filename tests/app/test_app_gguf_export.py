@@ -6,24 +6,6 @@ import json
 
 import gguf
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
-
-from tests.tiny_models import tiny_bpe_tokenizer, tiny_config
-
-NUM_LAYERS = 6
-
-
-@pytest.fixture(scope="module")
-def bpe_model_dir(tmp_path_factory):
-    """A 6-layer random Llama with a byte-level BPE tokenizer (what a GGUF file carries)."""
-    folder = tmp_path_factory.mktemp("tiny-bpe-llama")
-    config = tiny_config("llama")
-    config.num_hidden_layers = NUM_LAYERS
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tiny_bpe_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_export_page_writes_gguf_and_shows_how_to_run_it(ui, tmp_path, monkeypatch,

@@ -87,3 +87,64 @@ def test_report_leaves_out_results_of_other_settings_and_marks_a_stale_analysis(
     assert ("Left out, made for other settings than these: quality curves, parameter "
             "savings, speed, side-by-side text, export.") in text
     assert "Stale:" in text and "model tiny-model → /gone" in text
+
+
+def _section(text: str, title: str) -> str:
+    """The text of the report's section headed `title` (up to the next section)."""
+    start = text.index(f"<h2>{title}</h2>")
+    return " ".join(_text(text[start:text.index("</section>", start)]).split())
+
+
+def _exported(at, key: str) -> dict:
+    """What the page recorded about its export, without the settings stamp: the report
+    then shows it whatever the sample snapshot's settings are."""
+    return {k: v for k, v in at.session_state[key].items() if k != "stamp"}
+
+
+def test_report_states_format_layout_and_sizes_of_every_export_kind(ui, tmp_path, monkeypatch,
+                                                                    bpe_model_dir):
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(tmp_path / "exports"))
+    monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
+    at = ui.analysed(seed=57)
+    at.selectbox(key="granularity").set_value("attn").run()
+    at.slider(key="k").set_value(2).run()
+    at.switch_page("views/export.py").run()
+    at.text_input(key="export_name").set_value("blocks-gguf").run()
+    at.radio(key="export_format").set_value("gguf").run()
+    at.selectbox(key="export_gguf_type").set_value("q8_0").run()
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    block_gguf = _exported(at, "export_result")
+    at.text_input(key="export_name").set_value("blocks-vllm").run()
+    at.radio(key="export_format").set_value("hf").run()
+    at.radio(key="export_layout").set_value("vllm").run()
+    at.button(key="run_export").click().run()
+    ui.assert_clean(at)
+    block_vllm = _exported(at, "export_result")
+    at.switch_page("views/width.py").run()
+    at.multiselect(key="width_criteria").set_value(["magnitude"]).run()
+    at.button(key="run_width_scores").click().run()
+    at.radio(key="width_scale").set_value("paper").run()
+    at.slider(key="width_ratio").set_value(1.0).run()  # keep 32 of 64 neurons
+    at.text_input(key="width_export_name").set_value("width-gguf").run()
+    at.radio(key="width_export_format").set_value("gguf").run()
+    at.button(key="run_width_export").click().run()
+    ui.assert_clean(at)
+    width_gguf = _exported(at, "width_export_result")
+
+    page = report.build_html(_snapshot(export=block_gguf, width_export=width_gguf))
+    width = _section(page, "Width export")
+    assert "None" not in width and "?" not in width, width
+    assert "Format gguf (one file), f16 weights, llama.cpp architecture llama" in width
+    assert "Runs in llama.cpp" in width
+    assert "Kept per layer 32 neurons (intermediate size 64 → 32)" in width
+    assert re.search(r"Parameters \d+\.\d\d M → \d+\.\d\d M", width), width
+    blocks = _section(page, "Export")
+    assert "None" not in blocks and "?" not in blocks, blocks
+    assert "Format gguf (one file), q8_0 weights, llama.cpp architecture deci" in blocks
+    assert "Runs in llama.cpp" in blocks and "Layers 6 of 6" in blocks
+
+    blocks = _section(report.build_html(_snapshot(export=block_vllm)), "Export")
+    assert "Format hf (Hugging Face folder)" in blocks
+    assert "Runs in vLLM and transformers (layout vllm)" in blocks
+    assert f"Removed attn blocks {block_vllm['blocks']}" in blocks
