@@ -138,29 +138,26 @@ def rows_to_csv(rows: Sequence[Mapping]) -> str:
 
 
 def view_to_json(view: PruneView, profile: Profile) -> dict:
-    """The prune list as a JSON record, with where it came from."""
+    """The prune list as a JSON record: first the criterion's record exactly as the CLI's
+    `prune-list` prints it for the same settings (`service.prune_list_record`, with its
+    criterion details), then what the CLI's caller already knows (model, calibration,
+    estimator settings, allow_last, frozen blocks) and the baseline's choice at the same
+    plan and K, with how the two agree."""
     c = view.comparison
     return {
+        **service.prune_list_record(view.decision),
         "model": profile.spec,
         "calibration": profile.calibration.get("spec"),
         "settings": profile.settings,
-        "granularity": view.granularity,
-        "criterion": view.criterion,
-        "baseline": view.baseline,
-        "stage_policy": view.plan.policy,
-        "s_start": view.plan.s_start,
         "allow_last": view.plan.allow_last,
         "frozen": list(view.plan.frozen),
-        "k": view.k,
-        "order": view.order,
+        "rank_string_format": RANK_STRING_NOTE,
+        "baseline": view.baseline,
         "baseline_order": view.baseline_order,
-        "pruned": view.pruned,
         "baseline_pruned": view.baseline_pruned,
+        "baseline_rank_string": view.rank_string(baseline=True),
         "comparison": {"overlap": c.overlap, "jaccard": c.jaccard, "kendall_tau": c.kendall_tau,
                        "only_criterion": list(c.only_a), "only_baseline": list(c.only_b)},
-        "rank_string": view.rank_string(),
-        "baseline_rank_string": view.rank_string(baseline=True),
-        "rank_string_format": RANK_STRING_NOTE,
     }
 
 
