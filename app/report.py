@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 
@@ -16,6 +16,7 @@ import plotly.io as pio
 
 from analysis.settings import GRANULARITIES
 from app import charts
+from app.logic.exports import LAYOUT_LABELS
 from app.logic.provenance import changes, prune_stamp
 from app.logic.prune_view import PruneView, build_view, ranking_rows, view_to_json
 from app.logic.runs import calibration_matrix, robustness, run_label, views_for_runs
@@ -139,11 +140,11 @@ def build_html(snap: Mapping) -> str:
         tables = "".join([
             _prune_table(view),
             _budget_table(_current(snap.get("budget"), now), view),
-            _savings_table(_current(snap.get("savings"), now)),
-            _speed_table(_current(snap.get("speed"), now)),
+            _section("Parameter savings", _savings_rows, _current(snap.get("savings"), now)),
+            _section("Speed (unpruned → pruned)", _speed_rows, _current(snap.get("speed"), now)),
             _generation(_current(snap.get("generation"), now)),
-            _export_table(_current(snap.get("export"), now)),
-            _width_export(snap.get("width_export")),
+            _section("Export", _block_export_rows, _current(snap.get("export"), now)),
+            _section("Width export", _width_export_rows, snap.get("width_export")),
             _left_out(snap, now),
         ])
         raw = _details("The full record (JSON)", {
@@ -235,28 +236,30 @@ def _budget_table(budget: Mapping | None, view: PruneView) -> str:
             "</section>")
 
 
-def _savings_table(saved: Mapping | None) -> str:
-    if not saved:
+def _section(title: str, rows: Callable[[Mapping], list[tuple[str, object]]],
+             result: Mapping | None) -> str:
+    """A titled table of `rows(result)`; nothing for a result the session does not hold."""
+    if not result:
         return ""
-    rows = [("Parameters", f"{saved['params_base'] / 1e6:.2f} M → "
+    return f"<section><h2>{html.escape(title)}</h2>{_table(rows(result))}</section>"
+
+
+def _savings_rows(saved: Mapping) -> list[tuple[str, object]]:
+    return [("Parameters", f"{saved['params_base'] / 1e6:.2f} M → "
                            f"{saved['params_pruned'] / 1e6:.2f} M "
                            f"(-{saved['saved_fraction'] * 100:.1f} %)"),
             ("Weights", f"{saved['bytes_base'] / 2**20:.1f} MiB → "
                         f"{saved['bytes_pruned'] / 2**20:.1f} MiB")]
-    return f"<section><h2>Parameter savings</h2>{_table(rows)}</section>"
 
 
-def _speed_table(speed: Mapping | None) -> str:
-    if not speed:
-        return ""
-    rows = [("Prefill", f"{speed['prefill_tokens_per_s_base']:.0f} → "
+def _speed_rows(speed: Mapping) -> list[tuple[str, object]]:
+    return [("Prefill", f"{speed['prefill_tokens_per_s_base']:.0f} → "
                         f"{speed['prefill_tokens_per_s_pruned']:.0f} tokens/s "
                         f"({speed['prefill_ratio']:.2f}×)"),
             ("Decode", f"{speed['decode_ms_per_token_base']:.1f} → "
                        f"{speed['decode_ms_per_token_pruned']:.1f} ms/token "
                        f"({speed['decode_ratio']:.2f}×)"),
             ("Measured", f"median of {speed['repeats']} runs on {speed['device']}")]
-    return f"<section><h2>Speed (unpruned → pruned)</h2>{_table(rows)}</section>"
 
 
 def _generation(texts: Mapping | None) -> str:
@@ -272,27 +275,48 @@ def _generation(texts: Mapping | None) -> str:
             f"{html.escape(texts['pruned'])}</pre></td></tr></table></section>")
 
 
-def _export_table(result: Mapping | None) -> str:
-    if not result:
-        return ""
+def _block_export_rows(result: Mapping) -> list[tuple[str, object]]:
+    return _export_rows(result, [
+        ("Removed", f"{result.get('granularity')} blocks {result.get('blocks')}"),
+        ("Layers", f"{result.get('num_layers_after')} of {result.get('num_layers_before')}")])
+
+
+def _width_export_rows(result: Mapping) -> list[tuple[str, object]]:
+    before, after = result.get("intermediate_size_before"), result.get("intermediate_size")
+    return _export_rows(result, [
+        ("Criterion", result.get("criterion")),
+        ("Kept per layer", f"{result.get('kept')} neurons (intermediate size "
+                           f"{_or_unknown(before)} → {_or_unknown(after)})")])
+
+
+def _export_rows(result: Mapping, what: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """Every export kind's rows: where it is, its format and the engine it runs in, `what`
+    was pruned, then the parameter count and size on disk."""
     before, after = result.get("parameters_before"), result.get("parameters_after")
-    rows = [("Folder", result["path"]),
-            ("Removed", f"{result.get('granularity')} blocks {result.get('blocks')}"),
-            ("Layers", f"{result.get('num_layers_after')} of {result.get('num_layers_before')}"),
+    return [("Folder", result["path"]), ("Format", _export_format(result)),
+            ("Runs in", _runs_in(result)), *what,
             ("Parameters", f"{before / 1e6:.2f} M → {after / 1e6:.2f} M" if before and after
              else "?"),
             ("On disk", f"{result['files']} files, {result['bytes'] / 2**20:.1f} MiB")]
-    return f"<section><h2>Export</h2>{_table(rows)}</section>"
 
 
-def _width_export(result: Mapping | None) -> str:
-    if not result:
-        return ""
-    rows = [("Folder", result["path"]), ("Criterion", result.get("criterion")),
-            ("Kept per layer", f"{result.get('kept')} neurons (intermediate size "
-                               f"{result.get('intermediate_size')})"),
-            ("On disk", f"{result['files']} files, {result['bytes'] / 2**20:.1f} MiB")]
-    return f"<section><h2>Width export</h2>{_table(rows)}</section>"
+def _export_format(result: Mapping) -> str:
+    if result.get("format") != "gguf":
+        return "hf (Hugging Face folder)"
+    gguf = result.get("gguf") or {}
+    return (f"gguf (one file), {_or_unknown(gguf.get('gguf_type'))} weights, llama.cpp "
+            f"architecture {_or_unknown(gguf.get('architecture'))}")
+
+
+def _runs_in(result: Mapping) -> str:
+    if result.get("format") == "gguf":
+        return "llama.cpp"
+    layout = result.get("layout") or "transformers"
+    return f"{LAYOUT_LABELS.get(layout, layout)} (layout {layout})"
+
+
+def _or_unknown(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def _left_out(snap: Mapping, now: Mapping) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 from analysis.errors import EntroDropError
 from analysis.paths import REPO_ROOT
 from app.logic.prune_view import PruneView
-from pruning.export import MANIFEST_NAME
 from pruning.gguf_export import GGUF_FILE, run_snippets
+from pruning.manifest import read_manifest
+from pruning.vllm_layout import DEFAULT_LAYOUT
 
 ENV_EXPORT_ROOT = "ENTRODROP_EXPORT_ROOT"
 
@@ -80,35 +81,54 @@ def follow_suggestion(name: str, last_suggested: str | None, suggested: str) -> 
 
 
 def folder_summary(path: Path) -> dict:
-    """Files and bytes on disk of an exported folder, and its config's layer count and
-    MLP intermediate size."""
+    """What any export (block or width, Hugging Face folder or GGUF file) wrote, for display:
+    its folder, files and bytes on disk, and from its manifest the format (with the GGUF
+    weight type and llama.cpp architecture), the layout, the parameter counts, and the layer
+    count and MLP intermediate size. Those two come from config.json; a GGUF export has
+    none, so its manifest supplies them."""
     path = Path(path)
     files = [p for p in path.rglob("*") if p.is_file()]
-    layers = intermediate = None
-    config = path / "config.json"
-    if config.is_file():
-        try:
-            data = json.loads(config.read_text(encoding="utf-8"))
-            text = data.get("text_config") or data
-            layers = text.get("num_hidden_layers") or text.get("n_layer")
-            intermediate = text.get("intermediate_size") or text.get("n_inner")
-        except (OSError, ValueError, AttributeError):
-            layers = intermediate = None
+    record = read_manifest(path) or {}
+    config = _text_config(path / "config.json")
+    width = record.get("width_pruning") or {}
+    gguf = record.get("gguf")
+    layers = (config.get("num_hidden_layers") or config.get("n_layer")
+              or record.get("num_layers_after"))
+    intermediate = (config.get("intermediate_size") or config.get("n_inner")
+                    or width.get("intermediate_size_after")
+                    or _one_size((gguf or {}).get("feed_forward_length")))
     return {"path": str(path), "files": len(files), "bytes": sum(p.stat().st_size for p in files),
-            "num_layers": layers, "intermediate_size": intermediate}
+            "num_layers": layers, "intermediate_size": intermediate,
+            "intermediate_size_before": _one_size(width.get("intermediate_size_before")),
+            "format": record.get("format", "hf"), "layout": record.get("layout", DEFAULT_LAYOUT),
+            "gguf": gguf, "parameters_before": record.get("parameters_before"),
+            "parameters_after": record.get("parameters_after")}
+
+
+def _text_config(path: Path) -> dict:
+    """The (text part of the) model config at `path`; empty when there is none to read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        text = data.get("text_config") or data
+        return text if isinstance(text, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _one_size(sizes):
+    """A per-layer size list as one number when every layer has it, else the list as is."""
+    if isinstance(sizes, list) and sizes and len(set(sizes)) == 1:
+        return sizes[0]
+    return sizes or None
 
 
 def export_summary(path: Path) -> dict:
-    """What a block export wrote, for display: its folder, and from its manifest the
-    granularity, the removed blocks, and the layer and parameter counts before and after."""
+    """What a block export wrote, for display: `folder_summary`, and from its manifest the
+    granularity, the removed blocks and the layer counts before and after."""
     summary = folder_summary(path)
-    record = json.loads((Path(path) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    record = read_manifest(path) or {}
     summary.update({k: record.get(k) for k in ("granularity", "blocks", "num_layers_before",
-                                               "num_layers_after", "parameters_before",
-                                               "parameters_after")})
-    summary["format"] = record.get("format", "hf")
-    summary["layout"] = record.get("layout", "transformers")
-    summary["gguf"] = record.get("gguf")
+                                               "num_layers_after")})
     return summary
 
 

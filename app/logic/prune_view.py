@@ -19,68 +19,47 @@ from pruning.compare import Comparison, compare_orders
 from pruning.decision import Decision
 from pruning.manifest import RANK_STRING_NOTE
 from pruning.ranking import BASELINE, Criterion, prune_order, prune_set
-from pruning.stages import StagePlan, StagePolicy, max_k
+from pruning.stages import StagePolicy, max_k
+
+
+def _from_decision(field: str, *, baseline: bool = False, as_list: bool = False,
+                   doc: str | None = None) -> property:
+    """A read-only view attribute: `field` of the criterion's decision, or of the baseline's
+    with `baseline`; sequences come as fresh lists (`as_list`) so callers cannot alter them."""
+    def get(view: PruneView):
+        value = getattr(view.baseline_decision if baseline else view.decision, field)
+        return list(value) if as_list else value
+    return property(get, doc=doc)
 
 
 @dataclass(frozen=True)
 class PruneView:
     """Everything the pages show about one choice of (granularity, criterion, S_start, K):
-    the criterion's decision, the baseline's at the same plan and K, and how they agree."""
+    the criterion's decision, the baseline's at the same plan and K, and how they agree.
+    Both decisions share the plan and K; each list has a `baseline_` twin."""
 
     decision: Decision
     baseline_decision: Decision
     comparison: Comparison
 
-    @property
-    def granularity(self) -> Granularity:
-        return self.decision.granularity
-
-    @property
-    def criterion(self) -> Criterion:
-        return self.decision.criterion
-
-    @property
-    def baseline(self) -> Criterion:
-        return self.baseline_decision.criterion
-
-    @property
-    def plan(self) -> StagePlan:
-        return self.decision.plan
-
-    @property
-    def k(self) -> int:
-        return self.decision.k
+    granularity = _from_decision("granularity")
+    criterion = _from_decision("criterion")
+    baseline = _from_decision("criterion", baseline=True, doc="The baseline's criterion.")
+    plan = _from_decision("plan")
+    k = _from_decision("k")
+    scores = _from_decision("scores", as_list=True,
+                            doc="The criterion's score of every block 0..L-1 (NaN where unknown).")
+    baseline_scores = _from_decision("scores", baseline=True, as_list=True)
+    order = _from_decision("order", as_list=True,
+                           doc="Prunable blocks of the criterion, first-pruned first.")
+    baseline_order = _from_decision("order", baseline=True, as_list=True)
+    pruned = _from_decision("blocks", as_list=True,
+                            doc="The first k blocks of `order`, in pruning order.")
+    baseline_pruned = _from_decision("blocks", baseline=True, as_list=True)
 
     @property
     def max_k(self) -> int:
         return max_k(self.plan)
-
-    @property
-    def scores(self) -> list[float]:
-        """The criterion's score of every block 0..L-1 (NaN where unknown)."""
-        return list(self.decision.scores)
-
-    @property
-    def baseline_scores(self) -> list[float]:
-        return list(self.baseline_decision.scores)
-
-    @property
-    def order(self) -> list[int]:
-        """Prunable blocks of the criterion, first-pruned first."""
-        return list(self.decision.order)
-
-    @property
-    def baseline_order(self) -> list[int]:
-        return list(self.baseline_decision.order)
-
-    @property
-    def pruned(self) -> list[int]:
-        """The first k blocks of `order`, in pruning order."""
-        return list(self.decision.blocks)
-
-    @property
-    def baseline_pruned(self) -> list[int]:
-        return list(self.baseline_decision.blocks)
 
     def rank_string(self, baseline: bool = False) -> str:
         return (self.baseline_decision if baseline else self.decision).rank_string()
@@ -159,29 +138,26 @@ def rows_to_csv(rows: Sequence[Mapping]) -> str:
 
 
 def view_to_json(view: PruneView, profile: Profile) -> dict:
-    """The prune list as a JSON record, with where it came from."""
+    """The prune list as a JSON record: first the criterion's record exactly as the CLI's
+    `prune-list` prints it for the same settings (`service.prune_list_record`, with its
+    criterion details), then what the CLI's caller already knows (model, calibration,
+    estimator settings, allow_last, frozen blocks) and the baseline's choice at the same
+    plan and K, with how the two agree."""
     c = view.comparison
     return {
+        **service.prune_list_record(view.decision),
         "model": profile.spec,
         "calibration": profile.calibration.get("spec"),
         "settings": profile.settings,
-        "granularity": view.granularity,
-        "criterion": view.criterion,
-        "baseline": view.baseline,
-        "stage_policy": view.plan.policy,
-        "s_start": view.plan.s_start,
         "allow_last": view.plan.allow_last,
         "frozen": list(view.plan.frozen),
-        "k": view.k,
-        "order": view.order,
+        "rank_string_format": RANK_STRING_NOTE,
+        "baseline": view.baseline,
         "baseline_order": view.baseline_order,
-        "pruned": view.pruned,
         "baseline_pruned": view.baseline_pruned,
+        "baseline_rank_string": view.rank_string(baseline=True),
         "comparison": {"overlap": c.overlap, "jaccard": c.jaccard, "kendall_tau": c.kendall_tau,
                        "only_criterion": list(c.only_a), "only_baseline": list(c.only_b)},
-        "rank_string": view.rank_string(),
-        "baseline_rank_string": view.rank_string(baseline=True),
-        "rank_string_format": RANK_STRING_NOTE,
     }
 
 

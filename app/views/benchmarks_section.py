@@ -93,16 +93,26 @@ def benchmarks_section(profile, view, record) -> None:
                        orders, ks, settings.to_json(), task_dir_fingerprint(include),
                        harness_version())
         rows = state.cache_lookup("benchmarks", key)
-        if st.button("Run benchmarks", key="run_benchmarks", icon=":material/checklist:"):
+        # As for the quality curves, speed, text and export: no model run while the analysis
+        # is for other settings (the page's stale banner says which).
+        current = state.analysis_is_current()
+        if st.button("Run benchmarks", key="run_benchmarks", icon=":material/checklist:",
+                     disabled=not current):
             bar, update = state.progress_bar("Benchmarks")
             loaded = state.loaded_model(update)
             rows = state.cache_compute("benchmarks", key, lambda: accuracy_rows(
                 service.benchmark_over_k(loaded, orders, view.granularity, ks, settings,
                                          progress=update, bars=False)))
             bar.progress(1.0, text="Benchmarks done")
+        if not current:
+            st.caption("Benchmarks are off while the analysis is stale: run it again on the "
+                       "Calibration page, so the variants are pruned as chosen for the current "
+                       "model and data.")
         if not rows:
             ss.pop("bench_result", None)
-            st.info("Press **Run benchmarks** to score the variants.", icon=":material/info:")
+            if current:
+                st.info("Press **Run benchmarks** to score the variants.",
+                        icon=":material/info:")
             return
         ss["bench_result"] = {"key": key, "rows": rows}
         pairs = sorted({(r["task"], r["metric"]) for r in rows})

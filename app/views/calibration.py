@@ -20,6 +20,15 @@ st.markdown(
 )
 
 
+def _add_file_source(path: str) -> None:
+    """Select the calibration file `path` as a source once it reads as calibration text (no
+    model needed): a file that is not is refused here, with USER_ERRORS, rather than becoming
+    a source that makes every later analysis fail."""
+    service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
+    ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
+    ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
+
+
 def _on_upload() -> None:
     upload = ss.get("cal_upload")
     ss["cal_upload_error"] = None
@@ -28,29 +37,24 @@ def _on_upload() -> None:
     try:
         path = str(inputs.save_upload(upload.name, upload.getvalue(),
                                       max_bytes=inputs.upload_limit_bytes()))
-        # Read it now (no model needed): a file that is not calibration text is refused
-        # here rather than becoming a source that makes every later analysis fail.
-        service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
+        _add_file_source(path)
     except service.USER_ERRORS as exc:
         ss["cal_upload_error"] = f"**Upload refused.** {upload.name}: {describe_error(exc)}"
         return
-    ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
-    ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
     ss["cal_check_upload"] = path
 
 
 def _on_add_path() -> None:
     path = ss.get("cal_path_input", "").strip()
     ss["cal_upload_error"] = None
-    if path:
-        try:
-            service.read_calibration_file(path, ss["cal_text_column"].strip() or None)
-        except service.USER_ERRORS as exc:
-            ss["cal_upload_error"] = f"**File refused.** {describe_error(exc)}"
-            return
-        ss["cal_uploaded"] = [*[p for p in ss["cal_uploaded"] if p != path], path]
-        ss["cal_sources"] = [*[s for s in ss["cal_sources"] if s != path], path]
-        ss["cal_path_input"] = ""
+    if not path:
+        return
+    try:
+        _add_file_source(path)
+    except service.USER_ERRORS as exc:
+        ss["cal_upload_error"] = f"**File refused.** {describe_error(exc)}"
+        return
+    ss["cal_path_input"] = ""
 
 
 with state.guard("Listing the calibration sources"):

@@ -20,13 +20,12 @@ from app.logic.exports import (
 )
 from app.logic.provenance import changes, describe_stamp, prune_stamp
 from app.logic.runs import json_key
+from app.views.prune_page import block_list, prune_page
 from entrodrop import service
 from pruning.gguf_export import GGUF_TYPES
 
 ss = st.session_state
-st.title("Export")
-
-profile, view = state.require_view()
+profile, view = prune_page("Export")
 
 root = export_root()
 current = state.analysis_is_current()
@@ -37,7 +36,7 @@ stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
 
 st.markdown(
     f"Writes the model with the **{view.k} {view.granularity} blocks** chosen by "
-    f"**{view.criterion}** removed ({', '.join(map(str, sorted(view.pruned))) or 'none'}), "
+    f"**{view.criterion}** removed ({block_list(view.pruned)}), "
     "with its tokenizer and a manifest (`entrodrop.json`) recording how it was made."
 )
 st.caption(f"Export root: `{root}` (set with ${ENV_EXPORT_ROOT}).")

@@ -54,7 +54,6 @@ from pruning.stages import StagePlan, max_k
 from pruning.vllm_layout import DEFAULT_LAYOUT, LAYOUTS
 
 ENGINES = ("transformers", "llama.cpp", "both")
-RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
 DEFAULT_HELD_OUT = 16
 """Held-out windows `evaluate` measures quality on."""
 DEFAULT_REPEATS = 3
@@ -120,12 +119,11 @@ def cmd_prune_list(a: argparse.Namespace) -> int:
         decisions = {c: decision_for(a, profile, plan, a.granularity, c, a.k) for c in criteria}
         out = {"granularity": a.granularity, "k": a.k, "s_start": plan.s_start,
                "policy": plan.policy, "prunable": list(plan.prunable),
-               "decisions": {c: {**d.to_json(), RANK_STRING_KEY: d.rank_string()}
+               "decisions": {c: {**d.to_json(), service.RANK_STRING_KEY: d.rank_string()}
                              for c, d in decisions.items()},
                "comparison": criteria_table(decisions, a.k)}
     else:
-        d = decision_of(a, profile, plan)
-        out = {**d.to_json(), RANK_STRING_KEY: d.rank_string(), "prunable": list(d.plan.prunable)}
+        out = service.prune_list_record(decision_of(a, profile, plan))
     json.dump(out, sys.stdout, indent=2)
     print()
     return 0

@@ -64,6 +64,18 @@ def decision(profile: Profile, granularity: Granularity, criterion: Criterion, k
     return decide(profile, granularity, criterion, k, plan, greedy=greedy)
 
 
+RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
+
+
+def prune_list_record(chosen: Decision) -> dict:
+    """One decision's prune list as `entrodrop prune-list` prints it and the dashboard's
+    JSON download holds it: granularity, criterion, k, the full order, the pruned blocks,
+    s_start and policy, the criterion's details where it has any (a random seed, the
+    angular span, the perplexity-greedy search), the rank string and the prunable blocks."""
+    return {**chosen.to_json(), RANK_STRING_KEY: chosen.rank_string(),
+            "prunable": list(chosen.plan.prunable)}
+
+
 def greedy_search(loaded: Model, selection_ids, granularity: Granularity, plan: StagePlan, *,
                   steps: int | None = None, batch_size: int = 4,
                   progress: Progress | None = None) -> GreedyResult:

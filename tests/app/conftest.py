@@ -12,23 +12,33 @@ import torch
 from streamlit.testing.v1 import AppTest
 from transformers import AutoModelForCausalLM
 
-from tests.tiny_models import tiny_config, tiny_tokenizer
+from tests.tiny_models import tiny_bpe_tokenizer, tiny_config, tiny_tokenizer
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 NUM_LAYERS = 6
 TIMEOUT = 120  # the first run imports transformers; later runs take well under a second
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 6-layer random Llama with a word-level tokenizer, saved as a normal model folder."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
+def _tiny_llama(folder: Path, tokenizer) -> Path:
+    """A 6-layer random Llama (seed 0) with `tokenizer`, saved as a normal model folder."""
     config = tiny_config("llama")
     config.num_hidden_layers = NUM_LAYERS
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny Llama with a word-level tokenizer."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer())
+
+
+@pytest.fixture(scope="session")
+def bpe_model_dir(tmp_path_factory) -> Path:
+    """The tiny Llama with a byte-level BPE tokenizer (what a GGUF file carries)."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-bpe-llama"), tiny_bpe_tokenizer())
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +95,46 @@ class UI:
         at.number_input(key="cal_seed").set_value(seed)
         at.number_input(key="est_knn_k").set_value(5)
         return at.run()
+
+    @classmethod
+    def attn_export_page(cls, seed: int, k: int = 2) -> AppTest:
+        """An analysed session on the Export page, K attention sub-blocks chosen."""
+        at = cls.analysed(seed=seed)
+        at.selectbox(key="granularity").set_value("attn").run()
+        at.slider(key="k").set_value(k).run()
+        at.switch_page("views/export.py").run()
+        return at
+
+    @classmethod
+    def export_blocks(cls, at: AppTest, name: str, *, fmt: str = "hf",
+                      gguf_type: str | None = None, layout: str | None = None) -> AppTest:
+        """On the Export page: name the folder, choose the format (GGUF weights, layout),
+        export, and check the page shows no error."""
+        at.text_input(key="export_name").set_value(name).run()
+        at.radio(key="export_format").set_value(fmt).run()
+        if gguf_type is not None:
+            at.selectbox(key="export_gguf_type").set_value(gguf_type).run()
+        if layout is not None:
+            at.radio(key="export_layout").set_value(layout).run()
+        at.button(key="run_export").click().run()
+        cls.assert_clean(at)
+        return at
+
+    @classmethod
+    def export_width(cls, at: AppTest, name: str, *, fmt: str = "hf") -> AppTest:
+        """On the Width pruning page: score the neurons by magnitude, keep 32 of the 64
+        (ratio 1.0 x hidden size), export under `name` in format `fmt`."""
+        at.switch_page("views/width.py").run()
+        at.multiselect(key="width_criteria").set_value(["magnitude"]).run()
+        at.button(key="run_width_scores").click().run()
+        cls.assert_clean(at)
+        at.radio(key="width_scale").set_value("paper").run()
+        at.slider(key="width_ratio").set_value(1.0).run()
+        at.text_input(key="width_export_name").set_value(name).run()
+        at.radio(key="width_export_format").set_value(fmt).run()
+        at.button(key="run_width_export").click().run()
+        cls.assert_clean(at)
+        return at
 
     @staticmethod
     def assert_clean(at: AppTest) -> None:

@@ -6,24 +6,6 @@ import json
 
 import gguf
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
-
-from tests.tiny_models import tiny_bpe_tokenizer, tiny_config
-
-NUM_LAYERS = 6
-
-
-@pytest.fixture(scope="module")
-def bpe_model_dir(tmp_path_factory):
-    """A 6-layer random Llama with a byte-level BPE tokenizer (what a GGUF file carries)."""
-    folder = tmp_path_factory.mktemp("tiny-bpe-llama")
-    config = tiny_config("llama")
-    config.num_hidden_layers = NUM_LAYERS
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tiny_bpe_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_export_page_writes_gguf_and_shows_how_to_run_it(ui, tmp_path, monkeypatch,
@@ -31,15 +13,8 @@ def test_export_page_writes_gguf_and_shows_how_to_run_it(ui, tmp_path, monkeypat
     root = tmp_path / "exports"
     monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
     monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
-    at = ui.analysed(seed=51)
-    at.selectbox(key="granularity").set_value("attn").run()
-    at.slider(key="k").set_value(2).run()
-    at.switch_page("views/export.py").run()
-    at.text_input(key="export_name").set_value("tiny-gguf").run()
-    at.radio(key="export_format").set_value("gguf").run()
-    at.selectbox(key="export_gguf_type").set_value("q8_0").run()
-    at.button(key="run_export").click().run()
-    ui.assert_clean(at)
+    at = ui.attn_export_page(seed=51)
+    ui.export_blocks(at, "tiny-gguf", fmt="gguf", gguf_type="q8_0")
     folder = root / "tiny-gguf"
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "entrodrop.json",
                                                          "model.gguf"]
@@ -73,10 +48,7 @@ def test_gguf_export_of_a_word_level_tokenizer_model_is_one_error_line(ui, tmp_p
 def test_export_page_writes_the_vllm_layout_and_shows_both_engines(ui, tmp_path, monkeypatch):
     root = tmp_path / "exports"
     monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(root))
-    at = ui.analysed(seed=53)
-    at.selectbox(key="granularity").set_value("attn").run()
-    at.slider(key="k").set_value(2).run()
-    at.switch_page("views/export.py").run()
+    at = ui.attn_export_page(seed=53)
     at.text_input(key="export_name").set_value("tiny-vllm").run()
     at.radio(key="export_layout").set_value("vllm").run()
     at.button(key="run_export").click().run()
@@ -130,16 +102,7 @@ def test_width_page_writes_gguf_with_the_kept_neuron_count(ui, tmp_path, monkeyp
     monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
     at = ui.start("calibration")
     ui.set_calibration(at, seed=56)
-    at.switch_page("views/width.py").run()
-    at.multiselect(key="width_criteria").set_value(["magnitude"]).run()
-    at.button(key="run_width_scores").click().run()
-    ui.assert_clean(at)
-    at.radio(key="width_scale").set_value("paper").run()
-    at.slider(key="width_ratio").set_value(1.0).run()  # keep 32 of 64 neurons
-    at.text_input(key="width_export_name").set_value("tiny-width-gguf").run()
-    at.radio(key="width_export_format").set_value("gguf").run()
-    at.button(key="run_width_export").click().run()
-    ui.assert_clean(at)
+    ui.export_width(at, "tiny-width-gguf", fmt="gguf")  # keeps 32 of 64 neurons
     folder = root / "tiny-width-gguf"
     assert (folder / "model.gguf").is_file() and not (folder / "config.json").exists()
     manifest = json.loads((folder / "entrodrop.json").read_text())

@@ -61,3 +61,27 @@ def test_unknown_benchmark_task_is_one_error_line(ui, tmp_path):
     assert not at.exception
     [error] = at.error
     assert "no_such_task_abc" in error.value and "\n" not in error.value.strip()
+
+
+def test_benchmarks_are_off_while_the_analysis_is_stale_like_the_other_results(ui, tmp_path):
+    task_dir = write_task(tmp_path / "tasks", make_docs(3))
+    at = ui.analysed(seed=42)
+    analysed = at.session_state["analysis"].request.model.spec
+    at.switch_page("views/model.py").run()
+    at.radio(key="model_source").set_value("local").run()
+    at.text_input(key="model_path").set_value("/nonexistent/tiny-model").run()
+    at.switch_page("views/budget.py").run()
+    _fill(at, task_dir)
+    ui.assert_clean(at)
+    assert any("Stale: these results" in w.value for w in at.warning)
+    # The same rule as the quality curves and the side-by-side text on this page.
+    assert at.button(key="run_budget").disabled and at.button(key="run_generate").disabled
+    assert at.button(key="run_benchmarks").disabled
+    assert any("Benchmarks are off while the analysis is stale" in c.value for c in at.caption)
+    # Back to the analysed model: the benchmarks can run again.
+    at.switch_page("views/model.py").run()
+    at.text_input(key="model_path").set_value(analysed).run()
+    at.switch_page("views/budget.py").run()
+    _fill(at, task_dir)  # the section's fields are not kept while another page shows
+    assert not at.button(key="run_benchmarks").disabled
+    assert not any("Benchmarks are off" in c.value for c in at.caption)

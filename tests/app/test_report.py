@@ -87,3 +87,45 @@ def test_report_leaves_out_results_of_other_settings_and_marks_a_stale_analysis(
     assert ("Left out, made for other settings than these: quality curves, parameter "
             "savings, speed, side-by-side text, export.") in text
     assert "Stale:" in text and "model tiny-model → /gone" in text
+
+
+def _section(text: str, title: str) -> str:
+    """The text of the report's section headed `title` (up to the next section)."""
+    start = text.index(f"<h2>{title}</h2>")
+    return " ".join(_text(text[start:text.index("</section>", start)]).split())
+
+
+def _exported(at, key: str) -> dict:
+    """What the page recorded about its export, without the settings stamp: the report
+    then shows it whatever the sample snapshot's settings are."""
+    return {k: v for k, v in at.session_state[key].items() if k != "stamp"}
+
+
+def test_report_states_format_layout_and_sizes_of_every_export_kind(ui, tmp_path, monkeypatch,
+                                                                    bpe_model_dir):
+    monkeypatch.setenv("ENTRODROP_EXPORT_ROOT", str(tmp_path / "exports"))
+    monkeypatch.setenv("ENTRODROP_MODEL", str(bpe_model_dir))
+    at = ui.attn_export_page(seed=57)
+    ui.export_blocks(at, "blocks-gguf", fmt="gguf", gguf_type="q8_0")
+    block_gguf = _exported(at, "export_result")
+    ui.export_blocks(at, "blocks-vllm", layout="vllm")
+    block_vllm = _exported(at, "export_result")
+    ui.export_width(at, "width-gguf", fmt="gguf")  # keeps 32 of 64 neurons
+    width_gguf = _exported(at, "width_export_result")
+
+    page = report.build_html(_snapshot(export=block_gguf, width_export=width_gguf))
+    width = _section(page, "Width export")
+    assert "None" not in width and "?" not in width, width
+    assert "Format gguf (one file), f16 weights, llama.cpp architecture llama" in width
+    assert "Runs in llama.cpp" in width
+    assert "Kept per layer 32 neurons (intermediate size 64 → 32)" in width
+    assert re.search(r"Parameters \d+\.\d\d M → \d+\.\d\d M", width), width
+    blocks = _section(page, "Export")
+    assert "None" not in blocks and "?" not in blocks, blocks
+    assert "Format gguf (one file), q8_0 weights, llama.cpp architecture deci" in blocks
+    assert "Runs in llama.cpp" in blocks and "Layers 6 of 6" in blocks
+
+    blocks = _section(report.build_html(_snapshot(export=block_vllm)), "Export")
+    assert "Format hf (Hugging Face folder)" in blocks
+    assert "Runs in vLLM and transformers (layout vllm)" in blocks
+    assert f"Removed attn blocks {block_vllm['blocks']}" in blocks
