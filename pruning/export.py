@@ -28,20 +28,18 @@ from analysis.paths import tensor_bytes
 from analysis.settings import Granularity
 from pruning.apply import active_pruning, check_blocks, check_granularity, layer_config_changes
 from pruning.attn_export import attn_config, write_attn_code
-from pruning.checkpoint import meta_model, provenance, save_clean_checkpoint, stock_class
+from pruning.checkpoint import meta_model as meta_model
+from pruning.checkpoint import provenance, save_clean_checkpoint, stock_class
 from pruning.export_record import block_model_card, json_ready, write_manifest
-from pruning.export_target import (
-    MANIFEST_NAME,
-    ExportError,
-    InsufficientDiskSpaceError,
-    TargetExistsError,
-    TargetIsFileError,
-    TargetNotWritableError,
-    UnsupportedExportError,
-    check_export_target,
-    recover_interrupted_overwrite,
-    staged_output_dir,
-)
+from pruning.export_target import MANIFEST_NAME as MANIFEST_NAME
+from pruning.export_target import ExportError, staged_output_dir
+from pruning.export_target import InsufficientDiskSpaceError as InsufficientDiskSpaceError
+from pruning.export_target import TargetExistsError as TargetExistsError
+from pruning.export_target import TargetIsFileError as TargetIsFileError
+from pruning.export_target import TargetNotWritableError as TargetNotWritableError
+from pruning.export_target import UnsupportedExportError as UnsupportedExportError
+from pruning.export_target import check_export_target as check_export_target
+from pruning.export_target import recover_interrupted_overwrite as recover_interrupted_overwrite
 from pruning.vllm_layout import (
     DEFAULT_LAYOUT,
     ExportLayout,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,9 +18,9 @@ from analysis.architectures import count_parameters, weight_bytes
 from pruning.evaluate import (
     UNPRUNED,
     EvaluationError,
+    JsonRecord,
     Variant,
     eval_mode,
-    json_safe,
     model_device,
     model_max_positions,
     model_vocab_size,
@@ -29,7 +29,7 @@ from pruning.evaluate import (
 
 
 @dataclass(frozen=True)
-class Speed:
+class Speed(JsonRecord):
     """Base and pruned model measured side by side; each timing is a median over repeats."""
 
     prefill_tokens_per_s_base: float
@@ -48,10 +48,6 @@ class Speed:
     device: str
     """Where it ran, with the GPU's name on CUDA."""
     repeats: int
-
-    def to_dict(self) -> dict:
-        """Plain JSON: non-finite figures become None."""
-        return json_safe(asdict(self))
 
 
 def measure_speed(
