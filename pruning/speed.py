@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from analysis.architectures import count_parameters, weight_bytes
+from analysis.settings import SPEED_PROMPT_LEN
 from pruning.evaluate import (
     UNPRUNED,
     EvaluationError,
@@ -55,7 +56,7 @@ def measure_speed(
     variant: Variant,
     *,
     batch: int = 1,
-    prompt_len: int = 128,
+    prompt_len: int = SPEED_PROMPT_LEN,
     new_tokens: int = 32,
     warmup: int = 1,
     repeats: int = 3,

@@ -13,7 +13,7 @@ from analysis.architectures import count_parameters, weight_bytes
 from analysis.models import model_identity
 from analysis.paths import cache_dir
 from analysis.profile import Profile
-from analysis.settings import Estimator, Granularity, ModelSettings
+from analysis.settings import SPEED_PROMPT_LEN, Estimator, Granularity, ModelSettings
 from analysis.streaming.sources import open_source
 from entrodrop.service.engine_cache import cached_gguf, entry_key
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, whole_model
@@ -204,7 +204,7 @@ def parameter_savings(loaded: Model, granularity: Granularity,
 
 
 def speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
-          prompt_len: int = 128, new_tokens: int = 32, repeats: int = 3) -> dict:
+          prompt_len: int = SPEED_PROMPT_LEN, new_tokens: int = 32, repeats: int = 3) -> dict:
     """Prefill and decode speed of the unpruned and the pruned model, side by side."""
     model = whole_model(loaded, "measuring speed").model
     with MODEL_LOCK:
@@ -298,7 +298,7 @@ def base_gguf(loaded: Model, granularity: Granularity, gguf_type: GGUFType = "f1
 
 
 def engine_speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
-                 gguf_type: GGUFType = "f16", prompt_len: int = 128, new_tokens: int = 32,
+                 gguf_type: GGUFType = "f16", prompt_len: int = SPEED_PROMPT_LEN, new_tokens: int = 32,
                  repeats: int = 3, progress: Progress | None = None) -> dict:
     """Prefill and decode speed of the pruned model against the unpruned one in llama.cpp
     (GGUF files of `gguf_type`: the pruned one written to a temporary folder and deleted
