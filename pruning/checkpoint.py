@@ -2,7 +2,9 @@
 
 The source model is never saved directly (a GGUF-loaded model refuses `save_pretrained`)
 and never modified: a fresh model of its stock transformers class is built on the meta
-device from a copy of its config and given the pruned state dict without copying a tensor.
+device from a copy of its config and given the pruned state dict without copying a tensor
+(`stock_class` refuses a class that could not be rebuilt so). `provenance` is what every
+export's manifest records about the source and the saved model.
 """
 
 from __future__ import annotations
