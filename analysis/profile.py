@@ -83,6 +83,8 @@ class Profile:
     across the n layers l..l+n-1 (row n-1 has L-n+1 values; row 0 equals the layer blocks'
     `angular`). S = min(L, ANGULAR_MAX_SPAN)."""
     nonfinite_blocks: dict[Granularity, list[int]] = field(default_factory=dict)
+    """Blocks whose points held NaN/inf (usually fp16 overflow): every score of these blocks
+    (delta_h, cosine, angular) is null, and a warning says so."""
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     """Wall time of the analysis that produced it (0 for records that do not say)."""
@@ -271,9 +273,9 @@ def build_profile(
         entropy_curve=curve,
         attn_entropy=attn_h,
         blocks={
-            "layer": BlockScores(layer_dh, _clean((acc.layer_cosine / n).tolist()),
+            "layer": BlockScores(layer_dh, _masked(acc.layer_cosine / n, layer_bad),
                                  spans[0]),
-            "attn": BlockScores(attn_dh, _clean((acc.attn_cosine / n).tolist()),
+            "attn": BlockScores(attn_dh, _masked(acc.attn_cosine / n, attn_bad),
                                 _masked(acc.attn_angular / n, attn_bad)),
         },
         angular_spans=spans,

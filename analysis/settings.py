@@ -62,6 +62,17 @@ def default_seqlen(on_gpu: bool) -> int:
     return DEFAULT_SEQLEN["gpu" if on_gpu else "cpu"]
 
 
+SPEED_PROMPT_LEN = 128
+"""Tokens of the random prompt a speed timing prefills (transformers and llama.cpp)."""
+
+
+def speed_prompt_len(seqlen: int) -> int:
+    """The prompt a speed timing prefills when the calibration windows hold `seqlen` (T)
+    tokens: SPEED_PROMPT_LEN, or T when shorter, so a timing asks for no longer a context
+    than the analysis ran."""
+    return min(SPEED_PROMPT_LEN, int(seqlen))
+
+
 class SettingsError(EntroDropError):
     """A setting is out of range; the message names the field and the allowed range."""
 

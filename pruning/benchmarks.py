@@ -135,13 +135,13 @@ class BenchmarkScore:
 
 @dataclass(frozen=True)
 class BenchmarkRun:
-    """The scores of one variant."""
+    """The scores of one variant: what was run, then what it scored."""
 
     variant: Variant
-    scores: tuple[BenchmarkScore, ...]
     source: str
     """The model spec or exported folder the variant was made from."""
     settings: BenchmarkSettings
+    scores: tuple[BenchmarkScore, ...]
 
     def rows(self) -> list[dict]:
         """One flat row per score: granularity, criterion, k, blocks, task, metric, value..."""
@@ -448,7 +448,8 @@ def benchmark_variants(model: nn.Module, tokenizer, variants: Sequence[Variant],
             scored[key] = evaluate_model(model, tokenizer, settings, tasks, bars=bars)
     if progress is not None:
         progress(1.0, f"scored {len(unique)} variants")
-    return [BenchmarkRun(v, scored[v.model_key()], source, settings) for v in variants]
+    return [BenchmarkRun(variant=v, source=source, settings=settings,
+                         scores=scored[v.model_key()]) for v in variants]
 
 
 def accuracy_rows(runs: Iterable[BenchmarkRun]) -> list[dict]:

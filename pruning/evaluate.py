@@ -38,8 +38,18 @@ class EvaluationError(EntroDropError):
 # ---------------------------------------------------------------------------- quality
 
 
+class JsonRecord:
+    """A result dataclass whose `to_dict` is plain JSON: non-finite figures become None.
+    Quality and speed records are both read by the manifest, the CLI and the app."""
+
+    def to_dict(self) -> dict:
+        return json_safe(asdict(self))
+
+
 @dataclass(frozen=True)
-class Quality:
+class Quality(JsonRecord):
+    """Quality of one variant against the unpruned model, on held-out windows."""
+
     perplexity: float
     """exp(mean NLL of the true next token)."""
     kl: float
@@ -48,9 +58,6 @@ class Quality:
     """Fraction of tokens where the variant's argmax equals the unpruned argmax."""
     tokens: int
     """Predicted positions counted: N * (T - 1)."""
-
-    def to_dict(self) -> dict:
-        return json_safe(asdict(self))
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis.errors import EntroDropError
+from analysis.settings import SPEED_PROMPT_LEN
 from pruning.speed import Speed
 
 LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
@@ -112,7 +113,7 @@ def gguf_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def measure_gguf_speed(pruned: str | os.PathLike, base: str | os.PathLike, *,
-                       prompt_len: int = 128, new_tokens: int = 32, warmup: int = 1,
+                       prompt_len: int = SPEED_PROMPT_LEN, new_tokens: int = 32, warmup: int = 1,
                        repeats: int = 3, n_threads: int | None = None,
                        seed: int = 0) -> Speed:
     """Prefill throughput and decode latency of two GGUF files in llama.cpp, side by side.

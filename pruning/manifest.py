@@ -16,7 +16,7 @@ from analysis.paths import atomic_write_text
 from analysis.profile import Profile
 from pruning.compare import compare_orders
 from pruning.decision import Decision
-from pruning.export import MANIFEST_NAME
+from pruning.export_target import MANIFEST_NAME
 
 TOOL = "EntroDrop Studio"
 RANK_STRING_NOTE = (

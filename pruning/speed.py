@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from analysis.architectures import count_parameters, weight_bytes
+from analysis.settings import SPEED_PROMPT_LEN
 from pruning.evaluate import (
     UNPRUNED,
     EvaluationError,
+    JsonRecord,
     Variant,
     eval_mode,
-    json_safe,
     model_device,
     model_max_positions,
     model_vocab_size,
@@ -29,7 +30,7 @@ from pruning.evaluate import (
 
 
 @dataclass(frozen=True)
-class Speed:
+class Speed(JsonRecord):
     """Base and pruned model measured side by side; each timing is a median over repeats."""
 
     prefill_tokens_per_s_base: float
@@ -49,17 +50,13 @@ class Speed:
     """Where it ran, with the GPU's name on CUDA."""
     repeats: int
 
-    def to_dict(self) -> dict:
-        """Plain JSON: non-finite figures become None."""
-        return json_safe(asdict(self))
-
 
 def measure_speed(
     model: nn.Module,
     variant: Variant,
     *,
     batch: int = 1,
-    prompt_len: int = 128,
+    prompt_len: int = SPEED_PROMPT_LEN,
     new_tokens: int = 32,
     warmup: int = 1,
     repeats: int = 3,

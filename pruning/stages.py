@@ -58,23 +58,24 @@ def auto_s_start(curve: Sequence[float]) -> int:
 
 @dataclass(frozen=True)
 class StagePlan:
-    """Which blocks a pruning run may touch.
-
-    frozen + prunable is exactly 0..num_layers-1; both are ascending tuples.
-    """
+    """Which blocks a pruning run may touch, and how that was chosen."""
 
     num_layers: int
     """L, the number of decoder layers (blocks 0..L-1 at either granularity)."""
     s_start: int
     """First Stage-2 block; blocks 0..s_start-1 are Stage 1 and never pruned."""
+    prunable: tuple[int, ...]
+    """Blocks a budget k may take, ascending."""
     policy: StagePolicy
     """How s_start was chosen."""
     allow_last: bool
     """Whether block L-1 may be pruned (always False under the 'reference' policy)."""
-    frozen: tuple[int, ...]
-    """Blocks never pruned: Stage 1, and the last block unless allowed."""
-    prunable: tuple[int, ...]
-    """Blocks a budget k may take, ascending."""
+
+    @property
+    def frozen(self) -> tuple[int, ...]:
+        """Blocks never pruned, ascending: Stage 1, and the last block unless allowed. Derived
+        from `prunable`, so the two always split 0..num_layers-1 between them."""
+        return tuple(b for b in range(self.num_layers) if b not in self.prunable)
 
 
 def plan_stages(
@@ -133,15 +134,8 @@ def plan_stages(
     allow_last = bool(allow_last)
     last = num_layers - 1
     prunable = tuple(b for b in range(start, num_layers) if allow_last or b != last)
-    frozen = tuple(b for b in range(num_layers) if b not in prunable)
-    return StagePlan(
-        num_layers=num_layers,
-        s_start=start,
-        policy=policy,
-        allow_last=allow_last,
-        frozen=frozen,
-        prunable=prunable,
-    )
+    return StagePlan(num_layers=num_layers, s_start=start, prunable=prunable, policy=policy,
+                     allow_last=allow_last)
 
 
 def max_k(plan: StagePlan) -> int:

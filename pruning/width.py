@@ -24,14 +24,10 @@ from analysis.errors import EntroDropError
 from analysis.paths import tensor_bytes
 from analysis.taylor import NeuronScores, intermediate_size, layer_mlp, mlp_modules
 from pruning.apply import active_pruning
-from pruning.export import (
-    MANIFEST_NAME,
-    json_ready,
-    provenance,
-    save_clean_checkpoint,
-    staged_output_dir,
-    write_manifest,
-)
+from pruning.checkpoint import provenance, save_clean_checkpoint
+from pruning.export_record import json_ready, width_model_card, write_manifest
+from pruning.export_target import MANIFEST_NAME as MANIFEST_NAME  # users import it from here
+from pruning.export_target import staged_output_dir
 
 KeepMode = Literal["per_layer", "uniform"]
 # Set on a model while its MLPs are width-pruned in memory (the kept width).
@@ -176,32 +172,6 @@ def width_fields(record: Mapping, config_key: str, sizes: list[int],
             "kept_neurons": [k.tolist() for k in keep],
         },
     }
-
-
-def width_model_card(name: str, record: dict) -> str:
-    """The README of a width export, from its manifest `record`."""
-    width = record["width_pruning"]
-    before = sorted(set(width["intermediate_size_before"]))
-    source = record.get("source_model") or record.get("model")
-    lines = [f"# {name}", "", "MLP width-pruned with EntroDrop Studio.", ""]
-    if source:
-        lines += [f"Source model: `{source}`", ""]
-    if record.get("criterion"):
-        lines += [f"Neuron importance: `{record['criterion']}`.", ""]
-    lines += [
-        f"Every layer keeps its {width['intermediate_size_after']} most important MLP neurons "
-        f"(`{width['config_key']}` was {', '.join(map(str, before))}). Parameters: "
-        f"{record['parameters_before']:,} before, {record['parameters_after']:,} after.", "",
-        "This is a standard checkpoint: stock transformers loads it, no custom code.", "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-        "```", "",
-        f"The kept neuron indices of every layer are in `{MANIFEST_NAME}`.", "",
-    ]
-    return "\n".join(lines)
 
 
 @dataclass

@@ -62,7 +62,8 @@ def benchmark_model(loaded: Model, settings: BenchmarkSettings, *,
         scores = evaluate_model(model.model, model.tokenizer, settings, bars=bars)
     if progress is not None:
         progress(1.0, f"scored {model.spec}")
-    return BenchmarkRun(export_variant(model.source_path), scores, model.spec, settings)
+    return BenchmarkRun(variant=export_variant(model.source_path), source=model.spec,
+                        settings=settings, scores=scores)
 
 
 def export_variant(folder: str | Path) -> Variant:

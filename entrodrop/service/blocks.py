@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -9,10 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from analysis.architectures import count_parameters, weight_bytes
+from analysis.models import model_identity
 from analysis.paths import cache_dir
 from analysis.profile import Profile
-from analysis.settings import Estimator, Granularity, ModelSettings
+from analysis.settings import SPEED_PROMPT_LEN, Estimator, Granularity, ModelSettings
 from analysis.streaming.sources import open_source
+from entrodrop.service.engine_cache import cached_gguf, entry_key
 from entrodrop.service.models import MODEL_LOCK, Model, Progress, StreamedModel, whole_model
 from pruning.apply import pruned
 from pruning.decision import Decision, decide
@@ -213,7 +216,7 @@ def parameter_savings(loaded: Model, granularity: Granularity,
 
 
 def speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
-          prompt_len: int = 128, new_tokens: int = 32, repeats: int = 3) -> dict:
+          prompt_len: int = SPEED_PROMPT_LEN, new_tokens: int = 32, repeats: int = 3) -> dict:
     """Prefill and decode speed of the unpruned and the pruned model, side by side."""
     model = whole_model(loaded, "measuring speed").model
     with MODEL_LOCK:
@@ -281,30 +284,58 @@ def _export_blocks_hf(loaded: Model, granularity: Granularity, blocks: Sequence[
                              progress=progress, layout=layout)
 
 
+def base_gguf(loaded: Model, granularity: Granularity, gguf_type: GGUFType = "f16", *,
+              progress: Progress | None = None) -> Path:
+    """The unpruned model as a GGUF file of `gguf_type` (what `engine_speed` times the
+    pruned one against), written once per model content and settings and then reused
+    (`engine_cache`)."""
+    gguf_type = check_gguf_type(gguf_type)
+    # A streamed model's export reads the files now, so their identity is taken now; a model
+    # in memory exports the weights it was loaded with, which its identity describes.
+    identity = (model_identity(loaded.spec) if isinstance(loaded, StreamedModel)
+                else loaded.identity)
+    tokenizer = source_gguf(loaded.spec)
+    key = entry_key(identity=identity, dtype=str(loaded.dtype), granularity=granularity,
+                    gguf_type=gguf_type, tokenizer_gguf=None if tokenizer is None else str(tokenizer))
+
+    def write(path: Path) -> None:
+        if progress is not None:
+            progress(0.0, "writing the unpruned model as GGUF")
+        hf = path.parent / "base-hf"
+        _export_blocks_hf(loaded, granularity, [], hf, {"tool": TOOL}, False, None)
+        folder_to_gguf(hf, path, gguf_type=gguf_type, tokenizer_gguf=tokenizer)
+        shutil.rmtree(hf)
+
+    return cached_gguf(key, write)
+
+
 def engine_speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
-                 gguf_type: GGUFType = "f16", prompt_len: int = 128, new_tokens: int = 32,
+                 gguf_type: GGUFType = "f16", prompt_len: int = SPEED_PROMPT_LEN, new_tokens: int = 32,
                  repeats: int = 3, progress: Progress | None = None) -> dict:
     """Prefill and decode speed of the pruned model against the unpruned one in llama.cpp
-    (GGUF files of `gguf_type`, written to a temporary folder and deleted afterwards),
-    interleaved, as `speed` measures them in transformers. Works on a streamed model too:
-    the exports stream, and llama.cpp holds the weights itself."""
+    (GGUF files of `gguf_type`: the pruned one written to a temporary folder and deleted
+    afterwards, the unpruned one cached by `base_gguf`), interleaved, as `speed` measures
+    them in transformers. Works on a streamed model too: the exports stream, and llama.cpp
+    holds the weights itself."""
     llama_cpp()  # a missing engine fails before minutes of export work
     gguf_type = check_gguf_type(gguf_type)
     report = progress or (lambda frac, msg: None)
     root = cache_dir() / "engines"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        files = {}
-        for i, (name, chosen) in enumerate((("base", []), ("pruned", list(blocks)))):
-            report(0.4 * i, f"writing the {name} model as GGUF")
-            hf = Path(tmp) / f"{name}-hf"
-            _export_blocks_hf(loaded, granularity, chosen, hf, {"tool": TOOL}, False, None)
-            files[name] = Path(tmp) / f"{name}.gguf"
-            folder_to_gguf(hf, files[name], gguf_type=gguf_type,
-                           tokenizer_gguf=source_gguf(loaded.spec))
-            shutil.rmtree(hf)
+        base = Path(tmp) / "base.gguf"
+        # A link of its own: another process evicting the cached file cannot pull it away
+        # before llama.cpp opens it.
+        os.link(base_gguf(loaded, granularity, gguf_type, progress=report), base)
+        report(0.4, "writing the pruned model as GGUF")
+        hf = Path(tmp) / "pruned-hf"
+        _export_blocks_hf(loaded, granularity, list(blocks), hf, {"tool": TOOL}, False, None)
+        pruned_file = Path(tmp) / "pruned.gguf"
+        folder_to_gguf(hf, pruned_file, gguf_type=gguf_type,
+                       tokenizer_gguf=source_gguf(loaded.spec))
+        shutil.rmtree(hf)
         report(0.8, "timing both in llama.cpp")
-        result = measure_gguf_speed(files["pruned"], files["base"], prompt_len=prompt_len,
+        result = measure_gguf_speed(pruned_file, base, prompt_len=prompt_len,
                                     new_tokens=new_tokens, repeats=repeats)
     report(1.0, "done")
     return {**result.to_dict(), "engine": "llama.cpp", "gguf_type": gguf_type}

@@ -8,7 +8,7 @@ the source (renumbered for `layer`, left out for dropped attention, sliced for w
 converted to the export dtype and appended to safetensors shards (`writer`). Config,
 generation config, modeling file, tokenizer, manifest and model card are written with the
 in-memory export's own helpers, into the same temporary folder that is renamed into place
-only once complete (`pruning.export.staged_output_dir`).
+only once complete (`pruning.export_target.staged_output_dir`).
 
 Memory: one tensor at a time for block exports; one decoder layer at a time for width
 exports (the layer is materialised so that its MLP is cut by the same code as in memory).
@@ -30,33 +30,21 @@ from analysis.architectures import get_architecture
 from analysis.streaming import skeleton
 from analysis.streaming.plan import checkpoint_tokenizer
 from analysis.streaming.sources import TensorSource, open_source
+from pruning.checkpoint import meta_model, provenance, stock_class
 from pruning.export import (
-    ExportError,
-    UnsupportedExportError,
     block_fields,
-    block_model_card,
     checked_blocks_export,
-    json_ready,
     layout_plan,
-    meta_model,
-    provenance,
     prune_config,
-    staged_output_dir,
-    stock_class,
     write_block_code,
-    write_manifest,
 )
+from pruning.export_record import block_model_card, json_ready, width_model_card, write_manifest
+from pruning.export_target import ExportError, UnsupportedExportError, staged_output_dir
 from pruning.streaming import walk
 from pruning.streaming.variants import mlp_sizes, width_sliced
 from pruning.streaming.writer import DEFAULT_MAX_SHARD_BYTES, Entry, write_shards
 from pruning.vllm_layout import DEFAULT_LAYOUT, ExportLayout, zeroed_names
-from pruning.width import (
-    checked_keep,
-    checked_manifest,
-    config_holding,
-    width_fields,
-    width_model_card,
-)
+from pruning.width import checked_keep, checked_manifest, config_holding, width_fields
 
 Progress = walk.Progress
 

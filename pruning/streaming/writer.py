@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from analysis.streaming.sources import SAFETENSORS_DTYPES
-from pruning.export import ExportError
+from pruning.export_target import ExportError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

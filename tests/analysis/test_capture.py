@@ -1,5 +1,7 @@
 """Captured block inputs/outputs equal a manual computation, for every family."""
 
+import math
+
 import pytest
 import torch
 
@@ -232,3 +234,30 @@ def test_folding_a_batch_needs_no_data_dependent_host_round_trip():
         stats.layer_output(i, torch.empty(b, t, d, device="meta"))
     stats.flush()
     assert acc.z_entropy.shape == (3, layers + 1) and acc.sink_max_norm.shape == (layers + 1, t)
+
+
+def test_cosine_scores_of_blocks_with_nonfinite_states_are_null_like_the_entropies():
+    # One window's layer-1 output overflows (as fp16 can): its cosine sums are NaN, which
+    # the accumulator folds as 0. The profile must not average that 0 in as if it were a
+    # measurement: the blocks that read the bad states get null cosine scores, exactly the
+    # blocks whose entropy and angular scores are null and that nonfinite_blocks lists.
+    from analysis.profile import build_profile
+
+    model = tiny_model("llama")
+    layer = get_architecture(model).layers(model)[1]
+    first_window_only = torch.tensor([float("inf"), 1.0]).view(2, 1, 1)
+    h = layer.register_forward_hook(lambda _m, _a, out: out * first_window_only)
+    try:
+        acc = capture(model, tiny_ids(2, 16), EstimatorSettings(knn_k=3))
+    finally:
+        h.remove()
+    profile = build_profile(acc, model_info={}, calibration_info={},
+                            opts=EstimatorSettings(knn_k=3))
+    for granularity in ("layer", "attn"):
+        bad = profile.nonfinite_blocks[granularity]
+        assert bad and 0 not in bad
+        for score in ("cosine", "angular", "bucket"):
+            values = profile.scores(granularity, score)
+            assert [i for i, v in enumerate(values) if math.isnan(v)] == bad, (granularity, score)
+        record = profile.to_json()["blocks"][granularity]["cosine"]
+        assert [i for i, v in enumerate(record) if v is None] == bad

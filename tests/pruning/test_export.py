@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-import pruning.export as export_module
+import analysis.paths as paths_module
 from analysis.architectures import count_parameters
 from pruning.apply import BlockSelectionError, active_pruning, pruned
 from pruning.export import (
@@ -276,7 +276,7 @@ def test_progress_reaches_one(tmp_path):
 
 def test_too_little_disk_space_is_refused(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(export_module.shutil, "disk_usage", lambda p: usage(10**6, 10**6, 1000))
+    monkeypatch.setattr(paths_module.shutil, "disk_usage", lambda p: usage(10**6, 10**6, 1000))
     with pytest.raises(InsufficientDiskSpaceError, match="MiB"):
         export_llama(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
