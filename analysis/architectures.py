@@ -7,6 +7,7 @@ its MLP is laid out (for width pruning). Anything else is an `UnsupportedArchite
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -104,10 +105,7 @@ def get_architecture(model_or_config) -> Architecture:
         if model_type in arch.model_types:
             if model_type == "opt" and not getattr(config, "do_layer_norm_before", True):
                 # OPT-350m normalises after attention: the residual is that norm's output.
-                return Architecture(
-                    arch.family, arch.model_types, arch.layers_path, arch.attn_name,
-                    ("self_attn_layer_norm", "output"), arch.mlp,
-                )
+                return dataclasses.replace(arch, attn_residual=("self_attn_layer_norm", "output"))
             return arch
     archs = getattr(config, "architectures", None) or [type(model_or_config).__name__]
     raise UnsupportedArchitecture(
