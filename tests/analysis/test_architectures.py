@@ -28,3 +28,16 @@ def test_count_parameters_dedupes_shared_storage():
     assert count_parameters(untied) - count_parameters(model) == VOCAB * config.hidden_size
 
 
+
+
+def test_post_norm_opt_reads_the_attention_residual_after_its_norm():
+    from analysis.architectures import get_architecture
+
+    pre = get_architecture(tiny_config("opt"))
+    config = tiny_config("opt")
+    config.do_layer_norm_before = False  # OPT-350m
+    post = get_architecture(config)
+    assert pre.attn_residual == ("final_layer_norm", "input")
+    assert post.attn_residual == ("self_attn_layer_norm", "output")
+    assert (post.family, post.layers_path, post.attn_name, post.mlp, post.layer_config_lists) == (
+        pre.family, pre.layers_path, pre.attn_name, pre.mlp, pre.layer_config_lists)
