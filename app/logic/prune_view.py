@@ -17,7 +17,6 @@ from analysis.settings import Estimator, Granularity
 from entrodrop import service
 from pruning.compare import Comparison, compare_orders
 from pruning.decision import Decision
-from pruning.manifest import RANK_STRING_NOTE
 from pruning.ranking import BASELINE, Criterion, prune_order, prune_set
 from pruning.stages import StagePolicy, max_k
 
@@ -151,10 +150,9 @@ def view_to_json(view: PruneView, profile: Profile) -> dict:
         "settings": profile.settings,
         "allow_last": view.plan.allow_last,
         "frozen": list(view.plan.frozen),
-        "rank_string_format": RANK_STRING_NOTE,
         "baseline": view.baseline,
         "baseline_order": view.baseline_order,
-        "baseline_pruned": view.baseline_pruned,
+        "baseline_blocks": view.baseline_pruned,
         "baseline_rank_string": view.rank_string(baseline=True),
         "comparison": {"overlap": c.overlap, "jaccard": c.jaccard, "kendall_tau": c.kendall_tau,
                        "only_criterion": list(c.only_a), "only_baseline": list(c.only_b)},

@@ -119,8 +119,7 @@ def cmd_prune_list(a: argparse.Namespace) -> int:
         decisions = {c: decision_for(a, profile, plan, a.granularity, c, a.k) for c in criteria}
         out = {"granularity": a.granularity, "k": a.k, "s_start": plan.s_start,
                "policy": plan.policy, "prunable": list(plan.prunable),
-               "decisions": {c: {**d.to_json(), service.RANK_STRING_KEY: d.rank_string()}
-                             for c, d in decisions.items()},
+               "decisions": {c: service.prune_list_record(d) for c, d in decisions.items()},
                "comparison": criteria_table(decisions, a.k)}
     else:
         out = service.prune_list_record(decision_of(a, profile, plan))

@@ -30,7 +30,6 @@ from entrodrop.service.benchmarks import (
 )
 from entrodrop.service.blocks import (
     DEFAULT_STAGE_ESTIMATOR,
-    RANK_STRING_KEY,
     check_export_layout,
     check_export_target,
     decision,
@@ -76,7 +75,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 says what and what to do next. Anything else is a bug."""
 
 __all__ = [
-    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "RANK_STRING_KEY", "prune_list_record", "benchmark", "benchmark_model",
+    "DEFAULT_STAGE_ESTIMATOR", "MODEL_LOCK", "prune_list_record", "benchmark", "benchmark_model",
     "benchmark_over_k", "check_benchmark_tasks", "export_variant", "record_in_export", "USER_ERRORS", "AnalysisResult", "Model",
     "ModelRegistry", "StreamedModel", "WholeModelNeeded",
     "ModelShape", "Progress", "analysis_request", "check_settings", "model_shape", "analyze", "cache_parts", "calibration_sources", "check_export_layout",

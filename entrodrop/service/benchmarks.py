@@ -71,7 +71,7 @@ def export_variant(folder: str | Path) -> Variant:
     record = read_manifest(folder)
     if not record or record.get("method") != "block":
         return Variant(None, NOT_PRUNED, 0)
-    blocks = tuple(sorted(int(b) for b in record.get("pruned_blocks", [])))
+    blocks = tuple(sorted(int(b) for b in record.get("blocks", record.get("pruned_blocks", []))))
     return Variant(record.get("granularity"), str(record.get("criterion")),
                    int(record.get("k", len(blocks))), blocks)
 

@@ -33,7 +33,7 @@ from pruning.gguf_export import (
 )
 from pruning.greedy import GreedyResult, greedy_cost, greedy_order
 from pruning.llamacpp import llama_cpp, measure_gguf_speed
-from pruning.manifest import TOOL, block_manifest
+from pruning.manifest import RANK_STRING_NOTE, TOOL, block_manifest
 from pruning.ranking import BASELINE, Criterion
 from pruning.speed import generate_side_by_side, measure_speed
 from pruning.stages import StagePlan, StagePolicy, plan_stages
@@ -67,16 +67,14 @@ def decision(profile: Profile, granularity: Granularity, criterion: Criterion, k
     return decide(profile, granularity, criterion, k, plan, greedy=greedy)
 
 
-RANK_STRING_KEY = "rank_string (position i = rank of layer i)"
-
-
 def prune_list_record(chosen: Decision) -> dict:
     """One decision's prune list as `entrodrop prune-list` prints it and the dashboard's
     JSON download holds it: granularity, criterion, k, the full order, the pruned blocks,
     s_start and policy, the criterion's details where it has any (a random seed, the
-    angular span, the perplexity-greedy search), the rank string and the prunable blocks."""
-    return {**chosen.to_json(), RANK_STRING_KEY: chosen.rank_string(),
-            "prunable": list(chosen.plan.prunable)}
+    angular span, the perplexity-greedy search), the rank string (with what its format
+    means, as in an export's manifest) and the prunable blocks."""
+    return {**chosen.to_json(), "rank_string": chosen.rank_string(),
+            "rank_string_format": RANK_STRING_NOTE, "prunable": list(chosen.plan.prunable)}
 
 
 def greedy_search(loaded: Model, selection_ids, granularity: Granularity, plan: StagePlan, *,

@@ -205,7 +205,7 @@ def test_app_and_cli_exports_of_the_same_settings_write_equal_manifests(
     assert main(["--quiet", "export", *common, "--granularity", "attn", "--criterion", "knn",
                  "--k", "2", "--out", str(tmp_path / "cli-blocks")]) == 0
     app_blocks, cli_blocks = _manifest(root / "app-blocks"), _manifest(tmp_path / "cli-blocks")
-    assert app_blocks["pruned_blocks"] and app_blocks["k"] == 2
+    assert app_blocks["blocks"] and app_blocks["k"] == 2
     assert app_blocks == cli_blocks
 
     # Width export: taylor-entropy scores on 2 windows, ratio 1.0, in the app and the CLI.
@@ -246,4 +246,4 @@ def test_export_of_a_random_order_suggests_a_portable_name_and_records_its_seed(
     manifest = json.loads((root / name / "entrodrop.json").read_text())
     assert manifest["criterion"] == "random:1"
     assert manifest["criterion_details"]["seed"] == 1
-    assert manifest["pruned_blocks"] == list(at.session_state["_view"].pruned)
+    assert manifest["blocks"] == list(at.session_state["_view"].pruned)

@@ -55,6 +55,6 @@ def test_streamed_demo_model_analyses_evaluates_and_exports(streaming_server, br
     d.wait_outcome(done, "export", STEP_MS)
     folder = streaming_server.exports / "streamed-k3"
     manifest = json.loads((folder / "entrodrop.json").read_text())
-    assert len(manifest["pruned_blocks"]) == 3 and manifest["source_model"] == "demo:smollm2-135m"
+    assert len(manifest["blocks"]) == 3 and manifest["source_model"] == "demo:smollm2-135m"
     assert (folder / "config.json").is_file()
     assert any(folder.glob("*.safetensors"))

@@ -101,7 +101,7 @@ def test_decision_and_manifest(tiny_llama_dir, isolated_cache, tmp_path):
     loaded = service.load(ModelSettings(str(tiny_llama_dir), device="cpu"))
     out = service.export_blocks(loaded, p, d, tmp_path / "export")
     m = json.loads((out / MANIFEST_NAME).read_text())
-    assert m["pruned_blocks"] == list(d.blocks) and m["granularity"] == "attn"
+    assert m["blocks"] == list(d.blocks) and m["granularity"] == "attn"
     assert len(m["scores"]) == 4
 
 

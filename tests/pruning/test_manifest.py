@@ -19,9 +19,9 @@ def test_block_manifest_records_source_decision_baseline_and_measurements():
     assert m["source_identity"] == "id-demo:x" and m["calibration"] == profile.calibration
     assert m["estimator_settings"] == profile.settings
     assert (m["granularity"], m["criterion"], m["k"], m["s_start"]) == ("layer", "knn", 2, 2)
-    assert m["pruned_blocks"] == [3, 4] and m["prune_order"] == [3, 4, 2]
+    assert m["blocks"] == [3, 4] and m["order"] == [3, 4, 2]
     assert m["scores"] == [0.5, 0.4, 0.3, 0.1, 0.2, 0.0]
-    assert m["baseline"] == "cosine" and m["baseline_pruned"] == [2, 4]
+    assert m["baseline"] == "cosine" and m["baseline_blocks"] == [2, 4]
     assert m["comparison"]["overlap"] == 1 and m["comparison"]["only_criterion"] == [3]
     assert m["frozen"] == [0, 1, 5] and m["rank_string_format"] == RANK_STRING_NOTE
     assert m["measured"] == {"speed": {"prefill_ratio": 1.2}}

@@ -133,7 +133,7 @@ def test_killed_export_leaves_the_target_as_it_was(tiny_llama_dir, tmp_path, mon
     capsys.readouterr()
     assert cli.main(["--quiet", *map(str, killed_args)]) == 0, capsys.readouterr().err
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    assert manifest["granularity"] == "attn" and len(manifest["pruned_blocks"]) == 2
+    assert manifest["granularity"] == "attn" and len(manifest["blocks"]) == 2
     assert _temp_dirs(out.parent) == []
 
 
@@ -374,7 +374,7 @@ def test_overwrite_never_replaces_a_folder_that_is_not_an_export(tiny_llama_dir,
     export = tmp_path / "export"  # a previous export is replaced, as before
     assert cli.main(_export_args(tiny_llama_dir, export, "1")) == 0
     assert cli.main(_export_args(tiny_llama_dir, export, "2", "--overwrite")) == 0
-    assert len(json.loads((export / MANIFEST_NAME).read_text())["pruned_blocks"]) == 2
+    assert len(json.loads((export / MANIFEST_NAME).read_text())["blocks"]) == 2
 
 
 def _strand(out: Path, pid: int) -> Path:
@@ -404,7 +404,7 @@ def test_a_kill_between_the_renames_of_an_overwrite_is_undone(tiny_llama_dir, tm
     aside = _strand(out, _dead_pid())
     assert cli.main(_export_args(tiny_llama_dir, out, "2", "--overwrite")) == 0, \
         capsys.readouterr().err
-    assert len(json.loads((out / MANIFEST_NAME).read_text())["pruned_blocks"]) == 2
+    assert len(json.loads((out / MANIFEST_NAME).read_text())["blocks"]) == 2
     assert [p.name for p in out.parent.iterdir()] == ["pruned"]  # nothing stranded
 
     live = out.parent / f".pruned.{os.getpid()}.l1ve0000.old"  # a writer mid-overwrite

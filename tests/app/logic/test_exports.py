@@ -49,11 +49,11 @@ def test_measured_figures_belong_to_the_prune_set_and_go_into_the_block_manifest
     m = block_manifest(_profile(), view.decision, view.baseline_decision, measured)
     # The provenance and decision fields every block export records ...
     for key in ("source_model", "calibration", "estimator_settings", "granularity", "criterion",
-                "s_start", "k", "pruned_blocks", "prune_order", "scores"):
+                "s_start", "k", "blocks", "order", "scores"):
         assert key in m, key
-    assert m["pruned_blocks"] == view.pruned and m["scores"] == view.scores
+    assert m["blocks"] == view.pruned and m["scores"] == view.scores
     # ... plus the comparison with the baseline and the measured figures.
-    assert m["baseline_pruned"] == view.baseline_pruned
+    assert m["baseline_blocks"] == view.baseline_pruned
     assert m["measured"] == measured
 
 

@@ -59,7 +59,7 @@ def test_csv_and_json_downloads():
     record = view_to_json(view, _profile())
     json.dumps(record)
     assert record["blocks"] == [3, 4]
-    assert record["rank_string (position i = rank of layer i)"] == "3,4,2,0,1,5"
+    assert record["rank_string"] == "3,4,2,0,1,5"
     assert "RANK of layer i" in record["rank_string_format"]
 
 

@@ -69,7 +69,7 @@ def test_export_records_benchmarks_and_evaluate_record_adds_to_them(tiny_llama_d
     assert record["harness_version"] == "0.4.13"
     [run] = record["runs"]
     assert run["variant"] == {"granularity": "layer", "criterion": "cosine", "k": 1,
-                              "blocks": manifest["pruned_blocks"]}
+                              "blocks": manifest["blocks"]}
     exported_acc = {s["metric"]: s["value"] for s in run["scores"]}
 
     # The exported folder scores the same (it is the same model), labelled from its manifest.

@@ -20,10 +20,10 @@ def test_prune_list_order_blocks_and_rank_string(tiny_llama_dir, cache):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert list(out) == ["granularity", "criterion", "k", "order", "blocks", "s_start", "policy",
-                         "rank_string (position i = rank of layer i)", "prunable"]
+                         "rank_string", "rank_string_format", "prunable"]
     assert sorted(out["order"]) == [1, 2, 3] and out["prunable"] == [1, 2, 3]
     assert out["blocks"] == out["order"][:2]
-    ranks = [int(x) for x in out["rank_string (position i = rank of layer i)"].split(",")]
+    ranks = [int(x) for x in out["rank_string"].split(",")]
     assert [ranks[b] for b in out["order"]] == [0, 1, 2]
 
 
@@ -44,9 +44,9 @@ def test_export_layer_reloads_with_stock_transformers(tiny_llama_dir, cache, tmp
     assert model.config.num_hidden_layers == 3
     manifest = json.loads((out / "entrodrop.json").read_text())
     for key in ("source_model", "calibration", "granularity", "criterion", "s_start", "k",
-                "pruned_blocks", "scores"):
+                "blocks", "scores"):
         assert key in manifest
-    assert manifest["k"] == 1 and len(manifest["pruned_blocks"]) == 1
+    assert manifest["k"] == 1 and len(manifest["blocks"]) == 1
     assert (out / "README.md").is_file()
     # The same target again is refused without --overwrite, and accepted with it.
     again = run_cli(args, cache)
@@ -137,7 +137,7 @@ def test_evaluate_curves_and_export_with_the_perplexity_greedy_criterion(tiny_ll
     assert r.returncode == 0, r.stderr
     manifest = json.loads((target / "entrodrop.json").read_text())
     assert manifest["criterion"] == "ppl_greedy"
-    assert manifest["pruned_blocks"] == manifest["criterion_details"]["search"]["order"]
+    assert manifest["blocks"] == manifest["criterion_details"]["search"]["order"]
 
 
 def test_evaluate_curve_leaves_out_a_k_that_would_prune_every_block(tiny_llama_dir, cache,
@@ -166,7 +166,7 @@ def test_export_attn_in_the_vllm_layout(tiny_llama_dir, cache, tmp_path):
     manifest = json.loads((out / "entrodrop.json").read_text())
     assert config["model_type"] == "nemotron-nas" and manifest["layout"] == "vllm"
     no_op = [i for i, b in enumerate(config["block_configs"]) if b["attention"]["no_op"]]
-    assert no_op == manifest["pruned_blocks"] == sorted(manifest["pruned_blocks"])
+    assert no_op == manifest["blocks"] == sorted(manifest["blocks"])
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert type(model).__name__ == "EntroDropDeciLlamaForCausalLM"
 

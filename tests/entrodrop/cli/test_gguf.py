@@ -39,7 +39,7 @@ def test_export_format_gguf_writes_one_file_and_says_how_to_run_it(bpe_llama_dir
     assert manifest["format"] == "gguf" and manifest["gguf"]["gguf_type"] == "bf16"
     reader = gguf.GGUFReader(out / "model.gguf")
     heads = reader.fields["deci.attention.head_count"].contents()
-    assert [i for i, h in enumerate(heads) if h == 0] == manifest["pruned_blocks"]
+    assert [i for i, h in enumerate(heads) if h == 0] == manifest["blocks"]
     assert {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2} == {"BF16"}
 
 
