@@ -171,6 +171,7 @@ def main() -> int:
                     lambda s: page.evaluate(_WAIT_S, [s, STAGE1_FILL]), a.repeats, a.warmup))
             d.assert_clean("after the measurements")
             browser.close()
+        peak_mb = _peak_rss_mb(proc.pid)
     finally:
         _stop(proc)
 
@@ -180,7 +181,7 @@ def main() -> int:
               f"max {r['max_ms']:6.1f} ms   ({r['repeats']} presses) [{status}]")
     print(json.dumps({"bench": "browser_latency", "model": a.model, "repo": str(a.repo), "target_p90_ms": TARGET_MS,
                       "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
-                      **results}))
+                      "server_peak_rss_mb": peak_mb, **results}))
     return 0
 
 
@@ -202,6 +203,16 @@ def _measure(page, slider, start: int, wait, repeats: int, warmup: int) -> list[
             times.append(shown - pressed)
         page.wait_for_timeout(300)  # let the page idle, as between a user's presses
     return times
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """The server's peak resident memory (Linux), to see what a setting costs in memory."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return round(int(found.group(1)) / 1024, 1) if found else None
 
 
 def _summary(ms: list[float]) -> dict:
