@@ -4,6 +4,7 @@ every analysis page uses (granularity, criterion, S_start policy, K)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -35,7 +36,8 @@ POLICY_LABELS = {
 
 def render(page_draws_tail: bool = False) -> None:
     """The sidebar. With `page_draws_tail` the page draws K, the pruned blocks and the
-    report button itself (`draw_tail`), inside the st.fragment that K and S_start rerun."""
+    report button itself (`page_with_tail`), inside the st.fragment that K and S_start
+    rerun."""
     ss = st.session_state
     ss["_view"] = None
     _TAIL.slot = None
@@ -74,7 +76,7 @@ def render(page_draws_tail: bool = False) -> None:
 
 def tail_slot():
     """The sidebar container for K, the pruned blocks and the report button, created in
-    this full run: a page passes it to its fragment (`draw_tail`), so a K move reruns
+    this full run: a page passes it to its fragment (`page_with_tail`), so a K move reruns
     only that fragment while the slider stays in the sidebar."""
     return getattr(_TAIL, "slot", None)
 
@@ -163,29 +165,56 @@ def _plan_and_view(profile: Profile):
 
 def draw_tail(slot) -> PruneView | None:
     """The K slider, the pruned blocks and the report button, into `slot`; returns the
-    prune view (None when the settings cannot be applied: the error is shown).
-
-    Called from a page's st.fragment, it is rerun with the fragment: a K move (the slider
-    belongs to the fragment that drew it) or an S_start move on the page then redraws only
-    the fragment and this tail, not the whole page and sidebar."""
+    prune view (None when the settings cannot be applied: the error is shown)."""
     ss = st.session_state
     ss["_view"] = None
     with slot:
-        profile = state.current_run()
         with state.guard("Planning the stages"):
-            plan, limit, view = _plan_and_view(profile)
-            if limit > 0:
-                st.slider("K (blocks to prune)", min_value=0, max_value=limit, key="k",
-                          persist_state="session",
-                          help=f"At most the {limit} prunable blocks (Stage 2"
-                               f"{'' if plan.allow_last else ', last block frozen'}).")
-            else:
-                st.warning("No block can be pruned with this S_start; move it left.")
+            plan, limit, view = _plan_and_view(state.current_run())
             ss["_view"] = view
-            st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
-                       f"K={view.k}: **{_blocks(view.pruned)}**")
+            _k_controls(plan, limit, view)
         _report_button()
     return ss["_view"]
+
+
+def page_with_tail(slot, what: str, draw_page: Callable[[PruneView], None]) -> None:
+    """The body of a page's st.fragment: `draw_page(view)` in the page, then the sidebar's
+    tail (`draw_tail`'s K slider, pruned blocks and report button) into `slot`.
+
+    The fragment reruns on its own when a widget it drew changes: the K slider drawn here
+    (the sidebar slot is outside the fragment, the slider still belongs to it) and the
+    page's own controls. The tail is drawn after the page because it is in the sidebar
+    either way, and the browser then gets the page's answer (the table, the charts) first.
+    """
+    ss = st.session_state
+    ss["_view"] = None
+    failure = None
+    try:
+        plan, limit, view = _plan_and_view(state.current_run())
+    except Exception as exc:  # shown in the sidebar, as draw_tail shows it
+        failure = exc
+    else:
+        ss["_view"] = view
+        with state.guard(what):
+            draw_page(view)
+    with slot:
+        if failure is not None:
+            state.show_error("Planning the stages", failure)
+        else:
+            _k_controls(plan, limit, view)
+        _report_button()
+
+
+def _k_controls(plan, limit: int, view: PruneView) -> None:
+    if limit > 0:
+        st.slider("K (blocks to prune)", min_value=0, max_value=limit, key="k",
+                  persist_state="session",
+                  help=f"At most the {limit} prunable blocks (Stage 2"
+                       f"{'' if plan.allow_last else ', last block frozen'}).")
+    else:
+        st.warning("No block can be pruned with this S_start; move it left.")
+    st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
+               f"K={view.k}: **{_blocks(view.pruned)}**")
 
 
 def _blocks(blocks) -> str:

@@ -11,6 +11,9 @@ page shows the answer (checked on every animation frame):
 1. K: ArrowRight/ArrowLeft on the sidebar's K slider, on the Prune list page, until the
    prune table's "pruned" column shows the new K (its accessible cells) and the table and
    the headline above it are no longer stale (the orders chart below is not waited for).
+   Those cells are the data grid's accessibility table, which glide-data-grid (inside
+   st.dataframe) rebuilds 200 ms after the grid last changed (a debounce); the canvas a
+   user sees shows the new K that much earlier. So this figure is at least 200 ms.
 2. S_start: ArrowRight/ArrowLeft on the S_start slider, on the Entropy dynamics page,
    until every chart is redrawn for the new S_start: the Vega-Lite curve's shading ends at
    it, the score bars left of it are grey (Stage 1) and the one at it is not, the

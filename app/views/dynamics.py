@@ -37,18 +37,15 @@ def _on_auto() -> None:
 
 
 # The curve, the S_start slider and the score bars depend on S_start and K: moving either
-# (the sidebar's K slider belongs to this fragment, see sidebar.draw_tail) reruns and
+# (the sidebar's K slider belongs to this fragment, see sidebar.page_with_tail) reruns and
 # redraws only this, not the sidebar, the page's title or the sink chart below.
 @st.fragment
 def _stages(tail) -> None:
-    view = sidebar.draw_tail(tail)
-    if view is None:
-        return
-    with state.guard("Drawing the entropy dynamics"):
-        _draw(state.current_run(), view)
+    sidebar.page_with_tail(tail, "Drawing the entropy dynamics", _draw)
 
 
-def _draw(profile, view) -> None:
+def _draw(view) -> None:
+    profile = state.current_run()
     num_layers = view.plan.num_layers
     # A new chart per S_start: the browser would otherwise restore the last drag's
     # selection over a boundary moved since with the slider.

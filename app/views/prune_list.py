@@ -29,17 +29,14 @@ st.caption("K, the granularity, the criterion and the S_start policy are in the 
 
 
 # Everything below depends on K: a K move (the sidebar slider belongs to this fragment,
-# see sidebar.draw_tail) reruns and redraws only this, not the sidebar and the page.
+# see sidebar.page_with_tail) reruns and redraws only this, not the sidebar and the page.
 @st.fragment
 def _ranked(tail) -> None:
-    view = sidebar.draw_tail(tail)
-    if view is None:
-        return
-    with state.guard("Drawing the prune list"):
-        _page(state.current_run(), view)
+    sidebar.page_with_tail(tail, "Drawing the prune list", _page)
 
 
-def _page(profile, view) -> None:
+def _page(view) -> None:
+    profile = state.current_run()
     c = view.comparison
     st.markdown(f"**Pruned at K = {view.k}** ({view.granularity}, {view.criterion}): "
                 f"blocks {', '.join(map(str, sorted(view.pruned))) or 'none'}")
