@@ -61,9 +61,9 @@ def render(page_draws_tail: bool = False) -> None:
         st.caption(f"Analysed model: `{record.request.model.spec}`")
         st.markdown("### Pruning")
         _pruning_controls(record.runs)
-        _TAIL.slot = st.container()
+        slot = st.container()
         if not page_draws_tail:
-            draw_tail(_TAIL.slot)
+            draw_tail(slot)
             return
         # The page draws the tail inside its fragment; the view is still built here, for
         # the page's checks before its fragment. A failure is shown in the sidebar now
@@ -71,13 +71,16 @@ def render(page_draws_tail: bool = False) -> None:
         try:
             ss["_view"] = _plan_and_view(state.current_run())[2]
         except Exception:
-            draw_tail(_TAIL.slot)
+            draw_tail(slot)
+        else:
+            _TAIL.slot = slot
 
 
 def tail_slot():
     """The sidebar container for K, the pruned blocks and the report button, created in
     this full run: a page passes it to its fragment (`page_with_tail`), so a K move reruns
-    only that fragment while the slider stays in the sidebar."""
+    only that fragment while the slider stays in the sidebar. None when the sidebar drew
+    them itself (the page was not rendered with `page_draws_tail`)."""
     return getattr(_TAIL, "slot", None)
 
 
@@ -197,6 +200,8 @@ def page_with_tail(slot, what: str, draw_page: Callable[[PruneView], None]) -> N
         ss["_view"] = view
         with state.guard(what):
             draw_page(view)
+    if slot is None:  # the sidebar has drawn them
+        return
     with slot:
         if failure is not None:
             state.show_error("Planning the stages", failure)
