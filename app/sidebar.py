@@ -4,13 +4,14 @@ every analysis page uses (granularity, criterion, S_start policy, K)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import streamlit as st
 
 from analysis.profile import Profile
 from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import state
-from app.logic.prune_view import build_view
+from app.logic.prune_view import PruneView, build_view
 from app.logic.runs import run_label
 from entrodrop import service
 from pruning.ranking import PROFILE_CRITERIA, RANDOM_SEEDS
@@ -33,9 +34,13 @@ POLICY_LABELS = {
 }
 
 
-def render() -> None:
+def render(page_draws_tail: bool = False) -> None:
+    """The sidebar. With `page_draws_tail` the page draws K, the pruned blocks and the
+    report button itself (`page_with_tail`), inside the st.fragment that K and S_start
+    rerun."""
     ss = st.session_state
     ss["_view"] = None
+    _TAIL.slot = None
     with st.sidebar:
         st.markdown("### Model")
         # Three fixed slots, each filled or emptied on its own: a container redrawn with fewer
@@ -56,7 +61,31 @@ def render() -> None:
         st.caption(f"Analysed model: `{record.request.model.spec}`")
         st.markdown("### Pruning")
         _pruning_controls(record.runs)
-        _report_button()
+        slot = st.container()
+        if not page_draws_tail:
+            draw_tail(slot)
+            return
+        # The page draws the tail inside its fragment; the view is still built here, for
+        # the page's checks before its fragment. A failure is shown in the sidebar now
+        # (the page then stops, and its fragment would not draw the tail).
+        try:
+            ss["_view"] = _plan_and_view(state.current_run())[2]
+        except Exception:
+            draw_tail(slot)
+        else:
+            _TAIL.slot = slot
+
+
+def tail_slot():
+    """The sidebar container for K, the pruned blocks and the report button, created in
+    this full run: a page passes it to its fragment (`page_with_tail`), so a K move reruns
+    only that fragment while the slider stays in the sidebar. None when the sidebar drew
+    them itself (the page was not rendered with `page_draws_tail`)."""
+    return getattr(_TAIL, "slot", None)
+
+
+# The tail's container of this full script run (one thread per session run).
+_TAIL = threading.local()
 
 
 # The model-status placeholder of this script run (one thread per session run).
@@ -121,26 +150,76 @@ def _pruning_controls(runs: list[Profile]) -> None:
     st.checkbox("Allow pruning the last block", key="allow_last", persist_state="session",
                 disabled=ss["stage_policy"] == "reference")
     ss["s_start"] = min(max(int(ss["s_start"]), 0), num_layers - 1)
-    with state.guard("Planning the stages"):
-        plan = service.stage_plan(profile, policy=ss["stage_policy"], s_start=ss["s_start"],
-                                  allow_last=ss["allow_last"],
-                                  stage_estimator=ss["stage_estimator"])
-        if ss["stage_policy"] != "manual":
-            ss["s_start"] = min(plan.s_start, num_layers - 1)
-        limit = max_k(plan)
-        ss["k"] = min(max(int(ss["k"]), 0), limit)
-        if limit > 0:
-            st.slider("K (blocks to prune)", min_value=0, max_value=limit, key="k",
-                      persist_state="session",
-                      help=f"At most the {limit} prunable blocks (Stage 2"
-                           f"{'' if plan.allow_last else ', last block frozen'}).")
+
+
+def _plan_and_view(profile: Profile):
+    """(stage plan, largest K, prune view) for the sidebar's settings; K is clamped to the
+    plan (a smaller S_start range may have left it too large)."""
+    ss = st.session_state
+    plan = service.stage_plan(profile, policy=ss["stage_policy"], s_start=ss["s_start"],
+                              allow_last=ss["allow_last"],
+                              stage_estimator=ss["stage_estimator"])
+    if ss["stage_policy"] != "manual":
+        ss["s_start"] = min(plan.s_start, profile.num_layers - 1)
+    limit = max_k(plan)
+    ss["k"] = min(max(int(ss["k"]), 0), limit)
+    return plan, limit, build_view(profile, **state.view_settings())
+
+
+def draw_tail(slot) -> PruneView | None:
+    """The K slider, the pruned blocks and the report button, into `slot`; returns the
+    prune view (None when the settings cannot be applied: the error is shown)."""
+    ss = st.session_state
+    ss["_view"] = None
+    with slot:
+        with state.guard("Planning the stages"):
+            plan, limit, view = _plan_and_view(state.current_run())
+            ss["_view"] = view
+            _k_controls(plan, limit, view)
+        _report_button()
+    return ss["_view"]
+
+
+def page_with_tail(slot, what: str, draw_page: Callable[[PruneView], None]) -> None:
+    """The body of a page's st.fragment: `draw_page(view)` in the page, then the sidebar's
+    tail (`draw_tail`'s K slider, pruned blocks and report button) into `slot`.
+
+    The fragment reruns on its own when a widget it drew changes: the K slider drawn here
+    (the sidebar slot is outside the fragment, the slider still belongs to it) and the
+    page's own controls. The tail is drawn after the page because it is in the sidebar
+    either way, and the browser then gets the page's answer (the table, the charts) first.
+    """
+    ss = st.session_state
+    ss["_view"] = None
+    failure = None
+    try:
+        plan, limit, view = _plan_and_view(state.current_run())
+    except Exception as exc:  # shown in the sidebar, as draw_tail shows it
+        failure = exc
+    else:
+        ss["_view"] = view
+        with state.guard(what):
+            draw_page(view)
+    if slot is None:  # the sidebar has drawn them
+        return
+    with slot:
+        if failure is not None:
+            state.show_error("Planning the stages", failure)
         else:
-            st.warning("No block can be pruned with this S_start; move it left.")
-        settings = state.view_settings()
-        ss["_view"] = build_view(profile, **settings)
-        view = ss["_view"]
-        st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
-                   f"K={view.k}: **{_blocks(view.pruned)}**")
+            _k_controls(plan, limit, view)
+        _report_button()
+
+
+def _k_controls(plan, limit: int, view: PruneView) -> None:
+    if limit > 0:
+        st.slider("K (blocks to prune)", min_value=0, max_value=limit, key="k",
+                  persist_state="session",
+                  help=f"At most the {limit} prunable blocks (Stage 2"
+                       f"{'' if plan.allow_last else ', last block frozen'}).")
+    else:
+        st.warning("No block can be pruned with this S_start; move it left.")
+    st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
+               f"K={view.k}: **{_blocks(view.pruned)}**")
 
 
 def _blocks(blocks) -> str:

@@ -365,12 +365,6 @@ def view_settings() -> dict:
             "stage_estimator": ss["stage_estimator"]}
 
 
-def set_manual_s_start(value: int) -> None:
-    """Callback-safe: switch to the manual policy at S_start = value."""
-    st.session_state["s_start"] = int(value)
-    st.session_state["stage_policy"] = "manual"
-
-
 # --------------------------------------------------------------------------- errors
 
 

@@ -36,6 +36,9 @@ PAGES = [
     st.Page("views/export.py", title="Export", icon=":material/save:"),
     st.Page("views/width.py", title="Width pruning", icon=":material/compress:"),
 ]
+# Pages that draw the sidebar's K slider themselves, inside the st.fragment holding what
+# depends on K and S_start: a move then reruns and redraws that fragment, not the page.
+DRAW_TAIL = {"Entropy dynamics", "Prune list"}
 
 # The last resort: whatever escapes a page's own guards is still one st.error (a bug's
 # traceback goes to the error log), never a traceback on the page.
@@ -45,7 +48,7 @@ if not st.session_state.get("_initialised"):
     st.stop()
 page = st.navigation(PAGES)
 with state.guard("Drawing the sidebar"):
-    sidebar.render()
+    sidebar.render(page_draws_tail=page.title in DRAW_TAIL)
 with state.guard(f"Drawing the {page.title} page"):
     page.run()
 with state.guard("Updating the sidebar"):

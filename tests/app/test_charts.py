@@ -1,4 +1,4 @@
-"""app/charts.py: what each figure shows, checked on the figure's own data and layout."""
+"""app/charts/: what each figure shows, checked on the figure's own data and layout."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""app/charts.py and app/report.py: the figures and the self-contained HTML report."""
+"""app/charts/ and app/report.py: the figures and the self-contained HTML report."""
 
 from __future__ import annotations
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import DecodeError
 from playwright.sync_api import Locator, Page, expect, sync_playwright
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app" / "streamlit_app.py"
@@ -158,7 +160,11 @@ class Dashboard:
         self.url = url
         self.js_errors: list[str] = []
         self.started = time.monotonic()
+        # How each script run the server reported ended: a full run of the app, or a rerun
+        # of one st.fragment (ForwardMsg.script_finished, read off the websocket).
+        self.runs: list[str] = []
         page.on("pageerror", lambda exc: self.js_errors.append(str(exc)))
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
 
     @property
     def sidebar(self) -> Locator:
@@ -167,6 +173,25 @@ class Dashboard:
     @property
     def main(self) -> Locator:
         return self.page.get_by_test_id("stMain")
+
+    def _frame(self, payload) -> None:
+        if not isinstance(payload, bytes):
+            return
+        msg = ForwardMsg()
+        try:
+            msg.ParseFromString(payload)
+        except DecodeError:
+            return
+        if msg.WhichOneof("type") == "script_finished":
+            self.runs.append(ForwardMsg.ScriptFinishedStatus.Name(msg.script_finished))
+
+    def runs_during(self, action) -> list[str]:
+        """How the script runs that `action` caused ended ('FINISHED_SUCCESSFULLY' for the
+        whole app, 'FINISHED_FRAGMENT_RUN_SUCCESSFULLY' for one fragment); `action` must
+        wait for its rerun to finish (step_k and settle do)."""
+        mark = len(self.runs)
+        action()
+        return self.runs[mark:]
 
     def open(self) -> None:
         """The app's address: it opens on the start page."""

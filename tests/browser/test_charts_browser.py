@@ -90,9 +90,15 @@ def test_drag_the_s_start_boundary_then_the_prune_list_follows(dashboard):
     # While the button is held the shading has followed the pointer in the browser alone.
     assert _rect_edge(chart) == str(target)
     expect(d.k_caption()).to_contain_text("S_start = 2 ·")
-    page.mouse.up()
-    expect(d.k_caption()).to_contain_text(f"S_start = {target} ·")
-    d.settle()
+
+    def release() -> None:
+        page.mouse.up()
+        expect(d.k_caption()).to_contain_text(f"S_start = {target} ·")
+        d.settle()
+
+    # The drag switches the policy to manual: the whole app reruns, so the sidebar shows it.
+    runs = d.runs_during(release)
+    assert "FINISHED_SUCCESSFULLY" in runs, runs
     expect(d.sidebar.get_by_role("radio", name="manual (slider or drag on the chart)")).to_be_checked()
     after = _blocks(d.k_caption().inner_text())
     assert len(after) == 4 and min(after) >= target, (before, after)
@@ -132,9 +138,16 @@ def test_drag_the_s_start_boundary_then_the_prune_list_follows(dashboard):
     d.go("Entropy dynamics")
     slider = d.main.get_by_role("slider", name="S_start (first block that may be pruned)")
     slider.focus()
-    page.keyboard.press("End")
-    expect(d.k_caption()).to_contain_text("S_start = 29 ·")
-    d.settle()
+
+    def end() -> None:
+        page.keyboard.press("End")
+        expect(d.k_caption()).to_contain_text("S_start = 29 ·")
+        d.settle()
+
+    # Already manual: the move reruns the page's fragment (curve, bars, sidebar K), not the
+    # whole app.
+    runs = d.runs_during(end)
+    assert runs == ["FINISHED_FRAGMENT_RUN_SUCCESSFULLY"], runs
     chart = d.main.get_by_test_id("stVegaLiteChart").first
     expect(chart.locator('[aria-label*="edge: 29"]').first).to_be_attached()
     rule = _rule_x(chart)
