@@ -11,7 +11,7 @@ import streamlit as st
 from analysis.profile import Profile
 from analysis.settings import ESTIMATORS, GRANULARITIES
 from app import state
-from app.logic.prune_view import PruneView, build_view
+from app.logic.prune_view import PruneView, block_list, build_view
 from app.logic.runs import run_label
 from entrodrop import service
 from pruning.ranking import PROFILE_CRITERIA, RANDOM_SEEDS
@@ -219,11 +219,7 @@ def _k_controls(plan, limit: int, view: PruneView) -> None:
     else:
         st.warning("No block can be pruned with this S_start; move it left.")
     st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
-               f"K={view.k}: **{_blocks(view.pruned)}**")
-
-
-def _blocks(blocks) -> str:
-    return ", ".join(map(str, sorted(blocks))) or "none"
+               f"K={view.k}: **{block_list(view.pruned)}**")
 
 
 def _report_button() -> None:

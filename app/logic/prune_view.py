@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from analysis.profile import Profile
@@ -174,3 +174,8 @@ def taylor_block_rows(layer_totals: Mapping[str, Sequence[float]], view: PruneVi
             row[f"Kendall tau with {name}"] = c.kendall_tau
         rows.append(row)
     return rows
+
+
+def block_list(blocks: Iterable[int]) -> str:
+    """Blocks as the pages write them: ascending, comma-separated, 'none' for no block."""
+    return ", ".join(map(str, sorted(blocks))) or "none"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from analysis.settings import speed_prompt_len
 from app import charts, state
 from app.logic.provenance import changes, feasible_ks, prune_stamp
 from app.logic.runs import budget_ks, json_key, profile_fingerprint
@@ -125,7 +126,7 @@ else:
                  help="Prefill throughput and decode latency, base and pruned interleaved."):
         with state.guard("Measuring speed"):
             with st.spinner("Timing the base and the pruned model…"):
-                prompt_len = min(128, int(ss["cal_seqlen"]))
+                prompt_len = speed_prompt_len(ss["cal_seqlen"])
                 ss["speed_result"] = {"key": speed_key, "stamp": stamp, **service.speed(
                     loaded, view.granularity, view.pruned, prompt_len=prompt_len,
                     new_tokens=16)}

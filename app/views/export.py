@@ -19,13 +19,14 @@ from app.logic.exports import (
     resolve_export_dir,
 )
 from app.logic.provenance import changes, describe_stamp, prune_stamp
+from app.logic.prune_view import block_list
 from app.logic.runs import json_key
-from app.views.prune_page import block_list, prune_page
 from entrodrop import service
 from pruning.gguf_export import GGUF_TYPES
 
 ss = st.session_state
-profile, view = prune_page("Export")
+st.title("Export")
+profile, view = state.require_view()
 
 root = export_root()
 current = state.analysis_is_current()

@@ -9,6 +9,7 @@ import streamlit as st
 
 from app import charts, sidebar, state
 from app.logic.prune_view import (
+    block_list,
     block_rows,
     ranking_rows,
     rows_to_csv,
@@ -39,9 +40,9 @@ def _page(view) -> None:
     profile = state.current_run()
     c = view.comparison
     st.markdown(f"**Pruned at K = {view.k}** ({view.granularity}, {view.criterion}): "
-                f"blocks {', '.join(map(str, sorted(view.pruned))) or 'none'}")
+                f"blocks {block_list(view.pruned)}")
     st.markdown(f"**Baseline** ({view.baseline}): blocks "
-                f"{', '.join(map(str, sorted(view.baseline_pruned))) or 'none'}")
+                f"{block_list(view.baseline_pruned)}")
     m1, m2, m3 = st.columns(3)
     m1.metric("Overlap", f"{c.overlap} of {view.k}")
     m2.metric("Jaccard", f"{c.jaccard:.2f}")

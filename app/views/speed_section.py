@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import streamlit as st
 
+from analysis.settings import speed_prompt_len
 from app import state
 from entrodrop import service
 from pruning.gguf_export import GGUF_TYPES
@@ -26,7 +27,7 @@ def show_speed(speed: Mapping, engine: str) -> None:
               f"speed-up {speed['decode_ratio']:.2f}× · unpruned "
               f"{speed['decode_ms_per_token_base']:.1f} ms/token", delta_color="off")
     st.caption(f"Median of {speed['repeats']} runs on {speed['device']}; prefill of a "
-               f"{speed.get('prompt_len', min(128, int(ss['cal_seqlen'])))}-token prompt, "
+               f"{speed.get('prompt_len', speed_prompt_len(ss['cal_seqlen']))}-token prompt, "
                "decode of 16 new tokens.")
 
 
@@ -43,12 +44,13 @@ def engine_speed_section(loaded, view, speed_key: str, stamp: Mapping) -> None:
                  help="The weight type of both GGUF files that are timed.")
     key = f"{speed_key}|{ss['engine_gguf_type']}"
     if c2.button("Time in llama.cpp", key="run_engine_speed", icon=":material/timer:",
-                 help="Writes the unpruned and the pruned model as GGUF files (deleted "
-                      "afterwards) and times both in llama.cpp, interleaved."):
+                 help="Writes the pruned model as a GGUF file (deleted afterwards) and the "
+                      "unpruned one (kept in the cache while its weights and settings are "
+                      "unchanged) and times both in llama.cpp, interleaved."):
         ss.pop("engine_speed_result", None)
         with state.guard("Measuring speed in llama.cpp"):
             bar, update = state.progress_bar("llama.cpp speed")
-            prompt_len = min(128, int(ss["cal_seqlen"]))
+            prompt_len = speed_prompt_len(ss["cal_seqlen"])
             result = service.engine_speed(loaded, view.granularity, view.pruned,
                                           gguf_type=ss["engine_gguf_type"],
                                           prompt_len=prompt_len, new_tokens=16, progress=update)
