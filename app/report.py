@@ -144,7 +144,8 @@ def build_html(snap: Mapping) -> str:
             _section("Speed (unpruned → pruned)", _speed_rows, _current(snap.get("speed"), now)),
             _generation(_current(snap.get("generation"), now)),
             _section("Export", _block_export_rows, _current(snap.get("export"), now)),
-            _section("Width export", _width_export_rows, snap.get("width_export")),
+            # Stamped with its model only: the prune set does not make a width export.
+            _section("Width export", _width_export_rows, _current(snap.get("width_export"), now)),
             _left_out(snap, now),
         ])
         raw = _details("The full record (JSON)", {
@@ -322,7 +323,8 @@ def _or_unknown(value) -> str:
 def _left_out(snap: Mapping, now: Mapping) -> str:
     """Name the results the session holds that were made for other settings."""
     names = {"budget": "quality curves", "savings": "parameter savings", "speed": "speed",
-             "generation": "side-by-side text", "export": "export"}
+             "generation": "side-by-side text", "export": "export",
+             "width_export": "width export"}
     gone = [label for key, label in names.items()
             if snap.get(key) and _current(snap.get(key), now) is None]
     if not gone:

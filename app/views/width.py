@@ -186,9 +186,11 @@ if st.button("Export width-pruned model", key="run_width_export", icon=":materia
                                         fmt=ss["width_export_format"],
                                         gguf_type=ss["width_export_gguf_type"])
         summary = folder_summary(path)
+        # Stamped with the model it was cut from: the report leaves it out for another.
         ss["width_export_result"] = {**summary, "criterion": shown, "scale": scale,
                                      "value": value, "kept": kept,
-                                     "format": ss["width_export_format"]}
+                                     "format": ss["width_export_format"],
+                                     "stamp": {"model": state.model_settings().spec}}
         st.success(f"Exported to `{summary['path']}`: {kept} neurons kept per layer, "
                    f"{summary['bytes'] / 2**20:.1f} MiB.", icon=":material/check_circle:")
         if ss["width_export_format"] == "gguf":

@@ -46,7 +46,7 @@ def _snapshot(**extra) -> dict:
                               "x_title": "fraction of neurons kept", "value": 0.5}},
         "width_export": {"path": "/exports/width-taylor-ce-keep0.50-n32", "criterion":
                          "taylor-ce", "kept": 32, "intermediate_size": 32, "files": 5,
-                         "bytes": 2**20},
+                         "bytes": 2**20, "stamp": {"model": profile.spec}},
     }
     snap.update(extra)
     return snap
@@ -87,6 +87,16 @@ def test_report_leaves_out_results_of_other_settings_and_marks_a_stale_analysis(
     assert ("Left out, made for other settings than these: quality curves, parameter "
             "savings, speed, side-by-side text, export.") in text
     assert "Stale:" in text and "model tiny-model → /gone" in text
+
+
+def test_report_keeps_a_width_export_across_prune_sets_but_not_across_models():
+    other_k = _text(report.build_html(_snapshot(view_settings={**SETTINGS, "k": 1})))
+    assert "/exports/width-taylor-ce-keep0.50-n32" in other_k
+    snap = _snapshot()
+    snap["width_export"] = {**snap["width_export"], "stamp": {"model": "another-model"}}
+    text = _text(report.build_html(snap))
+    assert "/exports/width-taylor-ce-keep0.50-n32" not in text
+    assert "Left out, made for other settings than these: width export." in text
 
 
 def _section(text: str, title: str) -> str:
