@@ -67,7 +67,7 @@ def figures(snap: Mapping) -> list[tuple[str, object, str]]:
     other = {}
     for gran in GRANULARITIES:
         other[gran] = build_view(profile, **{**settings, "granularity": gran,
-                                             "k": min(view.k, view.max_k)}).pruned
+                                             "k": min(view.k, view.max_k)}).blocks
     out.append(("Score per block", charts.delta_h_figure(
         {g: criterion_scores(profile, g, view.criterion) for g in GRANULARITIES}, other,
         view.criterion, view.plan.s_start, view.plan.frozen),
@@ -81,7 +81,7 @@ def figures(snap: Mapping) -> list[tuple[str, object, str]]:
         matrix = calibration_matrix(runs, granularity=view.granularity,
                                     criterion=view.criterion, mode="normalised", views=views)
         out.append(("Calibration heatmap", charts.calibration_heatmap_figure(
-            names, matrix, [v.pruned for v in views], "normalised", index),
+            names, matrix, [v.blocks for v in views], "normalised", index),
             "Each calibration set's scores, min-max normalised per set."))
         agree = robustness(runs, views)
         out.append(("Robustness", charts.agreement_figure(agree["names"], agree["jaccard"]),
@@ -207,8 +207,8 @@ def _header(record, view: PruneView, stale: list[str]) -> str:
                     f"{list(view.plan.frozen)}; last block "
                     f"{'allowed' if view.plan.allow_last else 'frozen'}"),
         ("K", f"{view.k} of at most {view.max_k}"),
-        ("Pruned blocks", f"{sorted(view.pruned)} ({view.criterion}); "
-                          f"{sorted(view.baseline_pruned)} ({view.baseline})"),
+        ("Pruned blocks", f"{sorted(view.blocks)} ({view.criterion}); "
+                          f"{sorted(view.baseline_blocks)} ({view.baseline})"),
     ]
     runs = [{"set": run_label(r, i), "layers": r.num_layers, "from cache": c,
              "S_start bucket/knn/renyi": "/".join(str(r.s_start.get(e)) for e in

@@ -219,7 +219,7 @@ def _k_controls(plan, limit: int, view: PruneView) -> None:
     else:
         st.warning("No block can be pruned with this S_start; move it left.")
     st.caption(f"S_start = {plan.s_start} · {len(plan.prunable)} prunable · pruned at "
-               f"K={view.k}: **{block_list(view.pruned)}**")
+               f"K={view.k}: **{block_list(view.blocks)}**")
 
 
 def _report_button() -> None:

@@ -64,7 +64,7 @@ def prune_stamp(view: PruneView, model_spec: str) -> dict:
     """The settings of a result about one prune set of one model."""
     return {"model": model_spec, "granularity": view.granularity,
             "criterion": view.criterion, "s_start": view.plan.s_start, "k": view.k,
-            "blocks": sorted(view.pruned)}
+            "blocks": sorted(view.blocks)}
 
 
 def _show(value) -> str:

@@ -52,9 +52,9 @@ class PruneView:
     order = _from_decision("order", as_list=True,
                            doc="Prunable blocks of the criterion, first-pruned first.")
     baseline_order = _from_decision("order", baseline=True, as_list=True)
-    pruned = _from_decision("blocks", as_list=True,
+    blocks = _from_decision("blocks", as_list=True,
                             doc="The first k blocks of `order`, in pruning order.")
-    baseline_pruned = _from_decision("blocks", baseline=True, as_list=True)
+    baseline_blocks = _from_decision("blocks", baseline=True, as_list=True)
 
     @property
     def max_k(self) -> int:
@@ -88,7 +88,7 @@ def _finite(v: float | None) -> float | None:
 
 def ranking_rows(view: PruneView) -> list[dict]:
     """Side-by-side ranked lists: row r holds the r-th block of each order (rank 0 first)."""
-    both = set(view.pruned) & set(view.baseline_pruned)
+    both = set(view.blocks) & set(view.baseline_blocks)
     rows = []
     for rank, (a, b) in enumerate(zip(view.order, view.baseline_order, strict=True)):
         rows.append({
@@ -117,10 +117,10 @@ def block_rows(view: PruneView) -> list[dict]:
             "stage": block_stage(view, block),
             f"{view.criterion}_score": _finite(view.scores[block]),
             f"{view.criterion}_rank": rank_a.get(block),
-            f"{view.criterion}_pruned": block in view.pruned,
+            f"{view.criterion}_pruned": block in view.blocks,
             f"{view.baseline}_score": _finite(view.baseline_scores[block]),
             f"{view.baseline}_rank": rank_b.get(block),
-            f"{view.baseline}_pruned": block in view.baseline_pruned,
+            f"{view.baseline}_pruned": block in view.baseline_blocks,
         })
     return rows
 
@@ -152,7 +152,7 @@ def view_to_json(view: PruneView, profile: Profile) -> dict:
         "frozen": list(view.plan.frozen),
         "baseline": view.baseline,
         "baseline_order": view.baseline_order,
-        "baseline_blocks": view.baseline_pruned,
+        "baseline_blocks": view.baseline_blocks,
         "baseline_rank_string": view.rank_string(baseline=True),
         "comparison": {"overlap": c.overlap, "jaccard": c.jaccard, "kendall_tau": c.kendall_tau,
                        "only_criterion": list(c.only_a), "only_baseline": list(c.only_b)},

@@ -106,7 +106,7 @@ def calibration_matrix(runs: Sequence[Profile], *, granularity: Granularity,
 def robustness(runs: Sequence[Profile], views: Sequence[PruneView]) -> Agreement:
     """Agreement of each calibration set's own prune set at the same settings and K."""
     pairs = enumerate(zip(runs, views, strict=True))
-    return agreement_matrix({run_label(run, i): view.pruned for i, (run, view) in pairs})
+    return agreement_matrix({run_label(run, i): view.blocks for i, (run, view) in pairs})
 
 
 def budget_ks(limit: int, max_points: int = 9) -> list[int]:

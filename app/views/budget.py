@@ -107,8 +107,8 @@ else:
         # Cached: counting prunes the shared model for a moment, under the service's lock.
         saved = state.cache_compute(
             "savings", json_key(loaded.identity, str(loaded.dtype), view.granularity,
-                                view.pruned),
-            lambda: service.parameter_savings(loaded, view.granularity, view.pruned))
+                                view.blocks),
+            lambda: service.parameter_savings(loaded, view.granularity, view.blocks))
         p1, p2, p3 = st.columns(3)
         p1.metric("Parameters", f"{saved['params_pruned'] / 1e6:.2f} M",
                   f"-{saved['saved_fraction'] * 100:.1f} %", delta_color="inverse")
@@ -117,7 +117,7 @@ else:
                   delta_color="inverse")
         p3.metric("Blocks pruned", f"{view.k} {view.granularity}")
         ss["savings_result"] = {**saved, "stamp": stamp}
-    speed_key = json_key(view.granularity, view.pruned, loaded.identity)
+    speed_key = json_key(view.granularity, view.blocks, loaded.identity)
     streamed = isinstance(loaded, service.StreamedModel)
     if streamed:
         st.caption("Speed and side-by-side text need the whole model in memory; this model "
@@ -128,7 +128,7 @@ else:
             with st.spinner("Timing the base and the pruned model…"):
                 prompt_len = speed_prompt_len(ss["cal_seqlen"])
                 ss["speed_result"] = {"key": speed_key, "stamp": stamp, **service.speed(
-                    loaded, view.granularity, view.pruned, prompt_len=prompt_len,
+                    loaded, view.granularity, view.blocks, prompt_len=prompt_len,
                     new_tokens=16)}
     speed = ss.get("speed_result")
     if speed and speed.get("key") == speed_key:
@@ -153,9 +153,9 @@ if st.button("Generate", key="run_generate", icon=":material/edit_note:",
         bar.empty()
         with st.spinner("Generating with the unpruned and the pruned model…"):
             ss["generation"] = service.generate(
-                loaded, view.granularity, view.pruned, ss["gen_prompt"],
+                loaded, view.granularity, view.blocks, ss["gen_prompt"],
                 max_new_tokens=int(ss["gen_tokens"]), chat=bool(ss.get("gen_chat")))
-            ss["generation"]["blocks"] = list(view.pruned)
+            ss["generation"]["blocks"] = list(view.blocks)
             ss["generation"]["stamp"] = gen_stamp
 texts = ss.get("generation")
 changed = changes(texts.get("stamp", {}), gen_stamp) if texts else []

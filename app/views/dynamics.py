@@ -102,7 +102,7 @@ def _draw(view) -> None:
     for gran in GRANULARITIES:
         other_view = view if gran == view.granularity else build_view(
             profile, **{**state.view_settings(), "granularity": gran})
-        other[gran] = other_view.pruned
+        other[gran] = other_view.blocks
     # Cached on every input, so stepping back and forth (or the K and S_start a page
     # visit returns to) does not rebuild it (plotly's validation costs tens of ms).
     key = (f"{profile_fingerprint(profile)}|{view.criterion}|{view.plan.s_start}|"

@@ -37,7 +37,7 @@ stamp = prune_stamp(view, state.model_settings().spec)  # the model now chosen
 
 st.markdown(
     f"Writes the model with the **{view.k} {view.granularity} blocks** chosen by "
-    f"**{view.criterion}** removed ({block_list(view.pruned)}), "
+    f"**{view.criterion}** removed ({block_list(view.blocks)}), "
     "with its tokenizer and a manifest (`entrodrop.json`) recording how it was made."
 )
 st.caption(f"Export root: `{root}` (set with ${ENV_EXPORT_ROOT}).")
@@ -75,7 +75,7 @@ if st.button("Export pruned model", key="run_export", type="primary", icon=":mat
         loaded = state.loaded_model(update)
         measured = measured_figures(
             view, ss.get("budget_result"), ss.get("speed_result"),
-            json_key(view.granularity, view.pruned, loaded.identity))
+            json_key(view.granularity, view.blocks, loaded.identity))
         path = service.export_blocks(loaded, profile, view.decision, target,
                                      measured=measured, overwrite=bool(ss["export_overwrite"]),
                                      progress=update, fmt=ss["export_format"],

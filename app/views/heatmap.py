@@ -30,7 +30,7 @@ with state.guard("Drawing the heatmap"):
     matrix = calibration_matrix(runs, granularity=view.granularity, criterion=view.criterion,
                                 mode=ss["heatmap_mode"], views=views)
     st.plotly_chart(charts.calibration_heatmap_figure(
-        names, matrix, [v.pruned for v in views], ss["heatmap_mode"],
+        names, matrix, [v.blocks for v in views], ss["heatmap_mode"],
         int(ss["run_index"]), blocked=[_blocked(v) for v in views]),
         key="calibration_heatmap", width="stretch")
     with st.expander("What you are seeing", icon=":material/school:"):

@@ -40,9 +40,9 @@ def _page(view) -> None:
     profile = state.current_run()
     c = view.comparison
     st.markdown(f"**Pruned at K = {view.k}** ({view.granularity}, {view.criterion}): "
-                f"blocks {block_list(view.pruned)}")
+                f"blocks {block_list(view.blocks)}")
     st.markdown(f"**Baseline** ({view.baseline}): blocks "
-                f"{block_list(view.baseline_pruned)}")
+                f"{block_list(view.baseline_blocks)}")
     m1, m2, m3 = st.columns(3)
     m1.metric("Overlap", f"{c.overlap} of {view.k}")
     m2.metric("Jaccard", f"{c.jaccard:.2f}")

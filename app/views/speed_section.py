@@ -51,7 +51,7 @@ def engine_speed_section(loaded, view, speed_key: str, stamp: Mapping) -> None:
         with state.guard("Measuring speed in llama.cpp"):
             bar, update = state.progress_bar("llama.cpp speed")
             prompt_len = speed_prompt_len(ss["cal_seqlen"])
-            result = service.engine_speed(loaded, view.granularity, view.pruned,
+            result = service.engine_speed(loaded, view.granularity, view.blocks,
                                           gguf_type=ss["engine_gguf_type"],
                                           prompt_len=prompt_len, new_tokens=16, progress=update)
             bar.empty()

@@ -19,7 +19,7 @@ def test_export_page_writes_gguf_and_shows_how_to_run_it(ui, tmp_path, monkeypat
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "entrodrop.json",
                                                          "model.gguf"]
     manifest = json.loads((folder / "entrodrop.json").read_text())
-    pruned = sorted(at.session_state["_view"].pruned)
+    pruned = sorted(at.session_state["_view"].blocks)
     assert manifest["format"] == "gguf" and manifest["blocks"] == pruned
     assert manifest["gguf"]["gguf_type"] == "q8_0"
     heads = gguf.GGUFReader(folder / "model.gguf").fields["deci.attention.head_count"].contents()
@@ -58,7 +58,7 @@ def test_export_page_writes_the_vllm_layout_and_shows_both_engines(ui, tmp_path,
     config = json.loads((folder / "config.json").read_text())
     assert manifest["layout"] == "vllm"
     assert config["model_type"] == "nemotron-nas"
-    pruned = sorted(at.session_state["_view"].pruned)
+    pruned = sorted(at.session_state["_view"].blocks)
     no_op = [i for i, b in enumerate(config["block_configs"]) if b["attention"]["no_op"]]
     assert no_op == [b for b in pruned if b != 0]
     codes = [c.value for c in at.code]

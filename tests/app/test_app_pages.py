@@ -69,7 +69,7 @@ def test_moving_k_changes_the_highlighted_prune_list(ui):
                               s_start=None, allow_last=False, k=k)
         line = next(m.value for m in at.markdown if m.value.startswith("**Pruned at K"))
         assert line.startswith(f"**Pruned at K = {k}**")
-        assert line.endswith(", ".join(map(str, sorted(expected.pruned))))
+        assert line.endswith(", ".join(map(str, sorted(expected.blocks))))
         table = at.dataframe[0].value
         assert list(table["pruned"]) == [r < k for r in range(len(table))]
         assert list(table["knn block"]) == expected.order
@@ -89,7 +89,7 @@ def test_granularity_and_criterion_rerank_from_the_cached_profile(ui):
     view = at.session_state["_view"]
     expected = build_view(profile, granularity="layer", criterion="bucket", policy="auto",
                           s_start=None, allow_last=False, k=2)
-    assert view.order == expected.order and view.pruned == expected.pruned
+    assert view.order == expected.order and view.blocks == expected.blocks
     assert list(at.dataframe[0].value["bucket block"]) == expected.order
     downloads = {b.key for b in at.get("download_button")}
     assert {"download_csv", "download_json", "download_rank_string"} <= downloads

@@ -76,7 +76,7 @@ def test_side_by_side_text_is_withdrawn_when_k_changes_or_generating_fails(ui):
     at.number_input(key="gen_tokens").set_value(3).run()
     at.button(key="run_generate").click().run()
     ui.assert_clean(at)
-    blocks = at.session_state["_view"].pruned
+    blocks = at.session_state["_view"].blocks
     assert f"**Pruned** (blocks {blocks}, K = 1)" in _texts(at)
     at.slider(key="k").set_value(2).run()
     texts = _texts(at)

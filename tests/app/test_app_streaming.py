@@ -74,4 +74,4 @@ def test_streamed_model_analyses_evaluates_and_exports_like_memory(ui, tmp_path,
     a, b = _tensors(root / "streamed-k2"), _tensors(out)
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in b)
     streamed = json.loads((root / "streamed-k2" / "entrodrop.json").read_text())
-    assert streamed["blocks"] == sorted(view.pruned)
+    assert streamed["blocks"] == sorted(view.blocks)

@@ -59,7 +59,7 @@ def test_budget_savings_speed_and_generation(ui):
     ui.assert_clean(at)
     generation = at.session_state["generation"]
     assert set(generation) >= {"unpruned", "pruned"}
-    assert generation["blocks"] == at.session_state["_view"].pruned
+    assert generation["blocks"] == at.session_state["_view"].blocks
 
 
 def test_export_writes_the_pruned_model(ui, tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ def test_export_writes_the_pruned_model(ui, tmp_path, monkeypatch):
     config = json.loads((folder / "config.json").read_text())
     assert config["num_hidden_layers"] == NUM_LAYERS - 2
     manifest = json.loads((folder / "entrodrop.json").read_text())
-    assert manifest["blocks"] == sorted(at.session_state["_view"].pruned)
+    assert manifest["blocks"] == sorted(at.session_state["_view"].blocks)
     assert manifest["granularity"] == "layer"
     # The app wrote what the one manifest builder (the CLI's too) makes of this decision.
     view, profile = at.session_state["_view"], at.session_state["analysis"].runs[0]
@@ -246,4 +246,4 @@ def test_export_of_a_random_order_suggests_a_portable_name_and_records_its_seed(
     manifest = json.loads((root / name / "entrodrop.json").read_text())
     assert manifest["criterion"] == "random:1"
     assert manifest["criterion_details"]["seed"] == 1
-    assert manifest["blocks"] == list(at.session_state["_view"].pruned)
+    assert manifest["blocks"] == list(at.session_state["_view"].blocks)

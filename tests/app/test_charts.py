@@ -223,4 +223,4 @@ def test_order_figure_of_the_page_view_has_its_prune_set_on_top():
     paths = _paths(fig)
     assert paths[view.order[0]][1][0] == (0, 0)
     assert {b for b, (colour, _) in paths.items() if colour == charts.PRUNED} == (
-        set(view.pruned) & set(view.baseline_pruned))
+        set(view.blocks) & set(view.baseline_blocks))

@@ -24,7 +24,7 @@ def test_entropy_curve_marks_stage_one_and_s_start():
 
 def test_delta_h_bars_highlight_the_pruned_blocks():
     view = _view(k=2)
-    fig = charts.delta_h_figure({"attn": view.scores}, {"attn": view.pruned}, "knn",
+    fig = charts.delta_h_figure({"attn": view.scores}, {"attn": view.blocks}, "knn",
                                 view.plan.s_start, view.plan.frozen)
     colours = list(fig.data[0].marker.color)
     assert [i for i, c in enumerate(colours) if c == charts.PRUNED] == [3, 4]

@@ -38,7 +38,7 @@ def test_prune_list_json_of_the_app_holds_the_cli_record_with_its_criterion_deta
                    "--stage-estimator", ss["stage_estimator"]], app_dirs["cache"])
     assert cli.returncode == 0, cli.stderr
     expected = json.loads(cli.stdout)
-    assert expected["criterion_details"] and expected["blocks"] == ss["_view"].pruned
+    assert expected["criterion_details"] and expected["blocks"] == ss["_view"].blocks
     assert {key: app.get(key) for key in expected} == expected
     # The app adds what the CLI's caller already knows, and the baseline's choice.
     assert app["model"] == str(tiny_model_dir) and app["baseline"] == "cosine"

@@ -51,9 +51,9 @@ def test_measured_figures_belong_to_the_prune_set_and_go_into_the_block_manifest
     for key in ("source_model", "calibration", "estimator_settings", "granularity", "criterion",
                 "s_start", "k", "blocks", "order", "scores"):
         assert key in m, key
-    assert m["blocks"] == view.pruned and m["scores"] == view.scores
+    assert m["blocks"] == view.blocks and m["scores"] == view.scores
     # ... plus the comparison with the baseline and the measured figures.
-    assert m["baseline_blocks"] == view.baseline_pruned
+    assert m["baseline_blocks"] == view.baseline_blocks
     assert m["measured"] == measured
 
 

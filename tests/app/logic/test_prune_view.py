@@ -24,7 +24,7 @@ def test_view_ranks_stage_two_by_score_and_compares_with_cosine():
     assert view.plan.s_start == 2 and view.plan.prunable == (2, 3, 4)
     assert view.order == [3, 4, 2]  # knn dH 0.2, 0.3, 0.4
     assert view.baseline_order == [3, 2, 4]  # cosine 0.1, 0.2, 0.4
-    assert view.pruned == [3, 4] and view.baseline_pruned == [3, 2]
+    assert view.blocks == [3, 4] and view.baseline_blocks == [3, 2]
     assert view.comparison.overlap == 1
     assert view.comparison.jaccard == pytest.approx(1 / 3)
     assert view.rank_string() == "3,4,2,0,1,5"
@@ -70,6 +70,6 @@ def test_taylor_layer_sums_as_a_block_criterion():
     (row,) = taylor_block_rows(totals, view)
     assert row["criterion"] == "taylor-entropy (layer sum)"
     assert row["pruned"] == [2, 4]
-    assert row[f"overlap with {view.criterion}"] == len(set(row["pruned"]) & set(view.pruned))
+    assert row[f"overlap with {view.criterion}"] == len(set(row["pruned"]) & set(view.blocks))
     assert row[f"Jaccard with {view.baseline}"] == pytest.approx(
-        len({2, 4} & set(view.baseline_pruned)) / len({2, 4} | set(view.baseline_pruned)))
+        len({2, 4} & set(view.baseline_blocks)) / len({2, 4} | set(view.baseline_blocks)))
