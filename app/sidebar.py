@@ -41,6 +41,7 @@ def render(page_draws_tail: bool = False) -> None:
     ss = st.session_state
     ss["_view"] = None
     _TAIL.slot = None
+    _REPORT.holder = None
     with st.sidebar:
         st.markdown("### Model")
         # Three fixed slots, each filled or emptied on its own: a container redrawn with fewer
@@ -115,10 +116,17 @@ def _model_status() -> None:
 
 def refresh() -> None:
     """Redraw the model status after the page ran: the page may have changed the model
-    (the Model page sets it, and a load may have just failed or succeeded)."""
+    (the Model page sets it, and a load may have just failed or succeeded). The report
+    button, drawn before the page, gets the results the page made in this run."""
     if getattr(_STATUS, "slots", None) is not None:
         _model_status()
         _STATUS.slots = None
+    holder = getattr(_REPORT, "holder", None)
+    if holder is not None:
+        from app import report
+
+        holder["snapshot"] = report.snapshot()
+        _REPORT.holder = None
 
 
 def _pruning_controls(runs: list[Profile]) -> None:
@@ -222,12 +230,20 @@ def _k_controls(plan, limit: int, view: PruneView) -> None:
                f"K={view.k}: **{block_list(view.blocks)}**")
 
 
+# The report button's snapshot holder of this script run (one thread per session run).
+_REPORT = threading.local()
+
+
 def _report_button() -> None:
     from app import report
 
-    snapshot = report.snapshot()
+    # The HTML is built on click (on another thread, without the session), from the last
+    # snapshot of the run that drew the button: `refresh` takes it again after the page,
+    # so results made by this run's page are in it.
+    holder = {"snapshot": report.snapshot()}
+    _REPORT.holder = holder
     st.download_button(
-        "Download report (HTML)", data=lambda: report.build_html(snapshot),
+        "Download report (HTML)", data=lambda: report.build_html(holder["snapshot"]),
         file_name="entrodrop-report.html", mime="text/html", key="download_report",
         on_click="ignore", icon=":material/download:",
         help="One self-contained HTML file with every figure and the settings (no CDN).",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -94,6 +95,12 @@ def test_dashboard_in_chromium(dashboard, app_server):
     expect(d.main).to_contain_text("Savings at K = 5")
     d.assert_clean("budget")
     d.screenshot("budget")
+    # The report holds the results as they stand after the page ran: the quality curves
+    # computed in the click's own run are in it (no other run happened since).
+    with page.expect_download() as download:
+        d.sidebar.get_by_role("button", name="Download report (HTML)").click()
+    report = Path(download.value.path()).read_text(encoding="utf-8")
+    assert "<h2>Quality against K</h2>" in report
 
     # Export: a folder inside the export root holding a complete checkpoint.
     d.go("Export")
