@@ -7,6 +7,7 @@ results cache, is the full content hash of its files (analysis.identity).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import os
@@ -144,6 +145,8 @@ def resolve_spec(spec: str) -> ResolvedSpec:
             )
         return ResolvedSpec("demo", spec, None)
     path = Path(spec).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ModelLoadError(f"cannot read model path {spec!r}: {_broken_link(path)}")
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file {spec!r} does not exist")
@@ -164,6 +167,16 @@ def resolve_spec(spec: str) -> ResolvedSpec:
     if looks_like_path:
         raise ModelLoadError(f"model path {spec!r} does not exist")
     return ResolvedSpec("hub", spec, None)
+
+
+def _broken_link(path: Path) -> str:
+    """Why a symlink cannot be followed, in the words analysis.paths uses for files."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "it is a symlink loop"
+    return f"it is a symlink to {os.readlink(path)!r}, which does not exist"
 
 
 def model_identity(spec: str) -> str:

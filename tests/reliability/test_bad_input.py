@@ -74,6 +74,8 @@ NEEDLES = {
     "calibration-npy-is-text": ["is not a readable .npy array", "text.npy"],
     "model-safetensors-is-text": ["corrupt or truncated", "text-weights"],
     "model-config-is-a-symlink-loop": ["has no config.json", "config-loop"],
+    "model-folder-is-a-symlink-loop": ["cannot read model path", "model-loop1",
+                                       "it is a symlink loop"],
     # --out files of analyze and evaluate: checked before any work.
     "analyze-out-under-a-file": ["cannot write --out", "a-file is a file"],
     "analyze-out-not-writable": ["cannot write --out"],
@@ -133,6 +135,8 @@ def world(tmp_path_factory, tiny_llama_dir):
     config_loop = copy_folder(tiny_llama_dir, root / "config-loop")
     (config_loop / "config.json").unlink()
     os.symlink(config_loop / "config.json", config_loop / "config.json")
+    os.symlink(root / "model-loop2", root / "model-loop1")
+    os.symlink(root / "model-loop1", root / "model-loop2")
     (root / "ro-json").mkdir()
     (root / "full").mkdir()
     (root / "full" / "keep.txt").write_text("mine")
@@ -170,6 +174,7 @@ def world(tmp_path_factory, tiny_llama_dir):
         "calibration-npy-is-text": analyze(cal=str(root / "text.npy")),
         "model-safetensors-is-text": analyze(model=str(text_weights)),
         "model-config-is-a-symlink-loop": analyze(model=str(config_loop)),
+        "model-folder-is-a-symlink-loop": analyze(model=str(root / "model-loop1")),
         "analyze-out-under-a-file": [*analyze(), "--out", str(root / "a-file" / "p.json")],
         "analyze-out-not-writable": [*analyze(), "--out",
                                      str(_in_a_read_only_folder(root / "ro-json") / "p.json")],
