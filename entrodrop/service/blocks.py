@@ -299,12 +299,19 @@ def base_gguf(loaded: Model, granularity: Granularity, gguf_type: GGUFType = "f1
     def write(path: Path) -> None:
         if progress is not None:
             progress(0.0, "writing the unpruned model as GGUF")
-        hf = path.parent / "base-hf"
-        _export_blocks_hf(loaded, granularity, [], hf, {"tool": TOOL}, False, None)
-        folder_to_gguf(hf, path, gguf_type=gguf_type, tokenizer_gguf=tokenizer)
-        shutil.rmtree(hf)
+        _write_gguf(loaded, granularity, [], path, gguf_type)
 
     return cached_gguf(key, write)
+
+
+def _write_gguf(loaded: Model, granularity: Granularity, blocks: Sequence[int], path: Path,
+                gguf_type: GGUFType) -> None:
+    """`loaded` with `blocks` pruned, as the GGUF file `path`: a Hugging Face export beside
+    it (removed after), converted tensor by tensor."""
+    hf = path.with_name(f"{path.stem}-hf")
+    _export_blocks_hf(loaded, granularity, list(blocks), hf, {"tool": TOOL}, False, None)
+    folder_to_gguf(hf, path, gguf_type=gguf_type, tokenizer_gguf=source_gguf(loaded.spec))
+    shutil.rmtree(hf)
 
 
 def engine_speed(loaded: Model, granularity: Granularity, blocks: Sequence[int], *,
@@ -326,12 +333,8 @@ def engine_speed(loaded: Model, granularity: Granularity, blocks: Sequence[int],
         # before llama.cpp opens it.
         os.link(base_gguf(loaded, granularity, gguf_type, progress=report), base)
         report(0.4, "writing the pruned model as GGUF")
-        hf = Path(tmp) / "pruned-hf"
-        _export_blocks_hf(loaded, granularity, list(blocks), hf, {"tool": TOOL}, False, None)
         pruned_file = Path(tmp) / "pruned.gguf"
-        folder_to_gguf(hf, pruned_file, gguf_type=gguf_type,
-                       tokenizer_gguf=source_gguf(loaded.spec))
-        shutil.rmtree(hf)
+        _write_gguf(loaded, granularity, blocks, pruned_file, gguf_type)
         report(0.8, "timing both in llama.cpp")
         result = measure_gguf_speed(pruned_file, base, prompt_len=prompt_len,
                                     new_tokens=new_tokens, repeats=repeats)
