@@ -174,9 +174,10 @@ def _plan_and_view(profile: Profile):
     return plan, limit, build_view(profile, **state.view_settings())
 
 
-def draw_tail(slot) -> PruneView | None:
-    """The K slider, the pruned blocks and the report button, into `slot`; returns the
-    prune view (None when the settings cannot be applied: the error is shown)."""
+def draw_tail(slot) -> None:
+    """The K slider, the pruned blocks and the report button, into `slot`; the prune view
+    goes to the session's `_view` (None when the settings cannot be applied: the error is
+    shown)."""
     ss = st.session_state
     ss["_view"] = None
     with slot:
@@ -185,7 +186,6 @@ def draw_tail(slot) -> PruneView | None:
             ss["_view"] = view
             _k_controls(plan, limit, view)
         _report_button()
-    return ss["_view"]
 
 
 def page_with_tail(slot, what: str, draw_page: Callable[[PruneView], None]) -> None:

@@ -189,11 +189,10 @@ if st.button("Export width-pruned model", key="run_width_export", icon=":materia
         # Stamped with the model it was cut from: the report leaves it out for another.
         ss["width_export_result"] = {**summary, "criterion": shown, "scale": scale,
                                      "value": value, "kept": kept,
-                                     "format": ss["width_export_format"],
                                      "stamp": {"model": state.model_settings().spec}}
         st.success(f"Exported to `{summary['path']}`: {kept} neurons kept per layer, "
                    f"{summary['bytes'] / 2**20:.1f} MiB.", icon=":material/check_circle:")
-        if ss["width_export_format"] == "gguf":
+        if summary["format"] == "gguf":
             snippets = gguf_snippets(summary["path"])
             st.code(snippets["llama-cli"], language="bash")
             st.code(snippets["python"], language="python")
